@@ -1,0 +1,19 @@
+//! Stub: replaced by the real collector.
+
+use cmdb_proto::model::class;
+
+use crate::discover::{Collector, Context, Outcome};
+
+pub struct ApkCollector;
+
+impl Collector for ApkCollector {
+    fn name(&self) -> &'static str {
+        "apk"
+    }
+    fn classes(&self) -> &'static [&'static str] {
+        &[class::PACKAGE]
+    }
+    fn collect(&self, _ctx: &Context) -> Outcome {
+        Outcome::unsupported("not implemented yet")
+    }
+}

@@ -1,0 +1,1 @@
+//! SMBIOS table parsing (stub).

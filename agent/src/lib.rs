@@ -1,0 +1,15 @@
+//! cmdb-agent: discovers configuration items on a host and (later) streams them to the
+//! collector.
+//!
+//! Data flows one way: [`discover`] runs every collector against a [`hostroot::HostRoot`]
+//! under its own timeout and assembles an [`cmdb_proto::model::Inventory`]; [`output`]
+//! renders it. The agent never listens on a socket and never writes to the host outside its
+//! own state directory.
+#![forbid(unsafe_code)]
+
+pub mod command;
+pub mod discover;
+pub mod hostroot;
+pub mod identity;
+pub mod output;
+pub mod state;

@@ -1,0 +1,127 @@
+//! cmdb-agent command line.
+#![forbid(unsafe_code)]
+
+use std::io::{self, BufWriter, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use cmdb_agent::discover::{self, Context, Options};
+use cmdb_agent::hostroot::HostRoot;
+use cmdb_agent::{output, state};
+use cmdb_proto::model::AgentInfo;
+
+#[derive(Parser)]
+#[command(
+    name = "cmdb-agent",
+    version,
+    about = "cmdb agent: discovers configuration items"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Table,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Discover this host once and print the inventory.
+    Inventory {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+        /// Read /proc, /sys, /etc, /var, /lib and /run under this directory.
+        #[arg(long, env = "CMDB_HOST_ROOT", default_value = "/")]
+        host_root: PathBuf,
+        /// Only these classes, comma-separated (e.g. package,service).
+        #[arg(long)]
+        only: Option<String>,
+        /// Where the agent keeps its instance id.
+        #[arg(long, env = "CMDB_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Extra watch globs for `file` CIs (replaces the defaults when given).
+        #[arg(long = "watch", value_name = "GLOB")]
+        watch: Vec<String>,
+    },
+}
+
+fn default_state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        PathBuf::from("/var/lib/cmdb/agent")
+    } else {
+        std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir)
+            .join("cmdb-agent")
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("cmdb-agent: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Inventory {
+            format,
+            host_root,
+            only,
+            state_dir,
+            watch,
+        } => {
+            let only = match only.as_deref().map(discover::parse_only).transpose() {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("cmdb-agent: --only: {e}");
+                    return Ok(ExitCode::from(64));
+                }
+            };
+            let state_dir = state_dir.unwrap_or_else(default_state_dir);
+            let instance_id = match state::instance_id(&state_dir) {
+                Ok(id) => id,
+                Err(e) => {
+                    // One-shot inventory still works without a writable state dir; the
+                    // id is then not stable, and we say so.
+                    eprintln!("cmdb-agent: warning: {e}; using an unsaved instance id");
+                    uuid::Uuid::new_v4().hyphenated().to_string()
+                }
+            };
+            let mut options = Options::default();
+            if !watch.is_empty() {
+                options.watch_globs = watch;
+            }
+            let ctx = Context {
+                root: HostRoot::new(host_root),
+                options,
+            };
+            let agent = AgentInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                instance_id,
+            };
+            let inv = discover::run(&ctx, agent, only.as_ref());
+            let stdout = io::stdout();
+            let mut out = BufWriter::new(stdout.lock());
+            let written = match format {
+                Format::Json => output::write_json(&inv, &mut out),
+                Format::Table => output::write_table(&inv, &mut out),
+            };
+            match written.and_then(|()| out.flush()) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                // A closed pipe (| head) is not an error worth a message.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
