@@ -691,6 +691,21 @@ mod tests {
     }
 
     #[test]
+    fn a_root_with_glob_characters_is_taken_literally() {
+        let dir = tempfile::Builder::new()
+            .prefix("host[1]*?")
+            .tempdir()
+            .unwrap();
+        fs::create_dir_all(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/fstab"), "x\n").unwrap();
+        let root = HostRoot::new(dir.path());
+        let o = collect(&root, &opts(&["/etc/*"]));
+        assert_eq!(o.state(), CollectorState::Ok, "{:?}", o.message());
+        let keys: Vec<&str> = o.items.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, vec!["/etc/fstab"]);
+    }
+
+    #[test]
     fn rfc3339_range() {
         assert_eq!(rfc3339(0), AttrValue::Str("1970-01-01T00:00:00Z".into()));
         assert_eq!(rfc3339(-1), AttrValue::Null);

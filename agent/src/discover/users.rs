@@ -137,11 +137,12 @@ pub fn account_items(
 ) -> Vec<Item> {
     let users = first_wins(users, |u| &u.name, "/etc/passwd", "user", out);
     let groups = first_wins(groups, |g| &g.name, "/etc/group", "group", out);
+    // Lookups below go in file order, so a shared gid names the first group (getgrgid).
 
     // gid → name, first wins (getgrgid); supplementary memberships by user name.
     let mut group_name: BTreeMap<u32, &str> = BTreeMap::new();
     let mut member_of: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for g in groups.values() {
+    for g in &groups {
         group_name.entry(g.gid).or_insert(&g.name);
         for m in &g.members {
             member_of.entry(m).or_default().insert(&g.name);
@@ -150,7 +151,7 @@ pub fn account_items(
     let mut primary_members: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
 
     let mut items = Vec::with_capacity(users.len() + groups.len());
-    for u in users.values() {
+    for u in &users {
         let primary = group_name.get(&u.gid).copied();
         if let Some(p) = primary {
             primary_members.entry(p).or_default().insert(&u.name);
@@ -175,7 +176,7 @@ pub fn account_items(
                 .with("system_account", range.is_system(u.uid)),
         );
     }
-    for g in groups.values() {
+    for g in &groups {
         let mut members: Vec<&str> = g.members.iter().map(String::as_str).collect();
         members.sort_unstable();
         members.dedup();
@@ -195,24 +196,24 @@ pub fn account_items(
     items
 }
 
-/// Keeps the first entry per name, warning about later ones.
+/// Keeps the first entry per name, in file order, warning about later ones.
 fn first_wins<T>(
     entries: Vec<T>,
-    name: impl Fn(&T) -> &String,
+    name: impl Fn(&T) -> &str,
     file: &str,
     what: &str,
     out: &mut Outcome,
-) -> BTreeMap<String, T> {
-    let mut kept = BTreeMap::new();
+) -> Vec<T> {
+    let mut seen = BTreeSet::new();
+    let mut kept = Vec::with_capacity(entries.len());
     for e in entries {
-        match kept.entry(name(&e).clone()) {
-            std::collections::btree_map::Entry::Occupied(o) => out.warn(format!(
+        if seen.insert(name(&e).to_owned()) {
+            kept.push(e);
+        } else {
+            out.warn(format!(
                 "{file}: duplicate {what} name {:?} (first entry kept)",
-                o.key()
-            )),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(e);
-            }
+                name(&e)
+            ));
         }
     }
     kept
