@@ -7,9 +7,17 @@
 //! own state directory.
 #![forbid(unsafe_code)]
 
+pub mod budget;
 pub mod command;
+pub mod config;
+pub mod delta;
 pub mod discover;
+pub mod enroll;
 pub mod hostroot;
 pub mod identity;
+pub mod metrics;
+pub mod outbox;
 pub mod output;
 pub mod state;
+pub mod tls;
+pub mod watch;

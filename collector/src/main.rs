@@ -1,13 +1,10 @@
-//! cmdb-collector: the service that turns agent observations into a CMDB.
-//!
-//! This is a skeleton: ingest, identification, the store and the HTTP API arrive with the
-//! transport issue. Today it only proves the protocol crate links and reports its version.
+//! cmdb-collector command line.
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cmdb-collector", version, about = "cmdb collector (skeleton)")]
+#[command(name = "cmdb-collector", version, about = "cmdb collector")]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -1,0 +1,1 @@
+//! sled implementation of the store (in progress).
