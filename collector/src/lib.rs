@@ -5,9 +5,9 @@
 //! certificates; [`tls`] builds both ends' rustls configurations.
 #![forbid(unsafe_code)]
 
-pub mod store;
 pub mod http;
 pub mod pki;
+pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;

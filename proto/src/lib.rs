@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod identity;
 pub mod model;
 
 /// Generated protobuf and gRPC code for package `cmdb.v1`.
