@@ -19,5 +19,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod output;
 pub mod state;
+pub mod run;
 pub mod tls;
+pub mod transport;
 pub mod watch;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use cmdb_agent::discover::{self, Context, Options};
 use cmdb_agent::hostroot::HostRoot;
-use cmdb_agent::{output, state};
+use cmdb_agent::{config, enroll, output, state};
 use cmdb_proto::model::AgentInfo;
 
 #[derive(Parser)]
@@ -30,6 +30,30 @@ enum Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the resident agent (discovery, metrics, file watching, delivery).
+    Run {
+        #[arg(long, default_value = "/etc/cmdb/agent.toml")]
+        config: PathBuf,
+    },
+    /// Enroll with a collector: make a key pair here, send a CSR, keep the certificate.
+    Enroll {
+        /// The collector's gRPC endpoint, e.g. https://collector.example:7443.
+        #[arg(long)]
+        collector: String,
+        /// An enrollment token from `cmdb-collector token create`.
+        #[arg(long, env = "CMDB_ENROLL_TOKEN")]
+        token: String,
+        /// Trust the collector's CA from this file.
+        #[arg(long, conflicts_with = "ca_sha256", required_unless_present = "ca_sha256")]
+        ca_file: Option<PathBuf>,
+        /// Trust the collector's CA by its sha256 fingerprint (printed by `token create`).
+        #[arg(long)]
+        ca_sha256: Option<String>,
+        #[arg(long, env = "CMDB_STATE_DIR", default_value = "/var/lib/cmdb/agent")]
+        state_dir: PathBuf,
+        #[arg(long, env = "CMDB_HOST_ROOT", default_value = "/")]
+        host_root: PathBuf,
+    },
     /// Discover this host once and print the inventory.
     Inventory {
         #[arg(long, value_enum, default_value = "table")]
@@ -61,6 +85,24 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CMDB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // Two workers are plenty: discovery runs on blocking threads, the rest is I/O.
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()?)
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -73,6 +115,61 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("cmdb-agent: {e}");
+                    return Ok(ExitCode::from(64));
+                }
+            };
+            runtime()?.block_on(cmdb_agent::run::run(cfg))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enroll {
+            collector,
+            token,
+            ca_file,
+            ca_sha256,
+            state_dir,
+            host_root,
+        } => {
+            init_logging();
+            let ca = match (ca_file, ca_sha256) {
+                (Some(f), _) => enroll::CaTrust::File(f),
+                (None, Some(h)) => enroll::CaTrust::Sha256(h),
+                (None, None) => {
+                    eprintln!("cmdb-agent: enroll needs --ca-file or --ca-sha256");
+                    return Ok(ExitCode::from(64));
+                }
+            };
+            let instance_id = state::instance_id(&state_dir)?;
+            // The identity block needs only the identity collectors (a few ms).
+            let ctx = Context {
+                root: HostRoot::new(host_root),
+                options: Options::default(),
+            };
+            let only = discover::parse_only("system,os,network_interface")?;
+            let agent = AgentInfo {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                instance_id: instance_id.clone(),
+            };
+            let identity = discover::run(&ctx, agent, Some(&only)).host;
+            let opts = enroll::EnrollOptions {
+                collector,
+                token,
+                ca,
+                state_dir,
+                identity,
+                instance_id,
+                agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            };
+            cmdb_agent::tls::install_crypto_provider();
+            let enrolled = runtime()?.block_on(enroll::enroll(opts))?;
+            println!("enrolled as {}", enrolled.agent_id);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Inventory {
             format,
             host_root,

@@ -11,3 +11,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod config;
+pub mod ingest;
+pub mod quickstart;
+pub mod serve;

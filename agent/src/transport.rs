@@ -1,0 +1,413 @@
+//! The agent's side of the `Connect` stream: connect over mTLS with failover across the
+//! configured collectors, exponential backoff with full jitter between attempts, resume
+//! after the collector's watermark, drain the outbox at the rate the Acks hint, and keep
+//! heartbeats on their own priority lane so that a backlog never delays them.
+//!
+//! Never: sends an event that is not durable in the outbox first; trims the outbox before
+//! the collector acknowledged; holds more than `max_inflight_events` unacknowledged.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use cmdb_proto::convert::timestamp_from_system;
+use cmdb_proto::v1::{
+    self, AgentMessage, agent_message, agent_service_client::AgentServiceClient,
+    collector_message, event,
+};
+use futures_util::Stream;
+use rand::Rng;
+use tokio::sync::{Notify, mpsc, watch};
+
+use crate::outbox::Outbox;
+use crate::tls::TlsFiles;
+
+/// What a session needs besides the outbox.
+#[derive(Clone, Debug)]
+pub struct TransportSettings {
+    pub endpoints: Vec<String>,
+    pub tls: TlsFiles,
+    pub connect_timeout: Duration,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_batch_events: usize,
+    pub max_batch_bytes: usize,
+    /// Unacknowledged events in flight at most.
+    pub max_inflight_events: u64,
+    pub heartbeat: Duration,
+}
+
+/// The agent's self-description sent in Hello.
+#[derive(Clone, Debug, Default)]
+pub struct HelloInfo {
+    pub identity: cmdb_proto::model::HostIdentity,
+    pub agent_version: String,
+    pub instance_id: String,
+    pub inventory_hash: Vec<u8>,
+}
+
+/// What the run loop learns from the collector.
+#[derive(Debug)]
+pub enum FromCollector {
+    /// Send a full snapshot (collector asked, e.g. after detecting a hash mismatch).
+    FullSnapshot,
+    /// Rediscover everything now.
+    Rescan,
+}
+
+/// A session-level failure (the loop backs off and retries).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// TCP/TLS connection failed.
+    #[error("connect {endpoint}: {message}")]
+    Connect { endpoint: String, message: String },
+    /// The collector refused or ended the stream.
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    /// The collector broke the protocol (no Ack after Hello).
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The local outbox failed.
+    #[error("outbox: {0}")]
+    Outbox(String),
+}
+
+/// Shared state between the run loop and the transport.
+pub struct Link {
+    pub outbox: Outbox,
+    /// Notified when new events are in the outbox.
+    pub new_events: Notify,
+    /// The latest Hello info (identity changes when the inventory does).
+    pub hello: watch::Sender<HelloInfo>,
+    /// Whether a session is up (for heartbeats and status).
+    pub connected: watch::Sender<bool>,
+    pub started: Instant,
+}
+
+/// Runs sessions forever (until `stop` fires), failing over and backing off.
+pub async fn run(
+    link: Arc<Link>,
+    settings: TransportSettings,
+    commands: mpsc::Sender<FromCollector>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut attempt: u32 = 0;
+    let mut endpoint_idx = 0usize;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let endpoint = settings
+            .endpoints
+            .get(endpoint_idx % settings.endpoints.len().max(1))
+            .cloned()
+            .unwrap_or_default();
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = session(&link, &settings, &endpoint, &commands) => r,
+            _ = stop.changed() => return,
+        };
+        let _ = link.connected.send(false);
+        let healthy = started.elapsed() > Duration::from_secs(30);
+        match &result {
+            Ok(()) => tracing::info!(endpoint = %endpoint, "Collector closed the stream."),
+            Err(TransportError::Status(s))
+                if s.code() == tonic::Code::PermissionDenied
+                    || s.code() == tonic::Code::Unauthenticated =>
+            {
+                tracing::error!(endpoint = %endpoint, message = %s.message(), "Collector refused this agent; will keep retrying slowly.");
+            }
+            Err(e) => tracing::warn!(endpoint = %endpoint, error = %e, "Collector session failed."),
+        }
+        if healthy {
+            attempt = 0;
+        } else {
+            attempt = attempt.saturating_add(1);
+            // Fail over to the next collector after a failed attempt.
+            endpoint_idx = endpoint_idx.wrapping_add(1);
+        }
+        let delay = full_jitter(settings.backoff_initial, settings.backoff_max, attempt);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, initial · 2^attempt)].
+pub fn full_jitter(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    if attempt == 0 {
+        return Duration::ZERO;
+    }
+    let cap = initial
+        .saturating_mul(1u32 << attempt.min(20))
+        .min(max)
+        .max(Duration::from_millis(1));
+    let ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=ms))
+}
+
+/// Two outbound lanes, heartbeats first: a stuck batch lane never delays a heartbeat.
+struct PriorityStream {
+    priority: mpsc::Receiver<AgentMessage>,
+    normal: mpsc::Receiver<AgentMessage>,
+}
+
+impl Stream for PriorityStream {
+    type Item = AgentMessage;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if let Poll::Ready(Some(m)) = self.priority.poll_recv(cx) {
+            return Poll::Ready(Some(m));
+        }
+        self.normal.poll_recv(cx)
+    }
+}
+
+fn heartbeat_message(link: &Link) -> AgentMessage {
+    let stats = link.outbox.stats();
+    AgentMessage {
+        kind: Some(agent_message::Kind::Batch(v1::Batch {
+            events: vec![v1::Event {
+                seq: 0,
+                observed_at: Some(timestamp_from_system(SystemTime::now())),
+                kind: Some(event::Kind::Heartbeat(v1::Heartbeat {
+                    outbox_events: stats.events,
+                    outbox_bytes: stats.bytes,
+                    uptime_seconds: link.started.elapsed().as_secs(),
+                })),
+            }],
+        })),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, TransportError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| TransportError::Outbox(e.to_string()))
+}
+
+/// One connected session: Hello, resume, then send/receive until the stream ends.
+async fn session(
+    link: &Arc<Link>,
+    settings: &TransportSettings,
+    endpoint: &str,
+    commands: &mpsc::Sender<FromCollector>,
+) -> Result<(), TransportError> {
+    let channel = crate::tls::connect(endpoint, &settings.tls, settings.connect_timeout)
+        .await
+        .map_err(|e| TransportError::Connect {
+            endpoint: endpoint.to_owned(),
+            message: e.to_string(),
+        })?;
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(4 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let (prio_tx, prio_rx) = mpsc::channel::<AgentMessage>(2);
+    let (main_tx, main_rx) = mpsc::channel::<AgentMessage>(2);
+    let hello = link.hello.borrow().clone();
+    let outbox = link.outbox.clone();
+    let acked = blocking(move || outbox.acked_seq()).await?;
+    prio_tx
+        .send(AgentMessage {
+            kind: Some(agent_message::Kind::Hello(v1::Hello {
+                identity: Some(v1::HostIdentity::from(&hello.identity)),
+                agent_version: hello.agent_version.clone(),
+                instance_id: hello.instance_id.clone(),
+                last_acked_seq: acked,
+                inventory_hash: hello.inventory_hash.clone(),
+            })),
+        })
+        .await
+        .map_err(|_| TransportError::Protocol("stream closed before Hello".into()))?;
+    let response = tokio::time::timeout(
+        settings.connect_timeout,
+        client.connect(PriorityStream {
+            priority: prio_rx,
+            normal: main_rx,
+        }),
+    )
+    .await
+    .map_err(|_| TransportError::Protocol("no response to Connect in time".into()))??;
+    let mut inbound = response.into_inner();
+
+    // The collector's first Ack is its watermark for us: resume after it.
+    let first = tokio::time::timeout(settings.connect_timeout, inbound.message())
+        .await
+        .map_err(|_| TransportError::Protocol("no Ack after Hello".into()))??;
+    let (watermark, hint) = match first.and_then(|m| m.kind) {
+        Some(collector_message::Kind::Ack(a)) => (a.up_to_seq, a.max_rate_hint),
+        other => {
+            return Err(TransportError::Protocol(format!(
+                "expected Ack after Hello, got {other:?}"
+            )));
+        }
+    };
+    let outbox = link.outbox.clone();
+    blocking(move || outbox.ack(watermark))
+        .await?
+        .map_err(|e| TransportError::Outbox(e.to_string()))?;
+    let _ = link.connected.send(true);
+    tracing::info!(endpoint, watermark, "Connected to the collector.");
+
+    let (acked_tx, acked_rx) = watch::channel(watermark);
+    let (rate_tx, rate_rx) = watch::channel(hint);
+    let sender = tokio::spawn(send_loop(
+        Arc::clone(link),
+        settings.clone(),
+        main_tx,
+        watermark,
+        acked_rx,
+        rate_rx,
+    ));
+    let heartbeats = {
+        let link = Arc::clone(link);
+        let every = settings.heartbeat;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // try_send: if even the priority lane is full the collector is not reading;
+                // skipping one heartbeat is right (the next one says the same).
+                if let Err(mpsc::error::TrySendError::Closed(_)) =
+                    prio_tx.try_send(heartbeat_message(&link))
+                {
+                    return;
+                }
+            }
+        })
+    };
+
+    let result = loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => break Ok(()),
+            Err(status) => break Err(TransportError::Status(status)),
+        };
+        match msg.kind {
+            Some(collector_message::Kind::Ack(a)) => {
+                let outbox = link.outbox.clone();
+                let up_to = a.up_to_seq;
+                match blocking(move || outbox.ack(up_to)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(TransportError::Outbox(e.to_string())),
+                    Err(e) => break Err(e),
+                }
+                let _ = acked_tx.send(up_to);
+                let _ = rate_tx.send(a.max_rate_hint);
+            }
+            Some(collector_message::Kind::Command(c)) => {
+                let what = match v1::CommandKind::try_from(c.kind) {
+                    Ok(v1::CommandKind::FullSnapshot) => Some(FromCollector::FullSnapshot),
+                    Ok(v1::CommandKind::Rescan) => Some(FromCollector::Rescan),
+                    _ => None,
+                };
+                if let Some(w) = what {
+                    let _ = commands.try_send(w);
+                }
+            }
+            Some(collector_message::Kind::Config(c)) => {
+                tracing::debug!(heartbeat = c.heartbeat_seconds, "Collector configuration received.");
+            }
+            None => {}
+        }
+    };
+    sender.abort();
+    heartbeats.abort();
+    result
+}
+
+/// Sends outbox events after `cursor` in batches, at most `max_inflight_events` beyond the
+/// last ack, paced by the collector's rate hint (events/s; 0 = unlimited).
+async fn send_loop(
+    link: Arc<Link>,
+    settings: TransportSettings,
+    tx: mpsc::Sender<AgentMessage>,
+    mut cursor: u64,
+    mut acked: watch::Receiver<u64>,
+    rate: watch::Receiver<u32>,
+) {
+    let mut budget = 0f64;
+    let mut last = Instant::now();
+    loop {
+        let in_flight = cursor.saturating_sub(*acked.borrow());
+        if in_flight >= settings.max_inflight_events {
+            if acked.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let outbox = link.outbox.clone();
+        let (after, max_events, max_bytes) = (
+            cursor,
+            settings
+                .max_batch_events
+                .min(usize::try_from(settings.max_inflight_events - in_flight).unwrap_or(usize::MAX))
+                .max(1),
+            settings.max_batch_bytes,
+        );
+        let notified = link.new_events.notified();
+        let events = match tokio::task::spawn_blocking(move || {
+            outbox.read_after(after, max_events, max_bytes)
+        })
+        .await
+        {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "Cannot read the outbox.");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(_) => return,
+        };
+        if events.is_empty() {
+            notified.await;
+            continue;
+        }
+        // Pace to the hinted rate (token bucket with one second of burst).
+        let hint = *rate.borrow();
+        if hint > 0 {
+            let r = f64::from(hint);
+            budget = (budget + last.elapsed().as_secs_f64() * r).min(r);
+            last = Instant::now();
+            let need = events.len() as f64;
+            if budget < need {
+                let wait = (need - budget) / r;
+                tokio::time::sleep(Duration::from_secs_f64(wait.min(10.0))).await;
+                budget = need;
+                last = Instant::now();
+            }
+            budget -= need;
+        }
+        let Some(last_seq) = events.last().map(|e| e.seq) else {
+            continue;
+        };
+        let msg = AgentMessage {
+            kind: Some(agent_message::Kind::Batch(v1::Batch { events })),
+        };
+        if tx.send(msg).await.is_err() {
+            return;
+        }
+        cursor = last_seq;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_jitter_is_bounded_and_grows() {
+        let i = Duration::from_millis(100);
+        let m = Duration::from_secs(5);
+        assert_eq!(full_jitter(i, m, 0), Duration::ZERO);
+        for attempt in 1..30 {
+            let d = full_jitter(i, m, attempt);
+            assert!(d <= m, "{d:?}");
+            assert!(d <= i * (1 << attempt.min(20)));
+        }
+    }
+}

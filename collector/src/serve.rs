@@ -1,0 +1,226 @@
+//! `cmdb-collector serve`: opens the store, PKI and tokens, then runs the agents' gRPC
+//! service (mTLS) and the HTTP API side by side until shutdown. The bound addresses are
+//! logged and written to `<data_dir>/listen.json` (so that port 0 works for tests and
+//! quickstart).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cmdb_proto::v1::agent_service_server::AgentServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::CollectorConfig;
+use crate::http::{ApiState, Authenticator, Principal};
+use crate::ingest::Ingest;
+use crate::pki::Pki;
+use crate::store::Store;
+use crate::store::sled::SledStore;
+use crate::telemetry::Telemetry;
+use crate::tokens::Tokens;
+
+/// Why the collector could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The PKI is missing or unreadable.
+    #[error("PKI in {dir}: {message} (run `cmdb-collector pki init --data-dir {data_dir}` first)")]
+    Pki {
+        dir: PathBuf,
+        data_dir: PathBuf,
+        message: String,
+    },
+    /// The token file is unreadable.
+    #[error("tokens: {0}")]
+    Tokens(String),
+    /// The store cannot be opened.
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// A server failed while running.
+    #[error("{0} server: {1}")]
+    Server(&'static str, String),
+    /// I/O on the data directory.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// API tokens (tokens.json) as the HTTP layer's authenticator.
+struct TokenAuth(Arc<Tokens>);
+
+impl Authenticator for TokenAuth {
+    fn authenticate(&self, bearer: &str) -> Option<Principal> {
+        match self.0.verify_api_token(bearer) {
+            Ok(Some(p)) => Some(Principal {
+                name: p.name,
+                role: p.role.to_string(),
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot read API tokens.");
+                None
+            }
+        }
+    }
+}
+
+/// Where the servers actually listen.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ListenAddrs {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+pub fn store_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("store")
+}
+
+/// Runs until `shutdown` completes. `on_listening` is told the bound addresses once both
+/// listeners are up.
+pub async fn serve(
+    cfg: CollectorConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(ListenAddrs) + Send,
+) -> Result<(), ServeError> {
+    crate::tls::install_crypto_provider();
+    let data_dir = cfg.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::Io {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let pki_err = |e: &dyn std::fmt::Display| ServeError::Pki {
+        dir: pki_dir(&data_dir),
+        data_dir: data_dir.clone(),
+        message: e.to_string(),
+    };
+    let pki = Arc::new(Pki::open(&pki_dir(&data_dir)).map_err(|e| pki_err(&e))?);
+    let server_tls = pki.server_tls().map_err(|e| pki_err(&e))?;
+    let tokens = Arc::new(Tokens::open(&data_dir).map_err(|e| ServeError::Tokens(e.to_string()))?);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_dir(&data_dir), cfg.store.cache_bytes)?);
+    let telemetry = Arc::new(Telemetry::new());
+
+    let grpc_listener = TcpListener::bind(cfg.grpc_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.grpc_listen,
+            source,
+        })?;
+    let http_listener = TcpListener::bind(cfg.http_listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: cfg.http_listen,
+            source,
+        })?;
+    let addrs = ListenAddrs {
+        grpc: grpc_listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.grpc_listen,
+                source,
+            })?,
+        http: http_listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.http_listen,
+                source,
+            })?,
+    };
+    write_listen_file(&data_dir, &addrs)?;
+    tracing::info!(grpc = %addrs.grpc, http = %addrs.http, data_dir = %data_dir.display(), "Collector listening.");
+    on_listening(addrs);
+
+    let ingest = Ingest::new(
+        Arc::clone(&store),
+        Arc::clone(&pki),
+        Arc::clone(&tokens),
+        Arc::clone(&telemetry),
+        cfg.limits.clone(),
+        cfg.agents.clone(),
+    );
+    let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
+    let mut grpc_stop = stop_tx.subscribe();
+    let mut http_stop = stop_tx.subscribe();
+    let grpc = tonic::transport::Server::builder()
+        .tls_config(server_tls)
+        .map_err(|e| ServeError::Server("gRPC", e.to_string()))?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .add_service(
+            AgentServiceServer::new(ingest)
+                .max_decoding_message_size(cfg.limits.max_message_bytes)
+                .max_encoding_message_size(1024 * 1024),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
+            let _ = grpc_stop.recv().await;
+        });
+    let api = crate::http::router(ApiState {
+        store: Arc::clone(&store),
+        auth: Arc::new(TokenAuth(Arc::clone(&tokens))),
+        telemetry: Arc::clone(&telemetry),
+    });
+    let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
+        let _ = http_stop.recv().await;
+    });
+    let grpc_task = tokio::spawn(grpc);
+    let http_task = tokio::spawn(async move { http.await });
+    shutdown.await;
+    tracing::info!("Collector shutting down.");
+    let _ = stop_tx.send(());
+    let grpc_res = grpc_task.await;
+    let http_res = http_task.await;
+    store.flush()?;
+    match grpc_res {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(ServeError::Server("gRPC", e.to_string())),
+        Err(e) => return Err(ServeError::Server("gRPC", e.to_string())),
+    }
+    match http_res {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Server("HTTP", e.to_string())),
+        Err(e) => Err(ServeError::Server("HTTP", e.to_string())),
+    }
+}
+
+fn write_listen_file(data_dir: &Path, addrs: &ListenAddrs) -> Result<(), ServeError> {
+    let path = data_dir.join("listen.json");
+    let tmp = data_dir.join("listen.json.tmp");
+    let io = |source| ServeError::Io {
+        path: path.clone(),
+        source,
+    };
+    let text = serde_json::to_string_pretty(addrs).map_err(|e| io(std::io::Error::other(e)))?;
+    std::fs::write(&tmp, text).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process still dies on the default action.
+            std::future::pending::<()>().await;
+        }
+    }
+}
