@@ -50,22 +50,6 @@ pub const MAX_SERIES: usize = 256;
 /// Hard cap on samples per series per window, whatever the window and interval.
 pub const MAX_SAMPLES_PER_SERIES: usize = 1024;
 
-/// Network and FUSE filesystems: their statvfs can block for minutes on a dead server.
-const REMOTE_FSTYPES: &[&str] = &[
-    "9p",
-    "afs",
-    "ceph",
-    "cifs",
-    "glusterfs",
-    "gpfs",
-    "lustre",
-    "ncpfs",
-    "nfs",
-    "nfs4",
-    "smb3",
-    "smbfs",
-    "sshfs",
-];
 
 // === samples ===
 
@@ -314,16 +298,10 @@ fn read_prefix(root: &HostRoot, host_path: &str, cap: u64) -> Result<String, Str
 }
 
 /// /proc/1/net/dev under a host root (the host's network namespace), else /proc/net/dev —
-/// the same choice `discover::network` makes.
+/// the same choice `discover::network` makes, through the same function.
 fn read_proc_net_dev(root: &HostRoot) -> Result<String, String> {
-    if !root.is_live() {
-        match root.read_to_string_capped("/proc/1/net/dev", 1024 * 1024) {
-            Ok(t) => return Ok(t),
-            Err(e) if e.is_not_found() || e.is_permission_denied() => {}
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    root.read_to_string_capped("/proc/net/dev", 1024 * 1024)
+    crate::discover::network::read_proc_net(root, "dev")
+        .map(|(_, text)| text)
         .map_err(|e| e.to_string())
 }
 
@@ -334,37 +312,13 @@ fn sampled_mounts(root: &HostRoot, mountinfo: &str) -> Vec<Mount> {
     let is_file = |mp: &str| std::fs::symlink_metadata(root.path(mp)).is_ok_and(|m| !m.is_dir());
     filesystem::visible_filesystems(&entries, is_file)
         .into_iter()
-        .filter(|m| !is_remote(&m.fstype))
+        .filter(|m| !filesystem::is_remote(&m.fstype))
         .take(MAX_FILESYSTEMS)
         .map(|m| Mount {
             point: m.mount_point.clone(),
-            statvfs_at: statvfs_path(root, &m.mount_point, m.major, m.minor),
+            statvfs_at: filesystem::statvfs_path(root, &m.mount_point, m.major, m.minor),
         })
         .collect()
-}
-
-fn is_remote(fstype: &str) -> bool {
-    REMOTE_FSTYPES.contains(&fstype) || fstype == "fuse" || fstype.starts_with("fuse.")
-}
-
-/// Where statvfs answers for the host: on the live host the mount point itself; under a
-/// host root only where the path is the root of a mount with the device number mountinfo
-/// lists (as in `discover::filesystem`: a fixture tree is not a filesystem).
-fn statvfs_path(root: &HostRoot, mount_point: &str, major: u32, minor: u32) -> Option<PathBuf> {
-    let path = root.path(mount_point);
-    if root.is_live() {
-        return Some(path);
-    }
-    let st = rustix::fs::statx(
-        CWD,
-        &path,
-        AtFlags::NO_AUTOMOUNT | AtFlags::SYMLINK_NOFOLLOW,
-        StatxFlags::BASIC_STATS,
-    )
-    .ok()?;
-    let mount_root = st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
-        && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
-    (mount_root && st.stx_dev_major == major && st.stx_dev_minor == minor).then_some(path)
 }
 
 // === parsers ===

@@ -375,7 +375,8 @@ impl Sizes {
     }
 }
 
-fn is_remote(fstype: &str) -> bool {
+/// Network and FUSE filesystems: statvfs on them can hang on a dead server.
+pub(crate) fn is_remote(fstype: &str) -> bool {
     REMOTE_FSTYPES.contains(&fstype) || fstype.starts_with("fuse.") || fstype == "fuse"
 }
 
@@ -393,13 +394,13 @@ fn statvfs_all(root: &HostRoot, mounts: &[&MountEntry], out: &mut Outcome) -> Ve
             let spawned = thread::Builder::new()
                 .name("statvfs-remote".into())
                 .spawn(move || {
-                    let answer = statvfs_path(&root, &m).map(rustix::fs::statvfs);
+                    let answer = statvfs_path(&root, &m.mount_point, m.major, m.minor).map(rustix::fs::statvfs);
                     let _ = tx.send((i, answer));
                 });
             if spawned.is_ok() {
                 remote_pending.insert(i);
             }
-        } else if let Some(path) = statvfs_path(root, m) {
+        } else if let Some(path) = statvfs_path(root, &m.mount_point, m.major, m.minor) {
             record_statvfs(&mut results, i, m, rustix::fs::statvfs(&path), out);
         }
     }
@@ -449,9 +450,17 @@ fn record_statvfs(
     }
 }
 
-/// The path to ask statvfs for `m`, or `None` when the answer would not be the host's.
-fn statvfs_path(root: &HostRoot, m: &MountEntry) -> Option<PathBuf> {
-    let path = root.path(&m.mount_point);
+/// The path to ask statvfs for a mount, or `None` when the answer would not be the host's:
+/// on the live host the mount point itself; under a host root only where the path is the
+/// root of a mount with the device number mountinfo lists (a fixture tree is not a
+/// filesystem).
+pub(crate) fn statvfs_path(
+    root: &HostRoot,
+    mount_point: &str,
+    major: u32,
+    minor: u32,
+) -> Option<PathBuf> {
+    let path = root.path(mount_point);
     if root.is_live() {
         return Some(path);
     }
@@ -464,7 +473,7 @@ fn statvfs_path(root: &HostRoot, m: &MountEntry) -> Option<PathBuf> {
     .ok()?;
     let mount_root = st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT)
         && st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT);
-    (mount_root && st.stx_dev_major == m.major && st.stx_dev_minor == m.minor).then_some(path)
+    (mount_root && st.stx_dev_major == major && st.stx_dev_minor == minor).then_some(path)
 }
 
 /// The strings of a list attribute (tests of the item shape).
@@ -577,7 +586,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = HostRoot::new(dir.path());
         let m = &mounts("28 1 254:1 / / rw - ext4 /dev/vda1 rw\n")[0];
-        assert_eq!(statvfs_path(&root, m), None);
+        assert_eq!(statvfs_path(&root, &m.mount_point, m.major, m.minor), None);
         let item = filesystem_item(&root, m, None);
         assert!(item.attr("size_bytes").unwrap().is_null());
         assert_eq!(strings(item.attr("options")), vec!["rw"]);

@@ -249,7 +249,7 @@ fn sort_lists<T: Ord>(m: &mut BTreeMap<String, Vec<T>>) {
 }
 
 /// Reads /proc/1/net/<file> under a host root (the host's namespace), else /proc/net/<file>.
-fn read_proc_net(root: &HostRoot, file: &str) -> Result<(String, String), ReadError> {
+pub(crate) fn read_proc_net(root: &HostRoot, file: &str) -> Result<(String, String), ReadError> {
     if !root.is_live() {
         let p = format!("/proc/1/net/{file}");
         match root.read_to_string(&p) {
