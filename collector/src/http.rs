@@ -49,7 +49,8 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Longest a request may take, waiting for a slot included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// `/healthz` answers within this even when the store hangs.
+/// `/healthz` (and the store size read of `/metrics`) waits this long for the store, once
+/// the request has its slot.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest bearer token looked at; longer ones are refused unseen.
 pub const MAX_TOKEN_BYTES: usize = 512;
