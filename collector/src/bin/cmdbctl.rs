@@ -1,7 +1,227 @@
-//! cmdbctl: the collector's API from the shell (in progress).
+//! cmdbctl: the collector's HTTP API from the shell, as aligned tables or as the API's JSON.
+//!
+//! Owns argument parsing ([`cli`]), the HTTP client ([`client`]) and the table views
+//! ([`render`], [`table`]). Read-only, like the API it drives. Exit codes: 0 ok, 1 API or
+//! HTTP error (the message is the API's JSON error message), 64 usage (bad arguments, no URL
+//! or token, an https:// URL, an unreadable quickstart.json). A closed stdout (`| head`)
+//! ends the program quietly with 0. docs/API.md lists the commands.
 #![forbid(unsafe_code)]
 
-fn main() {
-    eprintln!("cmdbctl: not yet available");
-    std::process::exit(2);
+// A binary's root resolves `mod x;` beside itself (src/bin/x.rs), where cargo would take
+// every file for a binary of its own: the modules live in src/bin/cmdbctl/ instead.
+#[path = "cmdbctl/cli.rs"]
+mod cli;
+#[path = "cmdbctl/client.rs"]
+mod client;
+#[path = "cmdbctl/render.rs"]
+mod render;
+#[path = "cmdbctl/table.rs"]
+mod table;
+#[cfg(test)]
+#[path = "cmdbctl/tests.rs"]
+mod tests;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use cmdb_collector::http::json::{CiDetail, List, Page, RelationView};
+use cmdb_collector::store::{AgentRecord, CiRecord, CloneRecord};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::cli::{CisArgs, Command, Format, Settings};
+use crate::client::{Api, ClientError, segment};
+
+/// Exit code for usage errors (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+/// Exit code for API and HTTP errors.
+const EXIT_API: u8 = 1;
+/// Most pages `cis --all` follows (1000 per page: 100 million CIs).
+const MAX_PAGES: usize = 100_000;
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// Bad input the argument parser could not catch.
+    #[error("{0}")]
+    Usage(String),
+    /// The API or the network failed.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// Writing the output failed.
+    #[error("writing output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    let settings = match cli::resolve(cli, &|name| std::env::var(name).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            complain(&e.to_string());
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let result = run(&settings, &mut stdout).and_then(|()| Ok(stdout.flush()?));
+    let code = exit_code(&result);
+    if let Err(e) = result
+        && code != 0
+    {
+        complain(&e.to_string());
+    }
+    ExitCode::from(code)
+}
+
+/// 0 for success and for a closed stdout, 64 for usage errors, 1 for everything else.
+fn exit_code(result: &Result<(), RunError>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(RunError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(RunError::Usage(_)) => EXIT_USAGE,
+        Err(_) => EXIT_API,
+    }
+}
+
+/// One line on stderr; a closed stderr is not worth a panic.
+fn complain(msg: &str) {
+    let _ = writeln!(std::io::stderr(), "cmdbctl: {msg}");
+}
+
+fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
+    let api = Api::new(&s.base_url, &s.token)?;
+    let json = s.format == Format::Json;
+    match &s.command {
+        Command::Agents => {
+            let v = api.get("/api/v1/agents", &[])?;
+            if json {
+                return print_json(out, &v);
+            }
+            let list: List<AgentRecord> = decode(v)?;
+            out.write_all(render::agents(&list.items).as_bytes())?;
+        }
+        Command::Agent { id } => {
+            let v = api.get(&format!("/api/v1/agents/{}", path_id(id)?), &[])?;
+            if json {
+                return print_json(out, &v);
+            }
+            out.write_all(render::agent(&decode(v)?).as_bytes())?;
+        }
+        Command::Cis(args) => {
+            let v = list_cis(&api, args)?;
+            if json {
+                return print_json(out, &v);
+            }
+            let page: Page<CiRecord> = decode(v)?;
+            out.write_all(render::cis(&page.items).as_bytes())?;
+            if let Some(after) = page.next_after {
+                complain(&format!(
+                    "more CIs follow: add --after {after} for the next page, or --all"
+                ));
+            }
+        }
+        Command::Ci { id } => {
+            let v = api.get(&format!("/api/v1/cis/{}", path_id(id)?), &[])?;
+            if json {
+                return print_json(out, &v);
+            }
+            let detail: CiDetail = decode(v)?;
+            out.write_all(render::ci(&detail).as_bytes())?;
+        }
+        Command::Relations { id } => {
+            let v = api.get(&format!("/api/v1/cis/{}/relations", path_id(id)?), &[])?;
+            if json {
+                return print_json(out, &v);
+            }
+            let list: List<RelationView> = decode(v)?;
+            out.write_all(render::relations(&list.items).as_bytes())?;
+        }
+        Command::Clones => {
+            let v = api.get("/api/v1/clones", &[])?;
+            if json {
+                return print_json(out, &v);
+            }
+            let list: List<CloneRecord> = decode(v)?;
+            out.write_all(render::clones(&list.items).as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// `cis`: one page, or with `--all` every page merged into one `{"items", "next_after": null}`.
+fn list_cis(api: &Api, args: &CisArgs) -> Result<Value, RunError> {
+    let mut query: Vec<(&str, String)> = Vec::new();
+    for (name, v) in [("class", &args.class), ("host", &args.host), ("q", &args.q)] {
+        if let Some(v) = v {
+            query.push((name, v.clone()));
+        }
+    }
+    if args.include_absent {
+        query.push(("include_absent", "true".to_owned()));
+    }
+    if let Some(limit) = args.limit {
+        query.push(("limit", limit.to_string()));
+    }
+    let mut after = args.after.clone();
+    if !args.all {
+        if let Some(a) = &after {
+            query.push(("after", a.clone()));
+        }
+        return Ok(api.get("/api/v1/cis", &query)?);
+    }
+    let mut items = Vec::new();
+    for _ in 0..MAX_PAGES {
+        let mut q = query.clone();
+        if let Some(a) = &after {
+            q.push(("after", a.clone()));
+        }
+        let page: Page<Value> = decode(api.get("/api/v1/cis", &q)?)?;
+        items.extend(page.items);
+        match page.next_after {
+            None => return Ok(serde_json::json!({"items": items, "next_after": null})),
+            // A cursor that does not move forward would loop for ever.
+            Some(next) if after.as_ref().is_some_and(|a| next <= *a) => {
+                return Err(ClientError::Decode {
+                    url: "/api/v1/cis".to_owned(),
+                    reason: format!("next_after {next:?} does not advance"),
+                }
+                .into());
+            }
+            Some(next) => after = Some(next),
+        }
+    }
+    Err(RunError::Usage(format!(
+        "more than {MAX_PAGES} pages; narrow the query with --class, --host or --q"
+    )))
+}
+
+/// An id for a URL path; `.` and `..` would be resolved away by the URL itself.
+fn path_id(id: &str) -> Result<String, RunError> {
+    if id.is_empty() || id == "." || id == ".." {
+        return Err(RunError::Usage(format!("{id:?} is not an id")));
+    }
+    Ok(segment(id))
+}
+
+fn decode<T: DeserializeOwned>(v: Value) -> Result<T, RunError> {
+    serde_json::from_value(v).map_err(|e| {
+        ClientError::Decode {
+            url: "the API".to_owned(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+fn print_json(out: &mut dyn Write, v: &Value) -> Result<(), RunError> {
+    serde_json::to_writer_pretty(&mut *out, v).map_err(std::io::Error::from)?;
+    out.write_all(b"\n")?;
+    Ok(())
 }

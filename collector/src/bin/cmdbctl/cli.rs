@@ -1,0 +1,383 @@
+//! cmdbctl's command line and where its connection settings come from.
+//!
+//! Precedence, per setting: a flag (`--url`, `--token`) beats `--quickstart-dir`'s
+//! `quickstart.json`, which beats the environment (`CMDB_URL`, `CMDB_TOKEN`): what is on the
+//! command line wins over what is inherited. The environment is read through a function
+//! argument, so tests never touch the process environment.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use reqwest::Url;
+use serde::Deserialize;
+
+/// Largest quickstart.json read.
+const MAX_QUICKSTART_BYTES: u64 = 64 * 1024;
+/// Largest page the API serves.
+pub const MAX_LIMIT: u16 = 1000;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cmdbctl",
+    version,
+    about = "The cmdb collector's API from the shell",
+    after_help = "Connection: --url/--token, else DIR/quickstart.json from --quickstart-dir, \
+                  else CMDB_URL/CMDB_TOKEN.\nExit codes: 0 ok, 1 API or HTTP error, 64 usage."
+)]
+pub struct Cli {
+    /// API base URL, e.g. http://127.0.0.1:8080 (env CMDB_URL).
+    #[arg(long, global = true, value_name = "URL")]
+    pub url: Option<String>,
+    /// API bearer token (env CMDB_TOKEN; prefer it or --quickstart-dir: flags show in `ps`).
+    #[arg(long, global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
+    /// Read api_url and admin_token from DIR/quickstart.json (written by
+    /// `cmdb-collector quickstart --dir DIR`).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub quickstart_dir: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Aligned columns for people; long cells are cut with "…".
+    Table,
+    /// The API's JSON, pretty-printed.
+    Json,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// List enrolled agents.
+    Agents,
+    /// Show one agent.
+    Agent { id: String },
+    /// List CIs (present ones unless --include-absent).
+    Cis(CisArgs),
+    /// Show one CI with its attributes and version history.
+    Ci { id: String },
+    /// List the relations of a CI.
+    Relations { id: String },
+    /// List clone records (two live agents claiming one host).
+    Clones,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct CisArgs {
+    /// Only this class (e.g. package, service, file).
+    #[arg(long)]
+    pub class: Option<String>,
+    /// Only this host: a host id or an exact hostname.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Case-insensitive substring of the key or of any string attribute.
+    #[arg(long)]
+    pub q: Option<String>,
+    /// Include absent and retired CIs.
+    #[arg(long)]
+    pub include_absent: bool,
+    /// Page size (1-1000; the API's default is 100).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_LIMIT)))]
+    pub limit: Option<u16>,
+    /// Start after this CI id (the previous page's next_after).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<String>,
+    /// Follow next_after until the last page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Everything a command needs, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    /// `http://host:port[/prefix]`, without a trailing slash.
+    pub base_url: String,
+    pub token: String,
+    pub format: Format,
+    pub command: Command,
+}
+
+/// Settings that cannot be used (exit 64).
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// No URL from any source.
+    #[error("no API URL: give --url, set CMDB_URL or give --quickstart-dir")]
+    NoUrl,
+    /// No token from any source.
+    #[error("no API token: give --token, set CMDB_TOKEN or give --quickstart-dir")]
+    NoToken,
+    /// An https:// URL.
+    #[error(
+        "{0}: TLS for the API is not supported yet; use http:// (the collector serves its API on loopback)"
+    )]
+    Https(String),
+    /// Not a usable http:// URL.
+    #[error("{url}: not a usable API URL ({reason}); expected e.g. http://127.0.0.1:8080")]
+    BadUrl { url: String, reason: String },
+    /// quickstart.json is missing or malformed.
+    #[error("{path}: {reason}")]
+    Quickstart { path: String, reason: String },
+}
+
+#[derive(Deserialize)]
+struct Quickstart {
+    api_url: Option<String>,
+    admin_token: Option<String>,
+}
+
+/// Resolves the connection settings; `env` looks up an environment variable.
+pub fn resolve(cli: Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, UsageError> {
+    let quickstart = match &cli.quickstart_dir {
+        Some(dir) => Some(read_quickstart(&dir.join("quickstart.json"))?),
+        None => None,
+    };
+    let (qs_url, qs_token) = quickstart
+        .map(|q| (q.api_url, q.admin_token))
+        .unwrap_or_default();
+    let non_empty = |s: Option<String>| s.filter(|s| !s.trim().is_empty());
+    let url = non_empty(cli.url)
+        .or(non_empty(qs_url))
+        .or_else(|| non_empty(env("CMDB_URL")))
+        .ok_or(UsageError::NoUrl)?;
+    let token = non_empty(cli.token)
+        .or(non_empty(qs_token))
+        .or_else(|| non_empty(env("CMDB_TOKEN")))
+        .ok_or(UsageError::NoToken)?;
+    Ok(Settings {
+        base_url: base_url(url.trim())?,
+        token: token.trim().to_owned(),
+        format: cli.format,
+        command: cli.command,
+    })
+}
+
+fn read_quickstart(path: &Path) -> Result<Quickstart, UsageError> {
+    let err = |reason: String| UsageError::Quickstart {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| err(e.to_string()))?;
+    let mut text = String::new();
+    file.take(MAX_QUICKSTART_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| err(e.to_string()))?;
+    if text.len() as u64 > MAX_QUICKSTART_BYTES {
+        return Err(err(format!("larger than {MAX_QUICKSTART_BYTES} bytes")));
+    }
+    serde_json::from_str(&text).map_err(|e| err(format!("not quickstart JSON: {e}")))
+}
+
+/// Checks an API URL and drops its trailing slash.
+fn base_url(url: &str) -> Result<String, UsageError> {
+    let bad = |reason: &str| UsageError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let parsed = Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    match parsed.scheme() {
+        "http" => {}
+        "https" => return Err(UsageError::Https(url.to_owned())),
+        _ => return Err(bad("the scheme must be http")),
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err(bad("no query or fragment allowed"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("credentials go in --token, not the URL"));
+    }
+    Ok(parsed.as_str().trim_end_matches('/').to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("cmdbctl").chain(args.iter().copied()))
+    }
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(parse(&["agents"]).unwrap().command, Command::Agents);
+        assert_eq!(
+            parse(&["agent", "agt-1"]).unwrap().command,
+            Command::Agent { id: "agt-1".into() }
+        );
+        assert_eq!(
+            parse(&["ci", "ci-1"]).unwrap().command,
+            Command::Ci { id: "ci-1".into() }
+        );
+        assert_eq!(
+            parse(&["relations", "ci-1"]).unwrap().command,
+            Command::Relations { id: "ci-1".into() }
+        );
+        assert_eq!(parse(&["clones"]).unwrap().command, Command::Clones);
+        let cli = parse(&[
+            "--format",
+            "json",
+            "cis",
+            "--class",
+            "package",
+            "--host",
+            "web-1",
+            "--q",
+            "ssl",
+            "--include-absent",
+            "--limit",
+            "50",
+            "--all",
+        ])
+        .unwrap();
+        assert_eq!(cli.format, Format::Json);
+        assert_eq!(
+            cli.command,
+            Command::Cis(CisArgs {
+                class: Some("package".into()),
+                host: Some("web-1".into()),
+                q: Some("ssl".into()),
+                include_absent: true,
+                limit: Some(50),
+                after: None,
+                all: true,
+            })
+        );
+        // Global options may follow the command.
+        let cli = parse(&["cis", "--url", "http://127.0.0.1:1", "--format", "json"]).unwrap();
+        assert_eq!(cli.url.as_deref(), Some("http://127.0.0.1:1"));
+        assert_eq!(cli.format, Format::Json);
+        assert_eq!(parse(&[]).unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for args in [
+            &["cis", "--limit", "0"][..],
+            &["cis", "--limit", "1001"],
+            &["cis", "--limit", "ten"],
+            &["agent"],
+            &["frobnicate"],
+            &["--format", "yaml", "agents"],
+        ] {
+            let e = parse(args).unwrap_err();
+            assert!(e.use_stderr(), "{args:?} should be an error, not help");
+        }
+        assert!(!parse(&["--help"]).unwrap_err().use_stderr());
+    }
+
+    #[test]
+    fn flags_beat_quickstart_beats_env() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("quickstart.json"),
+            r#"{"api_url": "http://127.0.0.1:7001/", "admin_token": "qs-token", "extra": 1}"#,
+        )
+        .unwrap();
+        let qs = dir.path().to_str().unwrap();
+        let env = HashMap::from([
+            ("CMDB_URL", "http://127.0.0.1:7002"),
+            ("CMDB_TOKEN", "env-token"),
+        ]);
+        let env = |k: &str| env.get(k).map(|v| (*v).to_owned());
+
+        let s = resolve(parse(&["agents"]).unwrap(), &env).unwrap();
+        assert_eq!(
+            (s.base_url.as_str(), s.token.as_str()),
+            ("http://127.0.0.1:7002", "env-token")
+        );
+
+        let s = resolve(parse(&["--quickstart-dir", qs, "agents"]).unwrap(), &env).unwrap();
+        assert_eq!(
+            (s.base_url.as_str(), s.token.as_str()),
+            ("http://127.0.0.1:7001", "qs-token")
+        );
+
+        let s = resolve(
+            parse(&["--quickstart-dir", qs, "--token", "flag-token", "agents"]).unwrap(),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.base_url.as_str(), s.token.as_str()),
+            ("http://127.0.0.1:7001", "flag-token")
+        );
+
+        let s = resolve(
+            parse(&[
+                "--url",
+                "http://localhost:9/cmdb/",
+                "--token",
+                "t",
+                "agents",
+            ])
+            .unwrap(),
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(s.base_url, "http://localhost:9/cmdb");
+    }
+
+    #[test]
+    fn unusable_settings() {
+        let r = resolve(parse(&["agents"]).unwrap(), &no_env);
+        assert!(matches!(r, Err(UsageError::NoUrl)));
+        let r = resolve(
+            parse(&["--url", "http://127.0.0.1:1", "agents"]).unwrap(),
+            &no_env,
+        );
+        assert!(matches!(r, Err(UsageError::NoToken)));
+
+        let r = resolve(
+            parse(&["--url", "https://127.0.0.1:1", "--token", "t", "agents"]).unwrap(),
+            &no_env,
+        );
+        let e = r.unwrap_err();
+        assert!(matches!(e, UsageError::Https(_)));
+        assert!(
+            e.to_string()
+                .contains("TLS for the API is not supported yet")
+        );
+
+        for url in [
+            "127.0.0.1:8080",
+            "ftp://x",
+            "http://",
+            "http://h/?a=1",
+            "http://u:p@h/",
+            "not a url",
+        ] {
+            let r = resolve(
+                parse(&["--url", url, "--token", "t", "agents"]).unwrap(),
+                &no_env,
+            );
+            assert!(matches!(r, Err(UsageError::BadUrl { .. })), "{url}: {r:?}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let qs = dir.path().to_str().unwrap();
+        let r = resolve(parse(&["--quickstart-dir", qs, "agents"]).unwrap(), &no_env);
+        assert!(
+            matches!(r, Err(UsageError::Quickstart { .. })),
+            "missing file"
+        );
+        std::fs::write(dir.path().join("quickstart.json"), "{not json").unwrap();
+        let r = resolve(parse(&["--quickstart-dir", qs, "agents"]).unwrap(), &no_env);
+        assert!(
+            matches!(r, Err(UsageError::Quickstart { .. })),
+            "malformed file"
+        );
+    }
+}
