@@ -69,9 +69,10 @@ pub fn sha256_hex(data: &[u8]) -> String {
     let suite = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
     match suite.tls13() {
         Some(s) => hex::encode(s.common.hash_provider.hash(data).as_ref()),
-        // TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite by definition; an empty string can
-        // never equal a real digest, so a comparison against it fails closed.
-        None => String::new(),
+        // Unreachable (TLS13_AES_128_GCM_SHA256 is a TLS 1.3 suite by definition). Still a
+        // per-input digest, so token hashes stay distinct, and one that never equals a
+        // SHA-256 hex string, so a fingerprint comparison fails closed.
+        None => format!("blake3:{}", blake3::hash(data).to_hex()),
     }
 }
 
