@@ -24,7 +24,6 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use cmdb_proto::v1::{MetricSummary, Metrics};
-use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags};
 
 use crate::discover::filesystem::{Sizes, mountinfo::parse_mountinfo, read_mountinfo};
 use crate::discover::{filesystem, memory, process};

@@ -292,7 +292,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         connect_timeout: cfg.transport.connect_timeout,
         backoff_initial: cfg.transport.backoff_initial,
         backoff_max: cfg.transport.backoff_max,
-        max_batch_events: cfg.transport.max_batch_events,
+        max_batch_events: usize::try_from(cfg.transport.max_batch_events).unwrap_or(500),
         max_batch_bytes: usize::try_from(cfg.transport.max_batch_bytes).unwrap_or(usize::MAX),
         max_inflight_events: 5_000,
         heartbeat: cfg.intervals.heartbeat,
