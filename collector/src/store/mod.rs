@@ -27,11 +27,11 @@ pub mod sled;
 /// The class of host CIs (key = host id).
 pub const HOST_CLASS: &str = "host";
 
-/// Agent ids come from the CN of the agent's client certificate ("agt-<uuid>").
+/// Agent ids come from the CN of the agent's client certificate (`agt-<uuid>`).
 pub type AgentId = String;
-/// Host CI ids: "host-<16 hex>" (stable; minted at first identification).
+/// Host CI ids: `host-<16 hex>` (stable; minted at first identification).
 pub type HostId = String;
-/// CI ids: "ci-<16 hex>" = blake3(host_id, class, key), URL-safe.
+/// CI ids: `ci-<16 hex>` = blake3(host_id, class, key), URL-safe.
 pub type CiId = String;
 
 /// A store failure.
@@ -222,7 +222,7 @@ pub struct RelationRecord {
     pub kind: String,
     pub host_id: HostId,
     pub present: bool,
-    /// The ends as the agent named them, "<class>/<key>".
+    /// The ends as the agent named them, `<class>/<key>`.
     #[serde(default)]
     pub from_ref: String,
     #[serde(default)]

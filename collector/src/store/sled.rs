@@ -1,7 +1,7 @@
 //! The embedded [`Store`]: sled 0.34, one tree, one writer at a time.
 //!
 //! # Invariants
-//! - Every mutation (identify, apply, retention, put_agent) runs as one [`txn::Txn`] under
+//! - Every mutation (identify, apply, retention, put_agent) runs as one transaction (`txn` module) under
 //!   the writer lock and commits as ONE `sled::Batch` on ONE tree: all of its writes land
 //!   together or not at all, on disk (sled recovers batches atomically) and for readers
 //!   (a batch holds sled's concurrency-control write lock).
@@ -18,6 +18,7 @@
 //! | key | value |
 //! |---|---|
 //! | `meta/format` | `cmdb-store/1` (checked at open) |
+//! | `meta/commit` | u64 BE number of the last batch (compared with the seal at open) |
 //! | `a/<agent id>` | [`AgentRecord`] (JSON) |
 //! | `c/<host id>\0<ci id>` | [`CiRecord`] (JSON) — host CIs too (class `host`) |
 //! | `i/<ci id>` | host id (how a bare CI id finds its record) |
@@ -45,35 +46,43 @@
 //! beyond what its recovery accepts, or sled panics while opening) or when the tree holds
 //! data without our format marker. Nothing is ever moved aside or repaired silently. A
 //! record that does not decode later is reported as [`StoreError::Corrupt`] for that read.
-//! (sled itself discards a torn tail of its log after a crash; those writes were never
-//! flushed, hence never acknowledged.)
+//!
+//! sled's own recovery silently drops everything after a damaged log segment (measured:
+//! flipping bytes late in `db` reopened "fine" with an agent watermark 13 events behind).
+//! Every batch therefore carries a commit number (`meta/commit`), and after each flush the
+//! number it covered goes to a seal file beside sled's (`seal` module): an open that finds
+//! the tree behind its seal refuses with `StoreError::Open`. Damage that sled does not
+//! notice at all (old pages it never re-reads at open) is not caught by this.
 //!
 //! # Why one batch on one tree, not a multi-tree transaction
 //! sled transactions are optimistic closures that may re-run, keep every read and write in
 //! a per-transaction cache and serialise through the same global lock; a batch is one log
 //! reservation with no retries. All reads an apply needs are point lookups or short index
-//! scans done under our writer lock, so the overlay in [`txn`] gives read-your-writes
+//! scans done under our writer lock, so the overlay in the `txn` module gives read-your-writes
 //! without sled transactions. Cost per CI change: one JSON decode of the CI (if it exists),
 //! one encode of the CI and one of the version, 2 keys written (5 for a new CI).
 //!
 //! CI records and versions are keyed by host first, so one agent's batch lands in one
 //! narrow key range (few leaf pages touched, good page-cache locality with 10 000 hosts)
-//! instead of being scattered by the hashed CI ids; that halved the time per change in the
-//! debug-build measurement. A bare CI id (the API's) costs one extra lookup (`i/`).
+//! instead of being scattered by the hashed CI ids; that roughly halved the time per
+//! change in the (noisy, debug-build) measurement. A bare CI id (the API's) costs one extra
+//! lookup (`i/`).
 //!
 //! Throughput (the `#[ignore]`d `throughput_of_ci_changes` test, 100 000 changes in calls of
-//! 500, one flush each): 5 500 changes/s in a DEBUG build on a loaded 2-core machine, two
-//! thirds of it inside sled's `apply_batch` (unoptimised sled is ~30× slower than release).
-//! The release figure belongs to the fleet simulator in docs/BENCHMARKS.md.
+//! 500, one flush each): 5 500–7 000 changes/s in a DEBUG build on a shared 2-core machine,
+//! two thirds of it inside (unoptimised) sled's `apply_batch`, a quarter building the
+//! batch, 2 % in fsync. No release figure was measured here; it belongs to the fleet
+//! simulator in docs/BENCHMARKS.md.
 //!
 //! # Bounds
-//! Reads are capped ([`MAX_LIST`] for lists, [`MAX_AGENTS`] agents, [`MAX_CI_VERSIONS`] versions, [`MAX_METRICS`]
-//! windows); a snapshot reconciles at most `apply::MAX_RECONCILE` CIs per class; classes,
+//! Reads are capped ([`MAX_LIST`] for lists, [`MAX_AGENTS`] agents, [`MAX_CI_VERSIONS`]
+//! versions, [`MAX_METRICS`] windows); a snapshot reconciles at most `apply::MAX_RECONCILE` CIs per class; classes,
 //! keys and hostnames are bounded in length before they become keys.
 
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -89,6 +98,7 @@ use txn::{Txn, backend, decode};
 mod apply;
 mod hosts;
 mod keys;
+mod seal;
 mod txn;
 
 #[cfg(test)]
@@ -120,6 +130,10 @@ pub struct SledStore {
     path: PathBuf,
     writer: Mutex<()>,
     live_window: Duration,
+    /// Number of the last committed batch (`meta/commit`); written under `writer`.
+    commits: AtomicU64,
+    /// Highest commit number written to the seal file.
+    sealed: Mutex<u64>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -175,12 +189,50 @@ impl SledStore {
                     .map_err(|e| refuse(e.to_string()))?;
             }
         }
+        let commit = match tree
+            .get(keys::META_COMMIT)
+            .map_err(|e| refuse(e.to_string()))?
+        {
+            None => 0,
+            Some(v) => v
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| refuse(format!("corrupt commit number {:?}", v.as_ref())))?,
+        };
+        let seal_path = seal::path(dir);
+        let sealed = match seal::read(dir) {
+            seal::Seal::Commit(sealed) if commit < sealed => {
+                return Err(refuse(format!(
+                    "it lost acknowledged writes: sled recovered commit {commit}, but commit \
+                     {sealed} was durable (per {}). sled drops a damaged part of its log on \
+                     recovery. Restore a backup, or move the directory aside deliberately to \
+                     start empty",
+                    seal_path.display()
+                )));
+            }
+            seal::Seal::Commit(sealed) => sealed,
+            seal::Seal::Missing => 0,
+            seal::Seal::Unreadable(why) => {
+                tracing::warn!(
+                    path = %seal_path.display(),
+                    reason = %why,
+                    "Store seal is unreadable; it is rewritten, and this open could not check for lost writes."
+                );
+                0
+            }
+        };
+        if sealed != commit {
+            seal::write(dir, commit).map_err(|e| refuse(format!("cannot write the seal: {e}")))?;
+        }
         let store = SledStore {
             db,
             tree,
             path: dir.to_path_buf(),
             writer: Mutex::new(()),
             live_window: DEFAULT_LIVE_WINDOW,
+            commits: AtomicU64::new(commit),
+            sealed: Mutex::new(commit),
         };
         store.reset_connected().map_err(|e| refuse(e.to_string()))?;
         store.flush().map_err(|e| refuse(e.to_string()))?;
@@ -224,8 +276,17 @@ impl SledStore {
         let _guard = self.lock();
         let mut txn = Txn::new(&self.tree);
         let value = f(&mut txn)?;
-        txn.commit()?;
+        self.commit(txn)?;
         Ok(value)
+    }
+
+    /// Commits `txn` with the next commit number. The caller holds the writer lock.
+    fn commit(&self, txn: Txn<'_>) -> Result<(), StoreError> {
+        let next = self.commits.load(Ordering::Acquire) + 1;
+        if txn.commit(next)? {
+            self.commits.store(next, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// Values under `prefix` after `after` (exclusive), in key order.
@@ -574,7 +635,16 @@ impl Store for SledStore {
     }
 
     fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush().map(|_| ()).map_err(backend)
+        // Every batch numbered up to here was applied before this flush starts: it covers them.
+        let covered = self.commits.load(Ordering::Acquire);
+        self.db.flush().map_err(backend)?;
+        let mut sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
+        if covered > *sealed {
+            seal::write(&self.path, covered)
+                .map_err(|e| StoreError::Backend(format!("cannot write the store seal: {e}")))?;
+            *sealed = covered;
+        }
+        Ok(())
     }
 
     fn set_connected(

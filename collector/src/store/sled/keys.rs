@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub(super) const CI_ID_LEN: usize = 19;
 
 pub(super) const META_FORMAT: &[u8] = b"meta/format";
+pub(super) const META_COMMIT: &[u8] = b"meta/commit";
 pub(super) const AGENT: &[u8] = b"a/";
 pub(super) const CI: &[u8] = b"c/";
 pub(super) const CI_HOST: &[u8] = b"i/";
@@ -198,6 +199,7 @@ mod tests {
     fn prefixes_are_prefix_free() {
         let all = [
             META_FORMAT,
+            META_COMMIT,
             AGENT,
             CI,
             VERSION,

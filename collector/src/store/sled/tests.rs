@@ -1310,7 +1310,7 @@ fn throughput_of_ci_changes() {
         let mut txn = Txn::new(&store.tree);
         let out = apply::apply_events(&mut txn, "agt-1", &events, SystemTime::now()).unwrap();
         let t1 = std::time::Instant::now();
-        txn.commit().unwrap();
+        store.commit(txn).unwrap();
         let t2 = std::time::Instant::now();
         store.flush().unwrap();
         let t3 = std::time::Instant::now();
@@ -1328,4 +1328,64 @@ fn throughput_of_ci_changes() {
         TOTAL as f64 / total.as_secs_f64(),
         store.size_on_disk().unwrap()
     );
+}
+
+/// Damage anywhere in sled's log: the store either refuses to open, or opens with every
+/// acknowledged write intact. Never a silent rollback (sled alone would roll back).
+#[test]
+fn flipped_bytes_never_roll_back_silently() {
+    let (mut refused, mut intact) = (0, 0);
+    for offset in [0.02f64, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), CACHE).unwrap();
+            store
+                .identify("a", "ia", &identity("U"), SystemTime::now())
+                .unwrap();
+            for seq in 1..50u64 {
+                let changes = (0..20)
+                    .map(|i| {
+                        change(
+                            v1::ChangeKind::Changed,
+                            "package",
+                            &format!("p{i}"),
+                            seq as i64,
+                        )
+                    })
+                    .collect();
+                store.apply("a", &[delta(seq, changes)]).unwrap();
+            }
+        }
+        let db = dir.path().join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        let at = (bytes.len() as f64 * offset) as usize;
+        let end = (at + 64).min(bytes.len());
+        bytes[at..end].iter_mut().for_each(|b| *b ^= 0x5a);
+        std::fs::write(&db, &bytes).unwrap();
+        match SledStore::open(dir.path(), CACHE) {
+            Err(e) => {
+                assert!(matches!(e, StoreError::Open { .. }), "{e}");
+                refused += 1;
+            }
+            Ok(store) => {
+                assert_eq!(
+                    store.agent("a").unwrap().unwrap().last_seq,
+                    49,
+                    "at {offset}"
+                );
+                let cis = store.cis(&CiFilter::default()).unwrap();
+                let versions: usize = cis
+                    .iter()
+                    .map(|c| store.ci_versions(&c.id).unwrap().len())
+                    .sum();
+                assert_eq!(versions, 20 * 49 + 1, "at {offset}");
+                intact += 1;
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "the seal never fired: the test no longer damages the live log"
+    );
+    let _ = intact;
 }

@@ -168,8 +168,9 @@ impl<'a> Txn<'a> {
             .collect())
     }
 
-    /// Applies everything as one atomic batch. Returns the number of keys written.
-    pub(super) fn commit(self) -> Result<usize, StoreError> {
+    /// Applies everything as one atomic batch stamped with commit number `number` (see
+    /// `seal`). Returns whether anything was written (nothing written: no number used).
+    pub(super) fn commit(self, number: u64) -> Result<bool, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for (id, rec) in &self.cis {
@@ -191,9 +192,11 @@ impl<'a> Txn<'a> {
             }
             n += 1;
         }
-        if n > 0 {
-            self.tree.apply_batch(batch).map_err(backend)?;
+        if n == 0 {
+            return Ok(false);
         }
-        Ok(n)
+        batch.insert(keys::META_COMMIT, &number.to_be_bytes());
+        self.tree.apply_batch(batch).map_err(backend)?;
+        Ok(true)
     }
 }
