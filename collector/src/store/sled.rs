@@ -51,8 +51,12 @@
 //! flipping bytes late in `db` reopened "fine" with an agent watermark 13 events behind).
 //! Every batch therefore carries a commit number (`meta/commit`), and after each flush the
 //! number it covered goes to a seal file beside sled's (`seal` module): an open that finds
-//! the tree behind its seal refuses with `StoreError::Open`. Damage that sled does not
-//! notice at all (old pages it never re-reads at open) is not caught by this.
+//! the tree behind its seal refuses with `StoreError::Open`.
+//!
+//! sled can also silently drop damaged records from the MIDDLE of its log (measured: a
+//! CI at version 49 with 47 versions left, watermark intact). The seal cannot see that;
+//! [`SledStore::verify`] can (a full scan: versions contiguous, indexes and records
+//! agree). It is not run at every open because its cost grows with the store.
 //!
 //! # Why one batch on one tree, not a multi-tree transaction
 //! sled transactions are optimistic closures that may re-run, keep every read and write in
@@ -100,6 +104,9 @@ mod hosts;
 mod keys;
 mod seal;
 mod txn;
+mod verify;
+
+pub use verify::VerifyReport;
 
 #[cfg(test)]
 mod tests;
@@ -237,6 +244,12 @@ impl SledStore {
         store.reset_connected().map_err(|e| refuse(e.to_string()))?;
         store.flush().map_err(|e| refuse(e.to_string()))?;
         Ok(store)
+    }
+
+    /// Scans the whole store for lost or inconsistent records (see the `verify` module).
+    /// Slow on a big store: an operator's check, not part of every start.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        verify::verify(&self.tree)
     }
 
     /// Sets the window in which a disconnected agent still counts as live for clone
