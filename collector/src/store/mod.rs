@@ -10,6 +10,10 @@
 //!   it) and `retired` after the retention period. Every change is a new version carrying
 //!   the source agent, seq and observation time.
 //! - A collector that did not report `ok` for a class never makes that class's CIs absent.
+//! - Host CIs are CIs too: class [`HOST_CLASS`], key = host id, owned by the host itself.
+//!
+//! Backend-independent pieces live here and in [`identify`] (host identification as a pure
+//! function); everything sled-specific stays in [`sled`].
 
 use std::time::SystemTime;
 
@@ -17,13 +21,17 @@ use cmdb_proto::model::{Attrs, CollectorReport, HostIdentity};
 use cmdb_proto::v1;
 use serde::{Deserialize, Serialize};
 
+pub mod identify;
 pub mod sled;
 
-/// Agent ids come from the CN of the agent's client certificate ("agt-<uuid>").
+/// The class of host CIs (key = host id).
+pub const HOST_CLASS: &str = "host";
+
+/// Agent ids come from the CN of the agent's client certificate (`agt-<uuid>`).
 pub type AgentId = String;
-/// Host CI ids: "host-<16 hex>" (stable; minted at first identification).
+/// Host CI ids: `host-<16 hex>` (stable; minted at first identification).
 pub type HostId = String;
-/// CI ids: "ci-<16 hex>" = blake3(host_id, class, key), URL-safe.
+/// CI ids: `ci-<16 hex>` = blake3(host_id, class, key), URL-safe.
 pub type CiId = String;
 
 /// A store failure.
@@ -38,6 +46,27 @@ pub enum StoreError {
     /// The store on disk is unusable; the operator must act (move it aside, restore).
     #[error("store at {path} cannot be opened: {reason}")]
     Open { path: String, reason: String },
+    /// Events arrived for an agent that was never identified (call `identify` first).
+    #[error("agent {agent_id} has no identified host; identify it before applying events")]
+    Unidentified { agent_id: AgentId },
+}
+
+/// The CI id of (host, class, key): "ci-" + the first 16 hex digits of
+/// blake3(host_id \0 class \0 key). Stable, URL-safe, fixed length.
+pub fn ci_id(host_id: &str, class: &str, key: &str) -> CiId {
+    let mut h = blake3::Hasher::new();
+    h.update(host_id.as_bytes());
+    h.update(b"\0");
+    h.update(class.as_bytes());
+    h.update(b"\0");
+    h.update(key.as_bytes());
+    let hex = h.finalize().to_hex();
+    format!("ci-{}", &hex.as_str()[..16])
+}
+
+/// The CI id of a host's own CI.
+pub fn host_ci_id(host_id: &str) -> CiId {
+    ci_id(host_id, HOST_CLASS, host_id)
 }
 
 /// What the collector knows about one enrolled agent.
@@ -63,6 +92,67 @@ pub struct AgentRecord {
     /// Collector statuses from the agent's last inventory.
     pub collectors: Vec<CollectorReport>,
     pub revoked: bool,
+    /// The last graceful shutdown the agent announced.
+    #[serde(default)]
+    pub last_shutdown: Option<ShutdownRecord>,
+    /// Gap events received: the agent's outbox had to drop something.
+    #[serde(default)]
+    pub gaps: u64,
+    /// Totals reported by those Gap events.
+    #[serde(default)]
+    pub dropped_metrics: u64,
+    #[serde(default)]
+    pub dropped_inventory_changes: u64,
+    /// Hex blake3 content hash of the agent's inventory after the last applied Snapshot or
+    /// Delta (empty until one arrives): compare with Hello's `inventory_hash`.
+    #[serde(default)]
+    pub inventory_hash: String,
+}
+
+impl AgentRecord {
+    /// A freshly enrolled agent: not identified, nothing applied, not connected.
+    pub fn new(
+        agent_id: &str,
+        instance_id: &str,
+        version: &str,
+        identity: HostIdentity,
+        enrolled_at: SystemTime,
+    ) -> Self {
+        AgentRecord {
+            agent_id: agent_id.to_owned(),
+            host_id: None,
+            instance_id: instance_id.to_owned(),
+            version: version.to_owned(),
+            hostname: identity.hostname.clone(),
+            identity,
+            enrolled_at,
+            last_seen: None,
+            last_seq: 0,
+            connected: false,
+            outbox_events: 0,
+            outbox_bytes: 0,
+            collectors: Vec::new(),
+            revoked: false,
+            last_shutdown: None,
+            gaps: 0,
+            dropped_metrics: 0,
+            dropped_inventory_changes: 0,
+            inventory_hash: String::new(),
+        }
+    }
+}
+
+/// A graceful Shutdown event as received.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShutdownRecord {
+    /// When the agent said it stopped (the event's observed_at).
+    #[serde(with = "cmdb_proto::model::rfc3339")]
+    pub at: SystemTime,
+    pub reason: String,
+    /// When the collector applied it. An agent whose last word was a shutdown (nothing seen
+    /// after `received_at`) is not live, whatever its `last_seen`.
+    #[serde(with = "cmdb_proto::model::rfc3339")]
+    pub received_at: SystemTime,
 }
 
 /// Lifecycle of a CI.
@@ -132,6 +222,11 @@ pub struct RelationRecord {
     pub kind: String,
     pub host_id: HostId,
     pub present: bool,
+    /// The ends as the agent named them, `<class>/<key>`.
+    #[serde(default)]
+    pub from_ref: String,
+    #[serde(default)]
+    pub to_ref: String,
 }
 
 /// A stored one-minute metric window of one host.
@@ -158,12 +253,17 @@ pub struct MetricSummary {
 /// Two live agents claiming one host identity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CloneRecord {
+    /// The host both agents claimed (the original).
     pub host_id: HostId,
+    /// The live agent(s) already on `host_id`, then the newcomer.
     pub agents: Vec<AgentId>,
     /// The identity key both claimed, e.g. "product_uuid=4c4c…".
     pub identity_key: String,
     #[serde(with = "cmdb_proto::model::rfc3339")]
     pub detected_at: SystemTime,
+    /// The host minted for the newcomer (its attr `clone_of` = `host_id`).
+    #[serde(default)]
+    pub clone_host_id: HostId,
 }
 
 /// Filter for [`Store::cis`]. All given conditions must hold.
@@ -193,6 +293,14 @@ pub struct ApplyOutcome {
     pub duplicates: u64,
     /// CI versions written.
     pub ci_versions: u64,
+    /// Events (or items inside them) that could not be applied: unknown kind, seq 0 on a
+    /// sequenced event, an inventory that does not convert, a class with a NUL byte. Their
+    /// seq still advances the watermark: resending them cannot succeed.
+    pub rejected: u64,
+    /// Events without `observed_at`: versions got the time of receipt instead.
+    pub missing_observed_at: u64,
+    /// Heartbeats (seq 0) passed to apply: recorded, never sequenced.
+    pub unsequenced: u64,
 }
 
 /// The CMDB store. Blocking API: async callers use `spawn_blocking`.
@@ -234,6 +342,55 @@ pub trait Store: Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    // === liveness (cheap, not flushed: durable with the next flush) ===
+    /// Marks the agent's stream up or down. Returns false for an unknown agent.
+    fn set_connected(
+        &self,
+        agent_id: &str,
+        connected: bool,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let Some(mut rec) = self.agent(agent_id)? else {
+            return Ok(false);
+        };
+        rec.connected = connected;
+        rec.last_seen = Some(now);
+        self.put_agent(&rec)?;
+        Ok(true)
+    }
+    /// Records a heartbeat: last_seen and the reported outbox backlog. No version, no flush.
+    /// Returns false for an unknown agent.
+    fn record_heartbeat(
+        &self,
+        agent_id: &str,
+        outbox_events: u64,
+        outbox_bytes: u64,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let Some(mut rec) = self.agent(agent_id)? else {
+            return Ok(false);
+        };
+        rec.last_seen = Some(now);
+        rec.outbox_events = outbox_events;
+        rec.outbox_bytes = outbox_bytes;
+        self.put_agent(&rec)?;
+        Ok(true)
+    }
+
+    // === maintenance ===
+    /// Retires CIs that have been absent since before `absent_before` (a Retired version
+    /// each; nothing is deleted). Returns how many. The default does nothing.
+    fn retire_absent(&self, absent_before: SystemTime) -> Result<u64, StoreError> {
+        let _ = absent_before;
+        Ok(0)
+    }
+    /// Deletes metric windows that started before `before`. Returns how many. The default
+    /// does nothing.
+    fn prune_metrics(&self, before: SystemTime) -> Result<u64, StoreError> {
+        let _ = before;
+        Ok(0)
+    }
 }
 
 /// serde adapter for `Option<SystemTime>` as RFC 3339 or null.

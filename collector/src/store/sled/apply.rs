@@ -1,0 +1,566 @@
+//! Applying agent events to the store inside one [`Txn`]: CI upserts and removals with their
+//! versions, snapshot reconciliation, relations, metrics and the agent's own counters.
+//!
+//! Rules (the module doc of `store` has the promises): a version is written only when the
+//! state or the attributes change; a snapshot removes CIs only of classes whose collector
+//! reported `ok`; relations are dropped by a snapshot only when both ends' classes are `ok`.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::SystemTime;
+
+use cmdb_proto::convert::system_from_timestamp;
+use cmdb_proto::model::{AttrValue, Attrs, CollectorReport, CollectorState, Inventory, Relation};
+use cmdb_proto::v1;
+use serde::Serialize;
+
+use super::keys;
+use super::txn::{Raw, Txn};
+use crate::store::{
+    AgentRecord, ApplyOutcome, ChangeKind, CiRecord, CiState, MetricRecord, MetricSummary,
+    RelationRecord, ShutdownRecord, StoreError, ci_id,
+};
+
+/// Longest class name accepted (DESIGN.md's are all short).
+const MAX_CLASS_LEN: usize = 128;
+/// Longest CI key accepted.
+const MAX_KEY_LEN: usize = 4096;
+/// Upper bound on the CIs of one (host, class) or relations of one host that a snapshot
+/// reconciles; far above any real host, it only keeps a hostile agent from unbounded work.
+pub(super) const MAX_RECONCILE: usize = 1 << 20;
+
+/// Who observed a change, and when.
+pub(super) struct Source<'a> {
+    pub(super) agent_id: &'a str,
+    pub(super) seq: u64,
+    pub(super) observed_at: SystemTime,
+}
+
+/// The serialized form of a `CiVersion`, borrowing the attributes instead of cloning them.
+/// Field names and serde adapters must match `CiVersion` (a test checks it).
+#[derive(Serialize)]
+pub(super) struct VersionOut<'a> {
+    pub(super) ci_id: &'a str,
+    pub(super) version: u64,
+    pub(super) change: ChangeKind,
+    pub(super) state: CiState,
+    pub(super) attrs: &'a Attrs,
+    pub(super) old_attrs: &'a Attrs,
+    #[serde(with = "cmdb_proto::model::rfc3339")]
+    pub(super) observed_at: SystemTime,
+    pub(super) agent_id: &'a str,
+    pub(super) seq: u64,
+    pub(super) change_id: Option<&'a str>,
+}
+
+/// A class the store can index: non-empty, bounded, no NUL (the key separator), and not
+/// the reserved host class (host CIs are the collector's, not the agent's).
+pub(super) fn valid_class(class: &str) -> bool {
+    !class.is_empty()
+        && class.len() <= MAX_CLASS_LEN
+        && !class.contains('\0')
+        && class != crate::store::HOST_CLASS
+}
+
+/// Floats that JSON cannot carry (NaN, infinities) become null, and every float is passed
+/// through the JSON text form once, so that a value read back compares equal to a value
+/// received again (serde_json's parser is not always correctly rounded). Without this an
+/// unchanged attribute could produce a new version on every snapshot.
+pub(super) fn canonical_attrs(attrs: &mut Attrs) {
+    for v in attrs.values_mut() {
+        canonical_value(v);
+    }
+}
+
+fn canonical_value(v: &mut AttrValue) {
+    match v {
+        AttrValue::Float(x) => {
+            if !x.is_finite() {
+                *v = AttrValue::Null;
+            } else if let Ok(text) = serde_json::to_string(x)
+                && let Ok(back) = serde_json::from_str::<f64>(&text)
+            {
+                *x = back;
+            }
+        }
+        AttrValue::List(l) => l.iter_mut().for_each(canonical_value),
+        _ => {}
+    }
+}
+
+fn write_version(
+    raw: &mut Raw,
+    rec: &CiRecord,
+    change: ChangeKind,
+    old_attrs: &Attrs,
+    src: &Source<'_>,
+) -> Result<(), StoreError> {
+    let out = VersionOut {
+        ci_id: &rec.id,
+        version: rec.version,
+        change,
+        state: rec.state,
+        attrs: &rec.attrs,
+        old_attrs,
+        observed_at: src.observed_at,
+        agent_id: src.agent_id,
+        seq: src.seq,
+        change_id: None,
+    };
+    raw.put_json(keys::version(&rec.host_id, &rec.id, rec.version), &out)
+}
+
+fn bump(rec: &mut CiRecord, src: &Source<'_>) {
+    rec.version += 1;
+    rec.last_seen = src.observed_at;
+    rec.last_changed = src.observed_at;
+    rec.source_agent = src.agent_id.to_owned();
+    rec.source_seq = src.seq;
+}
+
+/// Makes (host, class, key) present with `attrs`. Returns whether a version was written.
+pub(super) fn upsert_ci(
+    txn: &mut Txn<'_>,
+    host: &str,
+    class: &str,
+    key: &str,
+    attrs: Attrs,
+    src: &Source<'_>,
+) -> Result<bool, StoreError> {
+    let id = ci_id(host, class, key);
+    if !txn.load_ci(host, &id)? {
+        let rec = CiRecord {
+            id: id.clone(),
+            host_id: host.to_owned(),
+            class: class.to_owned(),
+            key: key.to_owned(),
+            state: CiState::Present,
+            attrs,
+            version: 1,
+            first_seen: src.observed_at,
+            last_seen: src.observed_at,
+            last_changed: src.observed_at,
+            source_agent: src.agent_id.to_owned(),
+            source_seq: src.seq,
+        };
+        write_version(&mut txn.raw, &rec, ChangeKind::Added, &Attrs::new(), src)?;
+        for (k, v) in keys::ci_indexes(host, class, &id) {
+            txn.raw.put(k, v);
+        }
+        txn.cis.insert(id, rec);
+        return Ok(true);
+    }
+    let Some(rec) = txn.cis.get_mut(&id) else {
+        return Ok(false);
+    };
+    if rec.host_id != host || rec.class != class || rec.key != key {
+        return Err(StoreError::Corrupt {
+            key: id,
+            reason: format!(
+                "CI id collision: stored {}/{}/{}, new {host}/{class}/{key}",
+                rec.host_id, rec.class, rec.key
+            ),
+        });
+    }
+    match rec.state {
+        CiState::Present if rec.attrs == attrs => {
+            rec.last_seen = src.observed_at;
+            Ok(false)
+        }
+        CiState::Present => {
+            let old = std::mem::replace(&mut rec.attrs, attrs);
+            bump(rec, src);
+            write_version(&mut txn.raw, rec, ChangeKind::Changed, &old, src)?;
+            Ok(true)
+        }
+        CiState::Absent | CiState::Retired => {
+            if rec.state == CiState::Absent {
+                txn.raw.delete(keys::absent(rec.last_changed, &rec.id));
+            }
+            let old = std::mem::replace(&mut rec.attrs, attrs);
+            rec.state = CiState::Present;
+            bump(rec, src);
+            write_version(&mut txn.raw, rec, ChangeKind::Added, &old, src)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Marks a present CI absent (a Removed version keeping its last attributes). Returns
+/// whether a version was written; unknown, absent and retired CIs are left alone.
+pub(super) fn remove_ci(
+    txn: &mut Txn<'_>,
+    host: &str,
+    id: &str,
+    src: &Source<'_>,
+) -> Result<bool, StoreError> {
+    // Peek first: reconciliation visits many long-absent CIs that must not be rewritten.
+    match txn.peek_ci(host, id)? {
+        Some(rec) if rec.state == CiState::Present => {}
+        _ => return Ok(false),
+    }
+    txn.load_ci(host, id)?;
+    let Some(rec) = txn.cis.get_mut(id) else {
+        return Ok(false);
+    };
+    rec.state = CiState::Absent;
+    bump(rec, src);
+    txn.raw.put(keys::absent(rec.last_changed, id), Vec::new());
+    let attrs = rec.attrs.clone();
+    write_version(&mut txn.raw, rec, ChangeKind::Removed, &attrs, src)?;
+    Ok(true)
+}
+
+/// Retires an absent CI (a Retired version). Returns whether it did.
+pub(super) fn retire_ci(txn: &mut Txn<'_>, id: &str, src: &Source<'_>) -> Result<bool, StoreError> {
+    let Some(host) = txn.host_of(id)? else {
+        return Ok(false);
+    };
+    match txn.peek_ci(&host, id)? {
+        Some(rec) if rec.state == CiState::Absent => {}
+        _ => return Ok(false),
+    }
+    txn.load_ci(&host, id)?;
+    let Some(rec) = txn.cis.get_mut(id) else {
+        return Ok(false);
+    };
+    txn.raw.delete(keys::absent(rec.last_changed, id));
+    rec.state = CiState::Retired;
+    bump(rec, src);
+    let attrs = rec.attrs.clone();
+    write_version(&mut txn.raw, rec, ChangeKind::Retired, &attrs, src)?;
+    Ok(true)
+}
+
+/// "<class>/<key>" → (class, key).
+fn split_ref(r: &str) -> Option<(&str, &str)> {
+    let (class, key) = r.split_once('/')?;
+    valid_ref_class(class).then_some((class, key))
+}
+
+fn valid_ref_class(class: &str) -> bool {
+    !class.is_empty() && class.len() <= MAX_CLASS_LEN && !class.contains('\0')
+}
+
+/// The (from, to, kind) identity of a relation of `host`, or None if malformed.
+fn relation_ids(host: &str, r: &Relation) -> Option<(String, String)> {
+    let (fc, fk) = split_ref(&r.from)?;
+    let (tc, tk) = split_ref(&r.to)?;
+    if r.kind.len() > MAX_CLASS_LEN {
+        return None;
+    }
+    Some((ci_id(host, fc, fk), ci_id(host, tc, tk)))
+}
+
+/// Sets a relation present or absent. Returns Ok(None) if malformed, else whether it changed.
+fn set_relation(
+    txn: &mut Txn<'_>,
+    host: &str,
+    r: &Relation,
+    present: bool,
+) -> Result<Option<bool>, StoreError> {
+    let Some((from, to)) = relation_ids(host, r) else {
+        return Ok(None);
+    };
+    let key = keys::relation(&from, &to, &r.kind);
+    let existing: Option<RelationRecord> = txn.get_json(&key)?;
+    match &existing {
+        Some(e) if e.present == present => return Ok(Some(false)),
+        None if !present => return Ok(Some(false)),
+        _ => {}
+    }
+    if existing.is_none() {
+        txn.raw
+            .put(keys::relation_rev(&from, &to, &r.kind), Vec::new());
+        txn.raw
+            .put(keys::relation_host(host, &from, &to, &r.kind), Vec::new());
+    }
+    let rec = RelationRecord {
+        from,
+        to,
+        kind: r.kind.clone(),
+        host_id: host.to_owned(),
+        present,
+        from_ref: r.from.clone(),
+        to_ref: r.to.clone(),
+    };
+    txn.raw.put_json(key, &rec)?;
+    Ok(Some(true))
+}
+
+fn observed_at(ev: &v1::Event, now: SystemTime, out: &mut ApplyOutcome) -> SystemTime {
+    match ev
+        .observed_at
+        .as_ref()
+        .and_then(|t| system_from_timestamp(t, "Event.observed_at").ok())
+    {
+        Some(t) => t,
+        None => {
+            out.missing_observed_at += 1;
+            now
+        }
+    }
+}
+
+/// Applies `events` of one agent (see `Store::apply`). The agent must be identified.
+pub(super) fn apply_events(
+    txn: &mut Txn<'_>,
+    agent_id: &str,
+    events: &[v1::Event],
+    now: SystemTime,
+) -> Result<ApplyOutcome, StoreError> {
+    let unidentified = || StoreError::Unidentified {
+        agent_id: agent_id.to_owned(),
+    };
+    let mut agent = txn.peek_agent(agent_id)?.ok_or_else(unidentified)?;
+    let host = agent.host_id.clone().ok_or_else(unidentified)?;
+    let mut order: Vec<&v1::Event> = events.iter().collect();
+    order.sort_by_key(|e| e.seq);
+    let mut out = ApplyOutcome::default();
+    for ev in order {
+        use v1::event::Kind;
+        if ev.seq == 0 {
+            // Heartbeats are unsequenced; any other event needs a seq.
+            if let Some(Kind::Heartbeat(hb)) = &ev.kind {
+                agent.outbox_events = hb.outbox_events;
+                agent.outbox_bytes = hb.outbox_bytes;
+                out.unsequenced += 1;
+            } else {
+                out.rejected += 1;
+            }
+            continue;
+        }
+        if ev.seq <= agent.last_seq {
+            out.duplicates += 1;
+            continue;
+        }
+        agent.last_seq = ev.seq;
+        let src = Source {
+            agent_id,
+            seq: ev.seq,
+            observed_at: observed_at(ev, now, &mut out),
+        };
+        match &ev.kind {
+            None => {
+                out.rejected += 1;
+                continue;
+            }
+            Some(Kind::Snapshot(s)) => apply_snapshot(txn, &host, &mut agent, s, &src, &mut out)?,
+            Some(Kind::Delta(d)) => apply_delta(txn, &host, &mut agent, d, &src, &mut out)?,
+            Some(Kind::Metrics(m)) => apply_metrics(txn, &host, m, &src, &mut out)?,
+            Some(Kind::Heartbeat(hb)) => {
+                agent.outbox_events = hb.outbox_events;
+                agent.outbox_bytes = hb.outbox_bytes;
+            }
+            Some(Kind::Shutdown(s)) => {
+                agent.last_shutdown = Some(ShutdownRecord {
+                    at: src.observed_at,
+                    reason: s.reason.chars().take(1024).collect(),
+                    received_at: now,
+                });
+            }
+            Some(Kind::Gap(g)) => {
+                agent.gaps = agent.gaps.saturating_add(1);
+                agent.dropped_metrics = agent.dropped_metrics.saturating_add(g.dropped_metrics);
+                agent.dropped_inventory_changes = agent
+                    .dropped_inventory_changes
+                    .saturating_add(g.dropped_inventory_changes);
+            }
+        }
+        out.applied += 1;
+    }
+    agent.last_seen = Some(now);
+    out.last_seq = agent.last_seq;
+    txn.agents.insert(agent_id.to_owned(), agent);
+    Ok(out)
+}
+
+fn apply_snapshot(
+    txn: &mut Txn<'_>,
+    host: &str,
+    agent: &mut AgentRecord,
+    snapshot: &v1::Snapshot,
+    src: &Source<'_>,
+    out: &mut ApplyOutcome,
+) -> Result<(), StoreError> {
+    let Some(inv) = snapshot
+        .inventory
+        .as_ref()
+        .and_then(|i| Inventory::try_from(i).ok())
+    else {
+        out.rejected += 1;
+        return Ok(());
+    };
+    // Only classes an ok collector is authoritative for may lose CIs.
+    let ok_classes: BTreeSet<&str> = inv
+        .collectors
+        .iter()
+        .filter(|c| c.status == CollectorState::Ok)
+        .flat_map(|c| c.classes.iter().map(String::as_str))
+        .collect();
+    let mut seen: HashSet<String> = HashSet::with_capacity(inv.items.len());
+    for mut item in inv.items {
+        if !valid_class(&item.class) || item.key.len() > MAX_KEY_LEN {
+            out.rejected += 1;
+            continue;
+        }
+        canonical_attrs(&mut item.attrs);
+        seen.insert(ci_id(host, &item.class, &item.key));
+        if upsert_ci(txn, host, &item.class, &item.key, item.attrs, src)? {
+            out.ci_versions += 1;
+        }
+    }
+    for class in &ok_classes {
+        if !valid_class(class) {
+            continue;
+        }
+        let prefix = keys::by_host_class_prefix(host, class);
+        for k in txn.keys_with_prefix(&prefix, MAX_RECONCILE)? {
+            let Some(id) = keys::trailing_ci_id(&k) else {
+                continue;
+            };
+            if !seen.contains(&id) && remove_ci(txn, host, &id, src)? {
+                out.ci_versions += 1;
+            }
+        }
+    }
+    // Relations: present ones upserted, stored ones missing from the snapshot dropped when
+    // both of their ends belong to ok classes.
+    let mut seen_rel: HashSet<(String, String, String)> = HashSet::new();
+    for r in &inv.relations {
+        match set_relation(txn, host, r, true)? {
+            None => out.rejected += 1,
+            Some(_) => {
+                if let Some((from, to)) = relation_ids(host, r) {
+                    seen_rel.insert((from, to, r.kind.clone()));
+                }
+            }
+        }
+    }
+    let prefix = keys::relation_host_prefix(host);
+    for k in txn.keys_with_prefix(&prefix, MAX_RECONCILE)? {
+        let Some((from, to, kind)) = keys::after_prefix(&k, &prefix).and_then(keys::relation_parts)
+        else {
+            continue;
+        };
+        if seen_rel.contains(&(from.clone(), to.clone(), kind.clone())) {
+            continue;
+        }
+        let rkey = keys::relation(&from, &to, &kind);
+        let Some(rec) = txn.get_json::<RelationRecord>(&rkey)? else {
+            continue;
+        };
+        let ends_ok = [&rec.from_ref, &rec.to_ref]
+            .iter()
+            .all(|r| split_ref(r).is_some_and(|(class, _)| ok_classes.contains(class)));
+        if rec.present && ends_ok {
+            let relation = Relation {
+                from: rec.from_ref.clone(),
+                to: rec.to_ref.clone(),
+                kind: rec.kind.clone(),
+            };
+            set_relation(txn, host, &relation, false)?;
+        }
+    }
+    agent.collectors = inv.collectors;
+    agent.inventory_hash = hex::encode(&snapshot.content_hash);
+    Ok(())
+}
+
+fn apply_delta(
+    txn: &mut Txn<'_>,
+    host: &str,
+    agent: &mut AgentRecord,
+    delta: &v1::Delta,
+    src: &Source<'_>,
+    out: &mut ApplyOutcome,
+) -> Result<(), StoreError> {
+    for change in &delta.changes {
+        if !valid_class(&change.class) || change.key.len() > MAX_KEY_LEN {
+            out.rejected += 1;
+            continue;
+        }
+        let written = match v1::ChangeKind::try_from(change.kind) {
+            Ok(v1::ChangeKind::Added | v1::ChangeKind::Changed) => {
+                let mut attrs = cmdb_proto::convert::attrs_from_proto(&change.new_attrs);
+                canonical_attrs(&mut attrs);
+                upsert_ci(txn, host, &change.class, &change.key, attrs, src)?
+            }
+            Ok(v1::ChangeKind::Removed) => {
+                remove_ci(txn, host, &ci_id(host, &change.class, &change.key), src)?
+            }
+            Ok(v1::ChangeKind::Unspecified) | Err(_) => {
+                out.rejected += 1;
+                false
+            }
+        };
+        if written {
+            out.ci_versions += 1;
+        }
+    }
+    for (relations, present) in [
+        (&delta.relations_added, true),
+        (&delta.relations_removed, false),
+    ] {
+        for r in relations {
+            if set_relation(txn, host, &Relation::from(r), present)?.is_none() {
+                out.rejected += 1;
+            }
+        }
+    }
+    if !delta.collectors.is_empty() {
+        match delta
+            .collectors
+            .iter()
+            .map(CollectorReport::try_from)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(c) => agent.collectors = c,
+            Err(_) => out.rejected += 1,
+        }
+    }
+    if !delta.content_hash.is_empty() {
+        agent.inventory_hash = hex::encode(&delta.content_hash);
+    }
+    Ok(())
+}
+
+fn apply_metrics(
+    txn: &mut Txn<'_>,
+    host: &str,
+    m: &v1::Metrics,
+    src: &Source<'_>,
+    out: &mut ApplyOutcome,
+) -> Result<(), StoreError> {
+    let window_start = m
+        .window_start
+        .as_ref()
+        .and_then(|t| system_from_timestamp(t, "Metrics.window_start").ok())
+        .unwrap_or(src.observed_at);
+    let mut summaries = Vec::with_capacity(m.summaries.len());
+    for s in &m.summaries {
+        // JSON cannot carry NaN or infinities; such a summary is useless to capacity anyway.
+        if ![s.min, s.avg, s.max, s.p95].iter().all(|x| x.is_finite()) {
+            out.rejected += 1;
+            continue;
+        }
+        summaries.push(MetricSummary {
+            name: s.name.clone(),
+            labels: s.labels.clone(),
+            min: s.min,
+            avg: s.avg,
+            max: s.max,
+            p95: s.p95,
+            samples: s.samples,
+        });
+    }
+    let rec = MetricRecord {
+        host_id: host.to_owned(),
+        window_start,
+        window_seconds: m.window_seconds,
+        summaries,
+    };
+    txn.raw.put_json(keys::metric(host, window_start), &rec)?;
+    txn.raw
+        .put(keys::metric_time(window_start, host), Vec::new());
+    Ok(())
+}

@@ -1,0 +1,1411 @@
+//! Behaviour of the sled store as ingest and the API see it, plus a model check.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cmdb_proto::convert::{attrs_to_proto, timestamp_from_system};
+use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
+use cmdb_proto::v1;
+use proptest::prelude::*;
+
+use super::*;
+use crate::store::{ChangeKind, ci_id, host_ci_id};
+
+const CACHE: u64 = 8 << 20;
+
+fn open() -> (tempfile::TempDir, SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), CACHE).unwrap();
+    (dir, store)
+}
+
+/// Reopens a store dropped a moment ago: sled's background threads can hold the directory
+/// lock briefly after the drop (in-process only; bounded wait).
+fn reopen(dir: &std::path::Path) -> Result<SledStore, StoreError> {
+    for _ in 0..100 {
+        match SledStore::open(dir, CACHE) {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+    SledStore::open(dir, CACHE)
+}
+
+fn t(secs: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+}
+
+fn identity(uuid: &str) -> HostIdentity {
+    HostIdentity {
+        hostname: Some("web-1".into()),
+        fqdn: Some(format!("web-1.{uuid}.example.com")),
+        machine_id: Some(format!("mid-{uuid}")),
+        product_uuid: Some(uuid.into()),
+        serial_number: None,
+        board_serial: None,
+        cloud_instance_id: None,
+        macs: vec![format!(
+            "52:54:00:00:{:02x}:{:02x}",
+            blake3::hash(uuid.to_lowercase().as_bytes()).as_bytes()[0],
+            blake3::hash(uuid.to_lowercase().as_bytes()).as_bytes()[1]
+        )],
+    }
+}
+
+fn attrs(pairs: &[(&str, i64)]) -> Attrs {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), AttrValue::Int(*v)))
+        .collect()
+}
+
+fn item(class: &str, key: &str, v: i64) -> v1::Item {
+    v1::Item {
+        class: class.into(),
+        key: key.into(),
+        attrs: attrs_to_proto(&attrs(&[("v", v)])),
+    }
+}
+
+fn collector(name: &str, state: v1::CollectorState, classes: &[&str]) -> v1::CollectorStatus {
+    v1::CollectorStatus {
+        name: name.into(),
+        state: state as i32,
+        classes: classes.iter().map(|c| (*c).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+fn event(seq: u64, secs: u64, kind: v1::event::Kind) -> v1::Event {
+    v1::Event {
+        seq,
+        observed_at: Some(timestamp_from_system(t(secs))),
+        kind: Some(kind),
+    }
+}
+
+fn snapshot(
+    seq: u64,
+    items: Vec<v1::Item>,
+    collectors: Vec<v1::CollectorStatus>,
+    relations: Vec<v1::Relation>,
+) -> v1::Event {
+    event(
+        seq,
+        seq,
+        v1::event::Kind::Snapshot(v1::Snapshot {
+            inventory: Some(v1::Inventory {
+                schema: "cmdb.inventory/v1".into(),
+                collected_at: Some(timestamp_from_system(t(seq))),
+                agent: Some(v1::AgentInfo {
+                    version: "0.1.0".into(),
+                    instance_id: "i".into(),
+                }),
+                host: Some(v1::HostIdentity::default()),
+                collectors,
+                items,
+                relations,
+            }),
+            content_hash: vec![seq as u8; 4],
+        }),
+    )
+}
+
+fn change(kind: v1::ChangeKind, class: &str, key: &str, v: i64) -> v1::ItemChange {
+    v1::ItemChange {
+        kind: kind as i32,
+        class: class.into(),
+        key: key.into(),
+        old_attrs: BTreeMap::new(),
+        new_attrs: if kind == v1::ChangeKind::Removed {
+            BTreeMap::new()
+        } else {
+            attrs_to_proto(&attrs(&[("v", v)]))
+        },
+    }
+}
+
+fn delta(seq: u64, changes: Vec<v1::ItemChange>) -> v1::Event {
+    event(
+        seq,
+        seq,
+        v1::event::Kind::Delta(v1::Delta {
+            changes,
+            ..Default::default()
+        }),
+    )
+}
+
+fn relation(from: &str, to: &str, kind: &str) -> v1::Relation {
+    v1::Relation {
+        from: from.into(),
+        to: to.into(),
+        kind: kind.into(),
+    }
+}
+
+fn ok(classes: &[&str]) -> Vec<v1::CollectorStatus> {
+    vec![collector("c", v1::CollectorState::Ok, classes)]
+}
+
+/// An identified agent "agt-1" on a fresh host.
+fn setup() -> (tempfile::TempDir, SledStore, String) {
+    let (dir, store) = open();
+    let host = store
+        .identify("agt-1", "inst-1", &identity("uuid-1"), SystemTime::now())
+        .unwrap();
+    (dir, store, host)
+}
+
+fn versions(store: &SledStore, host: &str, class: &str, key: &str) -> Vec<CiVersion> {
+    store.ci_versions(&ci_id(host, class, key)).unwrap()
+}
+
+fn state(store: &SledStore, host: &str, class: &str, key: &str) -> Option<CiState> {
+    store.ci(&ci_id(host, class, key)).unwrap().map(|c| c.state)
+}
+
+// === exactly once ===
+
+#[test]
+fn the_same_batch_twice_applies_once() {
+    let (_d, store, host) = setup();
+    let batch = vec![
+        snapshot(1, vec![item("package", "p1", 1)], ok(&["package"]), vec![]),
+        delta(2, vec![change(v1::ChangeKind::Changed, "package", "p1", 2)]),
+        delta(3, vec![change(v1::ChangeKind::Added, "package", "p2", 1)]),
+    ];
+    let first = store.apply("agt-1", &batch).unwrap();
+    assert_eq!(
+        (
+            first.last_seq,
+            first.applied,
+            first.duplicates,
+            first.ci_versions
+        ),
+        (3, 3, 0, 3)
+    );
+    let again = store.apply("agt-1", &batch).unwrap();
+    assert_eq!(
+        (
+            again.last_seq,
+            again.applied,
+            again.duplicates,
+            again.ci_versions
+        ),
+        (3, 0, 3, 0)
+    );
+    assert_eq!(versions(&store, &host, "package", "p1").len(), 2);
+    assert_eq!(versions(&store, &host, "package", "p2").len(), 1);
+    assert_eq!(store.agent("agt-1").unwrap().unwrap().last_seq, 3);
+}
+
+#[test]
+fn overlapping_batches_skip_what_was_applied() {
+    let (_d, store, host) = setup();
+    let e = |seq: u64| {
+        delta(
+            seq,
+            vec![change(v1::ChangeKind::Added, "file", "/f", seq as i64)],
+        )
+    };
+    store.apply("agt-1", &[e(1), e(2), e(3)]).unwrap();
+    // Out of order on purpose: apply sorts by seq.
+    let out = store.apply("agt-1", &[e(5), e(2), e(3), e(4)]).unwrap();
+    assert_eq!(
+        (out.last_seq, out.applied, out.duplicates, out.ci_versions),
+        (5, 2, 2, 2)
+    );
+    let v = versions(&store, &host, "file", "/f");
+    assert_eq!(
+        v.iter().map(|v| v.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(
+        v.iter().map(|v| v.version).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(v[0].change, ChangeKind::Added);
+    assert!(v[1..].iter().all(|v| v.change == ChangeKind::Changed));
+    assert_eq!(v[4].old_attrs, attrs(&[("v", 4)]));
+    assert_eq!(v[4].observed_at, t(5));
+    assert_eq!(v[4].agent_id, "agt-1");
+}
+
+#[test]
+fn unchanged_attrs_make_no_version_but_confirm_last_seen() {
+    let (_d, store, host) = setup();
+    store
+        .apply(
+            "agt-1",
+            &[snapshot(1, vec![item("os", "os", 1)], ok(&["os"]), vec![])],
+        )
+        .unwrap();
+    let out = store
+        .apply(
+            "agt-1",
+            &[snapshot(9, vec![item("os", "os", 1)], ok(&["os"]), vec![])],
+        )
+        .unwrap();
+    assert_eq!(out.ci_versions, 0);
+    let ci = store.ci(&ci_id(&host, "os", "os")).unwrap().unwrap();
+    assert_eq!((ci.version, ci.last_seen, ci.first_seen), (1, t(9), t(1)));
+}
+
+// === snapshots, removal, re-add ===
+
+#[test]
+fn a_failed_collector_removes_nothing() {
+    let (_d, store, host) = setup();
+    let collectors = vec![
+        collector("dpkg", v1::CollectorState::Ok, &["package"]),
+        collector("systemd", v1::CollectorState::Ok, &["service"]),
+    ];
+    store
+        .apply(
+            "agt-1",
+            &[snapshot(
+                1,
+                vec![
+                    item("package", "bash", 1),
+                    item("package", "curl", 1),
+                    item("service", "sshd", 1),
+                    item("service", "cron", 1),
+                ],
+                collectors,
+                vec![],
+            )],
+        )
+        .unwrap();
+    // dpkg timed out (no packages at all), systemd ok without cron.
+    let collectors = vec![
+        collector("dpkg", v1::CollectorState::Timeout, &["package"]),
+        collector("systemd", v1::CollectorState::Ok, &["service"]),
+    ];
+    let out = store
+        .apply(
+            "agt-1",
+            &[snapshot(
+                2,
+                vec![item("service", "sshd", 1)],
+                collectors,
+                vec![],
+            )],
+        )
+        .unwrap();
+    assert_eq!(out.ci_versions, 1);
+    assert_eq!(
+        state(&store, &host, "package", "bash"),
+        Some(CiState::Present)
+    );
+    assert_eq!(
+        state(&store, &host, "package", "curl"),
+        Some(CiState::Present)
+    );
+    assert_eq!(
+        state(&store, &host, "service", "sshd"),
+        Some(CiState::Present)
+    );
+    assert_eq!(
+        state(&store, &host, "service", "cron"),
+        Some(CiState::Absent)
+    );
+    // A class no collector claims is never removed either.
+    store
+        .apply("agt-1", &[snapshot(3, vec![], ok(&["memory"]), vec![])])
+        .unwrap();
+    assert_eq!(
+        state(&store, &host, "service", "sshd"),
+        Some(CiState::Present)
+    );
+    let agent = store.agent("agt-1").unwrap().unwrap();
+    assert_eq!(agent.collectors.len(), 1);
+    assert_eq!(agent.inventory_hash, "03030303");
+}
+
+#[test]
+fn removal_marks_absent_with_a_version_and_a_re_add_revives() {
+    let (_d, store, host) = setup();
+    store
+        .apply(
+            "agt-1",
+            &[
+                delta(1, vec![change(v1::ChangeKind::Added, "user", "bob", 1)]),
+                delta(2, vec![change(v1::ChangeKind::Removed, "user", "bob", 0)]),
+            ],
+        )
+        .unwrap();
+    let ci = store.ci(&ci_id(&host, "user", "bob")).unwrap().unwrap();
+    assert_eq!((ci.state, ci.version), (CiState::Absent, 2));
+    assert_eq!(
+        ci.attrs,
+        attrs(&[("v", 1)]),
+        "an absent CI keeps its last attrs"
+    );
+    // Removing it again changes nothing.
+    let out = store
+        .apply(
+            "agt-1",
+            &[delta(
+                3,
+                vec![change(v1::ChangeKind::Removed, "user", "bob", 0)],
+            )],
+        )
+        .unwrap();
+    assert_eq!(out.ci_versions, 0);
+    store
+        .apply(
+            "agt-1",
+            &[delta(
+                4,
+                vec![change(v1::ChangeKind::Added, "user", "bob", 7)],
+            )],
+        )
+        .unwrap();
+    let v = versions(&store, &host, "user", "bob");
+    assert_eq!(
+        v.iter()
+            .map(|v| (v.version, v.change, v.state))
+            .collect::<Vec<_>>(),
+        vec![
+            (1, ChangeKind::Added, CiState::Present),
+            (2, ChangeKind::Removed, CiState::Absent),
+            (3, ChangeKind::Added, CiState::Present),
+        ]
+    );
+    assert_eq!(v[2].old_attrs, attrs(&[("v", 1)]));
+    assert_eq!(state(&store, &host, "user", "bob"), Some(CiState::Present));
+    // Present CIs only by default; absent on request.
+    let filter = CiFilter {
+        class: Some("user".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.cis(&filter).unwrap().len(), 1);
+}
+
+#[test]
+fn retention_retires_long_absent_cis_and_deletes_nothing() {
+    let (_d, store, host) = setup();
+    store
+        .apply(
+            "agt-1",
+            &[
+                delta(10, vec![change(v1::ChangeKind::Added, "user", "old", 1)]),
+                delta(20, vec![change(v1::ChangeKind::Removed, "user", "old", 0)]),
+                delta(30, vec![change(v1::ChangeKind::Added, "user", "new", 1)]),
+                delta(40, vec![change(v1::ChangeKind::Removed, "user", "new", 0)]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(store.retire_absent(t(30)).unwrap(), 1);
+    assert_eq!(state(&store, &host, "user", "old"), Some(CiState::Retired));
+    assert_eq!(state(&store, &host, "user", "new"), Some(CiState::Absent));
+    let v = versions(&store, &host, "user", "old");
+    assert_eq!(v.last().unwrap().change, ChangeKind::Retired);
+    assert_eq!(v.last().unwrap().agent_id, RETENTION_AGENT);
+    assert_eq!(store.retire_absent(t(30)).unwrap(), 0, "idempotent");
+    // A retired CI seen again is present again.
+    store
+        .apply(
+            "agt-1",
+            &[delta(
+                50,
+                vec![change(v1::ChangeKind::Added, "user", "old", 2)],
+            )],
+        )
+        .unwrap();
+    assert_eq!(state(&store, &host, "user", "old"), Some(CiState::Present));
+    assert_eq!(
+        store.retire_absent(t(1000)).unwrap(),
+        1,
+        "only 'new' is absent"
+    );
+}
+
+// === relations ===
+
+#[test]
+fn relations_follow_snapshots_and_deltas() {
+    let (_d, store, host) = setup();
+    let classes = vec![
+        collector("svc", v1::CollectorState::Ok, &["service"]),
+        collector("ports", v1::CollectorState::Ok, &["listening_port"]),
+        collector("users", v1::CollectorState::Error, &["user", "group"]),
+    ];
+    let items = vec![
+        item("service", "sshd", 1),
+        item("listening_port", "tcp:0.0.0.0:22", 1),
+        item("user", "root", 1),
+        item("group", "root", 1),
+    ];
+    let rels = vec![
+        relation(
+            "service/sshd",
+            "listening_port/tcp:0.0.0.0:22",
+            "listens_on",
+        ),
+        relation("user/root", "group/root", "member_of"),
+    ];
+    store
+        .apply(
+            "agt-1",
+            &[snapshot(1, items.clone(), classes.clone(), rels)],
+        )
+        .unwrap();
+    let sshd = ci_id(&host, "service", "sshd");
+    let port = ci_id(&host, "listening_port", "tcp:0.0.0.0:22");
+    let rel = store.relations_of(&sshd).unwrap();
+    assert_eq!(rel.len(), 1);
+    assert_eq!(
+        (rel[0].from.as_str(), rel[0].to.as_str()),
+        (sshd.as_str(), port.as_str())
+    );
+    assert_eq!(rel[0].from_ref, "service/sshd");
+    assert_eq!(
+        store.relations_of(&port).unwrap(),
+        rel,
+        "found from either end"
+    );
+    // Next snapshot without relations: the ok-class one goes, the failed-class one stays.
+    store
+        .apply("agt-1", &[snapshot(2, items, classes, vec![])])
+        .unwrap();
+    assert!(!store.relations_of(&sshd).unwrap()[0].present);
+    let root = ci_id(&host, "user", "root");
+    assert!(store.relations_of(&root).unwrap()[0].present);
+    // Deltas add and remove.
+    store
+        .apply(
+            "agt-1",
+            &[event(
+                3,
+                3,
+                v1::event::Kind::Delta(v1::Delta {
+                    relations_added: vec![relation(
+                        "service/sshd",
+                        "listening_port/tcp:0.0.0.0:22",
+                        "listens_on",
+                    )],
+                    relations_removed: vec![relation("user/root", "group/root", "member_of")],
+                    ..Default::default()
+                }),
+            )],
+        )
+        .unwrap();
+    assert!(store.relations_of(&sshd).unwrap()[0].present);
+    assert!(!store.relations_of(&root).unwrap()[0].present);
+}
+
+// === identification ===
+
+#[test]
+fn a_reinstalled_agent_keeps_the_host_and_its_history() {
+    let (_d, store) = open();
+    let now = SystemTime::now();
+    let h1 = store
+        .identify("agt-old", "inst-old", &identity("U1"), now)
+        .unwrap();
+    store.set_connected("agt-old", true, now).unwrap();
+    store
+        .apply(
+            "agt-old",
+            &[delta(
+                1,
+                vec![change(v1::ChangeKind::Added, "package", "p", 1)],
+            )],
+        )
+        .unwrap();
+    // Package removal stops the agent gracefully.
+    store
+        .apply(
+            "agt-old",
+            &[event(
+                2,
+                2,
+                v1::event::Kind::Shutdown(v1::Shutdown {
+                    reason: "uninstall".into(),
+                }),
+            )],
+        )
+        .unwrap();
+    store.set_connected("agt-old", false, now).unwrap();
+    let later = SystemTime::now() + Duration::from_secs(1);
+    let h2 = store
+        .identify("agt-new", "inst-new", &identity("u1"), later)
+        .unwrap();
+    assert_eq!(
+        h1, h2,
+        "same machine, same host CI (uuid case does not matter)"
+    );
+    store
+        .apply(
+            "agt-new",
+            &[delta(
+                1,
+                vec![change(v1::ChangeKind::Changed, "package", "p", 2)],
+            )],
+        )
+        .unwrap();
+    let v = versions(&store, &h1, "package", "p");
+    assert_eq!(
+        v.iter().map(|v| v.agent_id.as_str()).collect::<Vec<_>>(),
+        vec!["agt-old", "agt-new"]
+    );
+    assert!(store.clones().unwrap().is_empty());
+    let host_ci = store.ci(&host_ci_id(&h1)).unwrap().unwrap();
+    assert_eq!(
+        host_ci.attrs["agents"],
+        AttrValue::from(vec!["agt-old", "agt-new"])
+    );
+    // A long-silent agent (no shutdown) is not live either.
+    let (_d2, store) = open();
+    let h = store.identify("a", "ia", &identity("U2"), t(0)).unwrap();
+    store.record_heartbeat("a", 0, 0, t(0)).unwrap();
+    let h_b = store.identify("b", "ib", &identity("U2"), t(3600)).unwrap();
+    assert_eq!(h, h_b);
+}
+
+#[test]
+fn a_clone_gets_its_own_host_and_a_record() {
+    let (_d, store) = open();
+    let now = SystemTime::now();
+    let original = store
+        .identify("agt-a", "inst-a", &identity("U1"), now)
+        .unwrap();
+    store.set_connected("agt-a", true, now).unwrap();
+    store
+        .apply(
+            "agt-a",
+            &[delta(
+                1,
+                vec![change(v1::ChangeKind::Added, "package", "p", 1)],
+            )],
+        )
+        .unwrap();
+    let clone = store
+        .identify("agt-b", "inst-b", &identity("U1"), now)
+        .unwrap();
+    assert_ne!(original, clone);
+    let clone_ci = store.ci(&host_ci_id(&clone)).unwrap().unwrap();
+    assert_eq!(clone_ci.attrs["clone_of"], AttrValue::Str(original.clone()));
+    assert_eq!(clone_ci.class, "host");
+    let records = store.clones().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].host_id, original);
+    assert_eq!(records[0].clone_host_id, clone);
+    assert_eq!(
+        records[0].agents,
+        vec!["agt-a".to_owned(), "agt-b".to_owned()]
+    );
+    assert_eq!(records[0].identity_key, "product_uuid=u1");
+    // The two inventories do not overwrite each other.
+    store
+        .apply(
+            "agt-b",
+            &[delta(
+                1,
+                vec![change(v1::ChangeKind::Added, "package", "p", 9)],
+            )],
+        )
+        .unwrap();
+    let a = store
+        .ci(&ci_id(&original, "package", "p"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.attrs, attrs(&[("v", 1)]));
+    // The clone reconnecting stays on its host, without a second record; the original
+    // reconnecting stays on its own.
+    assert_eq!(
+        store
+            .identify("agt-b", "inst-b", &identity("U1"), now)
+            .unwrap(),
+        clone
+    );
+    assert_eq!(
+        store
+            .identify("agt-a", "inst-a", &identity("U1"), now)
+            .unwrap(),
+        original
+    );
+    assert_eq!(store.clones().unwrap().len(), 1);
+    // Both hosts are CIs of class host.
+    let hosts = store
+        .cis(&CiFilter {
+            class: Some("host".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(hosts.len(), 2);
+}
+
+#[test]
+fn placeholders_never_match() {
+    let (_d, store) = open();
+    let now = SystemTime::now();
+    let placeholder = |machine: Option<&str>| HostIdentity {
+        hostname: Some("localhost".into()),
+        fqdn: None,
+        machine_id: machine.map(str::to_owned),
+        product_uuid: Some("00000000-0000-0000-0000-000000000000".into()),
+        serial_number: Some("To Be Filled By O.E.M.".into()),
+        board_serial: None,
+        cloud_instance_id: None,
+        macs: vec!["00:00:00:00:00:00".into()],
+    };
+    let a = store
+        .identify("a", "ia", &placeholder(Some("m-a")), now)
+        .unwrap();
+    let b = store
+        .identify("b", "ib", &placeholder(Some("m-b")), now)
+        .unwrap();
+    let c = store.identify("c", "ic", &placeholder(None), now).unwrap();
+    let d = store.identify("d", "id", &placeholder(None), now).unwrap();
+    let all = [&a, &b, &c, &d];
+    for (i, x) in all.iter().enumerate() {
+        for y in &all[i + 1..] {
+            assert_ne!(x, y, "placeholders or a shared hostname merged two hosts");
+        }
+    }
+    assert!(store.clones().unwrap().is_empty());
+    // An agent without any key keeps its host across reconnects.
+    assert_eq!(
+        store.identify("c", "ic", &placeholder(None), now).unwrap(),
+        c
+    );
+}
+
+#[test]
+fn the_highest_ranked_key_wins_and_takes_the_others() {
+    let (_d, store) = open();
+    let now = t(0);
+    let only_machine = HostIdentity {
+        machine_id: Some("m1".into()),
+        ..Default::default()
+    };
+    let only_uuid = HostIdentity {
+        product_uuid: Some("u1".into()),
+        ..Default::default()
+    };
+    let h_m = store.identify("a", "ia", &only_machine, now).unwrap();
+    let h_u = store.identify("b", "ib", &only_uuid, now).unwrap();
+    assert_ne!(h_m, h_u);
+    // An identity carrying both matches by product_uuid; machine_id now points there too.
+    let both = HostIdentity {
+        machine_id: Some("m1".into()),
+        product_uuid: Some("u1".into()),
+        ..Default::default()
+    };
+    assert_eq!(store.identify("c", "ic", &both, now).unwrap(), h_u);
+    assert_eq!(store.identify("d", "id", &only_machine, now).unwrap(), h_u);
+}
+
+// === reads ===
+
+#[test]
+fn ci_queries_use_filters_and_pagination() {
+    let (_d, store, host) = setup();
+    let other = store
+        .identify("agt-2", "inst-2", &identity("uuid-2"), SystemTime::now())
+        .unwrap();
+    let mut pkgs: Vec<v1::Item> = (0..25)
+        .map(|i| item("package", &format!("pkg-{i:02}"), i))
+        .collect();
+    pkgs[3].attrs.insert(
+        "vendor".into(),
+        v1::Value::from(&AttrValue::Str("Acme Corp".into())),
+    );
+    pkgs.push(item("service", "sshd", 1));
+    store
+        .apply(
+            "agt-1",
+            &[snapshot(1, pkgs, ok(&["package", "service"]), vec![])],
+        )
+        .unwrap();
+    store
+        .apply(
+            "agt-2",
+            &[snapshot(
+                1,
+                vec![item("package", "other", 1)],
+                ok(&["package"]),
+                vec![],
+            )],
+        )
+        .unwrap();
+    let q = |f: CiFilter| store.cis(&f).unwrap();
+    let class = |c: &str| CiFilter {
+        class: Some(c.into()),
+        ..Default::default()
+    };
+    assert_eq!(q(class("package")).len(), 26);
+    let mine = CiFilter {
+        host: Some(host.clone()),
+        ..Default::default()
+    };
+    assert_eq!(
+        q(mine.clone()).len(),
+        27,
+        "25 packages, a service and the host CI"
+    );
+    let by_hostname = CiFilter {
+        host: Some("web-1".into()),
+        class: Some("service".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        q(by_hostname).len(),
+        1,
+        "both hosts are web-1; one has sshd"
+    );
+    let text = CiFilter {
+        q: Some("ACME".into()),
+        ..Default::default()
+    };
+    assert_eq!(q(text)[0].key, "pkg-03");
+    let text = CiFilter {
+        q: Some("PKG-1".into()),
+        host: Some(host.clone()),
+        ..Default::default()
+    };
+    assert_eq!(q(text).len(), 10);
+    // Keyset pagination over ids returns everything exactly once, in id order.
+    let mut seen = Vec::new();
+    let mut after = None;
+    for _ in 0..20 {
+        let page = q(CiFilter {
+            class: Some("package".into()),
+            host: Some(host.clone()),
+            limit: 7,
+            after: after.clone(),
+            ..Default::default()
+        });
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|c| c.id.clone());
+        seen.extend(page.into_iter().map(|c| c.id));
+    }
+    assert_eq!(seen.len(), 25);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]));
+    // Unfiltered: everything, ordered by id.
+    let all = q(CiFilter::default());
+    assert_eq!(all.len(), 27 + 2);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    assert!(
+        q(CiFilter {
+            host: Some("nonexistent".into()),
+            ..Default::default()
+        })
+        .is_empty()
+    );
+    let _ = other;
+}
+
+#[test]
+fn metrics_are_stored_per_window_and_pruned() {
+    let (_d, store, host) = setup();
+    let metrics = |seq: u64, minute: u64| {
+        event(
+            seq,
+            minute * 60,
+            v1::event::Kind::Metrics(v1::Metrics {
+                window_start: Some(timestamp_from_system(t(minute * 60))),
+                window_seconds: 60,
+                summaries: vec![
+                    v1::MetricSummary {
+                        name: "cpu.percent".into(),
+                        min: 1.0,
+                        avg: 2.0,
+                        max: 3.0,
+                        p95: 2.9,
+                        samples: 4,
+                        ..Default::default()
+                    },
+                    v1::MetricSummary {
+                        name: "broken".into(),
+                        avg: f64::NAN,
+                        ..Default::default()
+                    },
+                ],
+            }),
+        )
+    };
+    let out = store
+        .apply("agt-1", &[metrics(1, 0), metrics(2, 1), metrics(3, 2)])
+        .unwrap();
+    assert_eq!(out.rejected, 3, "NaN summaries are dropped");
+    let got = store.metrics(&host, t(60), t(180)).unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].window_start, t(60));
+    assert_eq!(got[0].summaries.len(), 1);
+    assert_eq!(got[0].summaries[0].p95, 2.9);
+    assert_eq!(store.prune_metrics(t(120)).unwrap(), 2);
+    assert_eq!(store.metrics(&host, t(0), t(1000)).unwrap().len(), 1);
+}
+
+#[test]
+fn agent_events_are_recorded() {
+    let (_d, store, _host) = setup();
+    let no_time = v1::Event {
+        seq: 3,
+        observed_at: None,
+        kind: Some(v1::event::Kind::Delta(v1::Delta {
+            changes: vec![change(v1::ChangeKind::Added, "file", "/etc/hosts", 1)],
+            ..Default::default()
+        })),
+    };
+    let out = store
+        .apply(
+            "agt-1",
+            &[
+                event(
+                    1,
+                    1,
+                    v1::event::Kind::Gap(v1::Gap {
+                        dropped_metrics: 5,
+                        dropped_inventory_changes: 1,
+                        reason: "full".into(),
+                    }),
+                ),
+                event(
+                    2,
+                    2,
+                    v1::event::Kind::Shutdown(v1::Shutdown {
+                        reason: "SIGTERM".into(),
+                    }),
+                ),
+                no_time,
+                // A heartbeat is not sequenced.
+                v1::Event {
+                    seq: 0,
+                    observed_at: None,
+                    kind: Some(v1::event::Kind::Heartbeat(v1::Heartbeat {
+                        outbox_events: 7,
+                        outbox_bytes: 700,
+                        uptime_seconds: 1,
+                    })),
+                },
+                // A sequenced event without a kind, and a change of unknown kind.
+                v1::Event {
+                    seq: 4,
+                    observed_at: None,
+                    kind: None,
+                },
+                delta(
+                    5,
+                    vec![v1::ItemChange {
+                        kind: 42,
+                        class: "file".into(),
+                        key: "/x".into(),
+                        ..Default::default()
+                    }],
+                ),
+                delta(6, vec![change(v1::ChangeKind::Added, "host", "sneaky", 1)]),
+            ],
+        )
+        .unwrap();
+    assert_eq!(out.last_seq, 6);
+    assert_eq!(out.unsequenced, 1);
+    assert_eq!(out.missing_observed_at, 2);
+    assert_eq!(out.rejected, 3);
+    let a = store.agent("agt-1").unwrap().unwrap();
+    assert_eq!(
+        (a.gaps, a.dropped_metrics, a.dropped_inventory_changes),
+        (1, 5, 1)
+    );
+    assert_eq!(a.last_shutdown.unwrap().reason, "SIGTERM");
+    assert_eq!((a.outbox_events, a.outbox_bytes), (7, 700));
+    // Heartbeats outside apply: cheap, no versions.
+    let before = store.size_on_disk().unwrap();
+    assert!(store.record_heartbeat("agt-1", 1, 2, t(99)).unwrap());
+    assert!(!store.record_heartbeat("nobody", 1, 2, t(99)).unwrap());
+    let a = store.agent("agt-1").unwrap().unwrap();
+    assert_eq!((a.last_seen, a.outbox_events), (Some(t(99)), 1));
+    let _ = before;
+}
+
+#[test]
+fn an_unidentified_agent_is_refused() {
+    let (_d, store) = open();
+    let err = store.apply("agt-x", &[delta(1, vec![])]).unwrap_err();
+    assert!(matches!(err, StoreError::Unidentified { .. }), "{err}");
+}
+
+#[test]
+fn put_agent_never_rewinds_the_watermark() {
+    let (_d, store, host) = setup();
+    let stale = store.agent("agt-1").unwrap().unwrap();
+    store.apply("agt-1", &[delta(4, vec![])]).unwrap();
+    let mut copy = stale.clone();
+    copy.revoked = true;
+    copy.host_id = None;
+    store.put_agent(&copy).unwrap();
+    let a = store.agent("agt-1").unwrap().unwrap();
+    assert_eq!((a.last_seq, a.revoked, a.host_id), (4, true, Some(host)));
+    assert_eq!(store.agents().unwrap().len(), 1);
+}
+
+#[test]
+fn version_records_decode_as_ci_versions() {
+    let a = attrs(&[("x", 1)]);
+    let out = apply::VersionOut {
+        ci_id: "ci-0123456789abcdef",
+        version: 3,
+        change: ChangeKind::Changed,
+        state: CiState::Present,
+        attrs: &a,
+        old_attrs: &Attrs::new(),
+        observed_at: t(5),
+        agent_id: "agt",
+        seq: 9,
+        change_id: None,
+    };
+    let v: CiVersion = serde_json::from_slice(&serde_json::to_vec(&out).unwrap()).unwrap();
+    assert_eq!(
+        v,
+        CiVersion {
+            ci_id: "ci-0123456789abcdef".into(),
+            version: 3,
+            change: ChangeKind::Changed,
+            state: CiState::Present,
+            attrs: a.clone(),
+            old_attrs: Attrs::new(),
+            observed_at: t(5),
+            agent_id: "agt".into(),
+            seq: 9,
+            change_id: None,
+        }
+    );
+}
+
+#[test]
+fn floats_do_not_make_spurious_versions() {
+    let (_d, store, host) = setup();
+    let f = |seq: u64| {
+        let mut i = item("cpu", "cpu", 0);
+        i.attrs.insert(
+            "mhz".into(),
+            v1::Value::from(&AttrValue::Float(2894.0 / 3.0 + 0.1)),
+        );
+        i.attrs
+            .insert("odd".into(), v1::Value::from(&AttrValue::Float(f64::NAN)));
+        snapshot(seq, vec![i], ok(&["cpu"]), vec![])
+    };
+    store.apply("agt-1", &[f(1)]).unwrap();
+    let out = store.apply("agt-1", &[f(2)]).unwrap();
+    assert_eq!(out.ci_versions, 0);
+    let ci = store.ci(&ci_id(&host, "cpu", "cpu")).unwrap().unwrap();
+    assert_eq!(ci.attrs["odd"], AttrValue::Null);
+}
+
+// === persistence and refusal ===
+
+#[test]
+fn reopening_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let (host, clone) = {
+        let store = SledStore::open(dir.path(), CACHE).unwrap();
+        let now = SystemTime::now();
+        let host = store.identify("a", "ia", &identity("U"), now).unwrap();
+        store.set_connected("a", true, now).unwrap();
+        let clone = store.identify("b", "ib", &identity("U"), now).unwrap();
+        store
+            .apply(
+                "a",
+                &[
+                    snapshot(1, vec![item("package", "p", 1)], ok(&["package"]), vec![]),
+                    delta(2, vec![change(v1::ChangeKind::Changed, "package", "p", 2)]),
+                ],
+            )
+            .unwrap();
+        (host, clone)
+    };
+    let store = reopen(dir.path()).unwrap();
+    let a = store.agent("a").unwrap().unwrap();
+    assert_eq!(a.last_seq, 2);
+    assert!(
+        !a.connected,
+        "nobody is connected to a collector that just started"
+    );
+    assert_eq!(a.host_id.as_deref(), Some(host.as_str()));
+    assert_eq!(versions(&store, &host, "package", "p").len(), 2);
+    assert_eq!(store.clones().unwrap()[0].clone_host_id, clone);
+    assert_eq!(store.apply("a", &[delta(2, vec![])]).unwrap().duplicates, 1);
+    assert!(store.size_on_disk().unwrap() > 0);
+}
+
+#[test]
+fn an_unusable_store_is_refused_not_moved_aside() {
+    // Held open by another instance (sled locks the directory).
+    let dir = tempfile::tempdir().unwrap();
+    let first = SledStore::open(dir.path(), CACHE).unwrap();
+    let err = SledStore::open(dir.path(), CACHE).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    drop(first);
+    // Not a directory.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"x").unwrap();
+    assert!(matches!(
+        SledStore::open(&file, CACHE).unwrap_err(),
+        StoreError::Open { .. }
+    ));
+    // A sled database that is not ours.
+    let foreign = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(foreign.path()).open().unwrap();
+        db.open_tree(TREE).unwrap().insert(b"x", b"y").unwrap();
+        db.flush().unwrap();
+    }
+    let err = SledStore::open(foreign.path(), CACHE).unwrap_err();
+    assert!(err.to_string().contains("format marker"), "{err}");
+    // Garbage where sled's files should be: refused, and the files are left where they are.
+    let garbage = tempfile::tempdir().unwrap();
+    std::fs::write(garbage.path().join("conf"), b"\xff\xfe not a sled config").unwrap();
+    std::fs::write(garbage.path().join("db"), vec![0xa5u8; 4096]).unwrap();
+    let err = SledStore::open(garbage.path(), CACHE).unwrap_err();
+    assert!(matches!(err, StoreError::Open { .. }), "{err}");
+    assert!(garbage.path().join("db").exists());
+}
+
+// === model check ===
+
+const CLASSES: [&str; 2] = ["a", "b"];
+const KEYS: [&str; 3] = ["k0", "k1", "k2"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// (class, key, Some(value) = add/change, None = remove)
+    Delta(Vec<(usize, usize, Option<i64>)>),
+    /// items (class, key, value) and which classes' collectors were ok
+    Snapshot(Vec<(usize, usize, i64)>, [bool; 2]),
+    /// Send the previous apply call's events again (at-least-once delivery).
+    Resend,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ck = (0..CLASSES.len(), 0..KEYS.len());
+    prop_oneof![
+        4 => prop::collection::vec((ck.clone(), prop::option::of(0i64..3)), 1..5)
+            .prop_map(|v| Op::Delta(v.into_iter().map(|((c, k), x)| (c, k, x)).collect())),
+        2 => (prop::collection::vec((ck, 0i64..3), 0..6), any::<[bool; 2]>())
+            .prop_map(|(v, ok)| Op::Snapshot(v.into_iter().map(|((c, k), x)| (c, k, x)).collect(), ok)),
+        1 => Just(Op::Resend),
+    ]
+}
+
+/// The model: per (class, key), (present, value, version count).
+type Model = BTreeMap<(usize, usize), (bool, i64, u64)>;
+
+fn model_upsert(m: &mut Model, c: usize, k: usize, v: i64) {
+    match m.get_mut(&(c, k)) {
+        None => {
+            m.insert((c, k), (true, v, 1));
+        }
+        Some((present, value, n)) => {
+            if !*present || *value != v {
+                *present = true;
+                *value = v;
+                *n += 1;
+            }
+        }
+    }
+}
+
+fn model_remove(m: &mut Model, c: usize, k: usize) {
+    if let Some((present, _, n)) = m.get_mut(&(c, k))
+        && *present
+    {
+        *present = false;
+        *n += 1;
+    }
+}
+
+fn to_event(seq: u64, op: &Op) -> v1::Event {
+    match op {
+        Op::Delta(changes) => delta(
+            seq,
+            changes
+                .iter()
+                .map(|(c, k, v)| match v {
+                    Some(v) => change(v1::ChangeKind::Changed, CLASSES[*c], KEYS[*k], *v),
+                    None => change(v1::ChangeKind::Removed, CLASSES[*c], KEYS[*k], 0),
+                })
+                .collect(),
+        ),
+        Op::Snapshot(items, oks) => snapshot(
+            seq,
+            items
+                .iter()
+                .map(|(c, k, v)| item(CLASSES[*c], KEYS[*k], *v))
+                .collect(),
+            CLASSES
+                .iter()
+                .zip(oks)
+                .map(|(class, ok)| {
+                    let state = if *ok {
+                        v1::CollectorState::Ok
+                    } else {
+                        v1::CollectorState::Error
+                    };
+                    collector(class, state, &[class])
+                })
+                .collect(),
+            vec![],
+        ),
+        Op::Resend => unreachable!("resends are not events"),
+    }
+}
+
+fn model_apply(m: &mut Model, op: &Op) {
+    match op {
+        Op::Delta(changes) => {
+            for (c, k, v) in changes {
+                match v {
+                    Some(v) => model_upsert(m, *c, *k, *v),
+                    None => model_remove(m, *c, *k),
+                }
+            }
+        }
+        Op::Snapshot(items, oks) => {
+            for (c, k, v) in items {
+                model_upsert(m, *c, *k, *v);
+            }
+            for (c, ok) in oks.iter().enumerate() {
+                if !ok {
+                    continue;
+                }
+                for k in 0..KEYS.len() {
+                    if !items.iter().any(|(ic, ik, _)| (*ic, *ik) == (c, k)) {
+                        model_remove(m, c, k);
+                    }
+                }
+            }
+        }
+        Op::Resend => {}
+    }
+}
+
+fn check(store: &SledStore, host: &str, m: &Model) -> Result<(), TestCaseError> {
+    for (c, class) in CLASSES.iter().enumerate() {
+        for (k, key) in KEYS.iter().enumerate() {
+            let id = ci_id(host, class, key);
+            let ci = store.ci(&id).unwrap();
+            match (m.get(&(c, k)), ci) {
+                (None, None) => {}
+                (Some((present, value, n)), Some(ci)) => {
+                    let want = if *present {
+                        CiState::Present
+                    } else {
+                        CiState::Absent
+                    };
+                    prop_assert_eq!(ci.state, want);
+                    prop_assert_eq!(&ci.attrs, &attrs(&[("v", *value)]));
+                    prop_assert_eq!(ci.version, *n);
+                    let versions = store.ci_versions(&id).unwrap();
+                    prop_assert_eq!(
+                        versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+                        (1..=*n).collect::<Vec<_>>()
+                    );
+                    prop_assert!(versions.windows(2).all(|w| w[0].seq <= w[1].seq));
+                    prop_assert_eq!(versions.last().map(|v| v.state), Some(want));
+                }
+                (want, got) => {
+                    prop_assert!(false, "{:?}: model {:?}, store {:?}", (c, k), want, got)
+                }
+            }
+        }
+        let listed = store
+            .cis(&CiFilter {
+                class: Some((*class).into()),
+                include_absent: true,
+                ..Default::default()
+            })
+            .unwrap();
+        prop_assert_eq!(listed.len(), m.keys().filter(|(mc, _)| *mc == c).count());
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+    /// Random delta/snapshot sequences, grouped into apply calls of random size and
+    /// resent at random, leave every CI in the model's state with the model's version count.
+    #[test]
+    fn store_matches_the_model(ops in prop::collection::vec(op(), 1..14), group in 1usize..4) {
+        let (dir, store, host) = setup();
+        let mut model = Model::new();
+        let mut seq = 0u64;
+        let mut last_call: Vec<v1::Event> = Vec::new();
+        let mut pending: Vec<v1::Event> = Vec::new();
+        for op in &ops {
+            if let Op::Resend = op {
+                let out = store.apply("agt-1", &last_call).unwrap();
+                prop_assert_eq!(out.applied, 0);
+                prop_assert_eq!(out.duplicates, last_call.len() as u64);
+                continue;
+            }
+            seq += 1;
+            pending.push(to_event(seq, op));
+            model_apply(&mut model, op);
+            if pending.len() >= group {
+                let out = store.apply("agt-1", &pending).unwrap();
+                prop_assert_eq!(out.last_seq, seq);
+                prop_assert_eq!(out.applied, pending.len() as u64);
+                last_call = std::mem::take(&mut pending);
+                check(&store, &host, &model)?;
+            }
+        }
+        if !pending.is_empty() {
+            store.apply("agt-1", &pending).unwrap();
+        }
+        check(&store, &host, &model)?;
+        prop_assert_eq!(store.agent("agt-1").unwrap().unwrap().last_seq, seq);
+        // And all of it survives a restart.
+        drop(store);
+        let store = reopen(dir.path()).unwrap();
+        check(&store, &host, &model)?;
+        let report = store.verify().unwrap();
+        prop_assert!(report.is_consistent(), "{:?}", report.problems);
+        prop_assert_eq!(store.agent("agt-1").unwrap().unwrap().last_seq, seq);
+    }
+}
+
+// === throughput ===
+
+/// Applies 100 000 CI changes (50 000 packages added, then each changed) in apply calls of
+/// 500 changes (50 Delta events of 10), one batch and one flush per call, and prints
+/// changes/s with the time split between building the batch (decode, diff, encode),
+/// sled's `apply_batch` and the flush. Run it optimised:
+/// `cargo test -p cmdb-collector --release -- --ignored throughput --nocapture`
+#[test]
+#[ignore = "throughput measurement; run explicitly, ideally with --release"]
+fn throughput_of_ci_changes() {
+    const TOTAL: usize = 100_000;
+    const PER_CALL: usize = 500;
+    const PER_EVENT: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(dir.path(), 256 << 20).unwrap();
+    store
+        .identify("agt-1", "inst-1", &identity("uuid-1"), SystemTime::now())
+        .unwrap();
+    let mut seq = 0u64;
+    let mut written = 0u64;
+    let (mut build, mut batch, mut flush) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    for call in 0..TOTAL / PER_CALL {
+        let events: Vec<v1::Event> = (0..PER_CALL / PER_EVENT)
+            .map(|e| {
+                seq += 1;
+                let changes = (0..PER_EVENT)
+                    .map(|i| {
+                        let n = (call * PER_CALL + e * PER_EVENT + i) % (TOTAL / 2);
+                        let mut c = change(
+                            v1::ChangeKind::Changed,
+                            "package",
+                            &format!("dpkg:package-{n}:amd64"),
+                            (call * PER_CALL / (TOTAL / 2)) as i64,
+                        );
+                        for (k, v) in [
+                            ("name", "package"),
+                            ("arch", "amd64"),
+                            ("manager", "dpkg"),
+                            ("vendor", "Debian"),
+                        ] {
+                            c.new_attrs
+                                .insert(k.into(), v1::Value::from(&AttrValue::Str(v.into())));
+                        }
+                        c
+                    })
+                    .collect();
+                delta(seq, changes)
+            })
+            .collect();
+        // The same steps as `Store::apply`, timed one by one.
+        let t0 = std::time::Instant::now();
+        let mut txn = Txn::new(&store.tree);
+        let out = apply::apply_events(&mut txn, "agt-1", &events, SystemTime::now()).unwrap();
+        let t1 = std::time::Instant::now();
+        store.commit(txn).unwrap();
+        let t2 = std::time::Instant::now();
+        store.flush().unwrap();
+        let t3 = std::time::Instant::now();
+        build += t1 - t0;
+        batch += t2 - t1;
+        flush += t3 - t2;
+        written += out.ci_versions;
+    }
+    let total = build + batch + flush;
+    assert_eq!(written, TOTAL as u64);
+    println!(
+        "{TOTAL} CI changes in {:.2} s: {:.0} changes/s ({PER_CALL} per apply call); \
+         build {build:?}, sled batch {batch:?}, flush {flush:?}; store {} bytes",
+        total.as_secs_f64(),
+        TOTAL as f64 / total.as_secs_f64(),
+        store.size_on_disk().unwrap()
+    );
+}
+
+/// Damage anywhere in sled's log: the store refuses to open (tail rolled back: the seal),
+/// or `verify` reports what sled dropped, or everything acknowledged is intact.
+#[test]
+fn flipped_bytes_never_go_unnoticed() {
+    let mut refused = 0;
+    for offset in [0.02f64, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = SledStore::open(dir.path(), CACHE).unwrap();
+            store
+                .identify("a", "ia", &identity("U"), SystemTime::now())
+                .unwrap();
+            for seq in 1..50u64 {
+                let changes = (0..20)
+                    .map(|i| {
+                        change(
+                            v1::ChangeKind::Changed,
+                            "package",
+                            &format!("p{i}"),
+                            seq as i64,
+                        )
+                    })
+                    .collect();
+                store.apply("a", &[delta(seq, changes)]).unwrap();
+            }
+            assert!(store.verify().unwrap().is_consistent());
+        }
+        let db = dir.path().join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        let at = (bytes.len() as f64 * offset) as usize;
+        let end = (at + 64).min(bytes.len());
+        bytes[at..end].iter_mut().for_each(|b| *b ^= 0x5a);
+        std::fs::write(&db, &bytes).unwrap();
+        match reopen(dir.path()) {
+            Err(e) => {
+                assert!(matches!(e, StoreError::Open { .. }), "{e}");
+                refused += 1;
+            }
+            Ok(store) => {
+                let report = store.verify().unwrap();
+                if report.is_consistent() {
+                    assert_eq!(
+                        store.agent("a").unwrap().unwrap().last_seq,
+                        49,
+                        "at {offset}"
+                    );
+                    let cis = store.cis(&CiFilter::default()).unwrap();
+                    let versions: usize = cis
+                        .iter()
+                        .map(|c| store.ci_versions(&c.id).unwrap().len())
+                        .sum();
+                    assert_eq!(versions, 20 * 49 + 1, "at {offset}: verify missed a loss");
+                } else {
+                    assert!(!report.problems.is_empty());
+                }
+            }
+        }
+    }
+    assert!(
+        refused > 0,
+        "the seal never fired: the test no longer damages the live log"
+    );
+}
