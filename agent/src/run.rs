@@ -69,7 +69,7 @@ struct Agent {
     budget: Budget,
 }
 
-fn jittered(every: Duration, percent: u32) -> Duration {
+fn jittered(every: Duration, percent: u8) -> Duration {
     let p = f64::from(percent.min(50)) / 100.0;
     let f = rand::rng().random_range((1.0 - p)..=(1.0 + p));
     every.mul_f64(f)

@@ -106,9 +106,6 @@ impl Default for Limits {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSettings {
-    /// Client certificate lifetime issued at enrollment. Default "365d".
-    #[serde(default = "default_cert_validity", with = "duration")]
-    pub certificate_validity: Duration,
     /// Heartbeat interval the collector asks agents for. Default "30s".
     #[serde(default = "default_heartbeat", with = "duration")]
     pub heartbeat: Duration,
@@ -117,7 +114,6 @@ pub struct AgentSettings {
 impl Default for AgentSettings {
     fn default() -> Self {
         AgentSettings {
-            certificate_validity: default_cert_validity(),
             heartbeat: default_heartbeat(),
         }
     }
@@ -146,9 +142,6 @@ fn default_rate() -> u32 {
 }
 fn default_max_streams() -> usize {
     20_000
-}
-fn default_cert_validity() -> Duration {
-    Duration::from_secs(365 * 24 * 3600)
 }
 fn default_heartbeat() -> Duration {
     Duration::from_secs(30)

@@ -196,7 +196,7 @@ impl ApiError {
     fn store(what: &'static str, e: &StoreError) -> Self {
         tracing::error!(error = %e, what, "Store read for the API failed.");
         match e {
-            StoreError::Corrupt { .. } => Self::internal(),
+            StoreError::Corrupt { .. } | StoreError::Unidentified { .. } => Self::internal(),
             StoreError::Backend(_) | StoreError::Open { .. } => {
                 Self::unavailable("the store is unavailable; the collector log has the details")
             }

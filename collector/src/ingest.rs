@@ -109,31 +109,20 @@ impl AgentService for Ingest {
         let req = request.into_inner();
         let inner = Arc::clone(&self.inner);
         let now = SystemTime::now();
-        let validity = inner.agents.certificate_validity;
         let result = blocking(move || {
-            let resp = pki::enroll(&inner.pki, &inner.tokens, &req, now, validity)
-                .map_err(Status::from)?;
+            let resp = pki::enroll(&inner.pki, &inner.tokens, &req, now).map_err(Status::from)?;
             let identity = req
                 .identity
                 .as_ref()
                 .map(HostIdentity::from)
                 .unwrap_or_default();
-            let record = AgentRecord {
-                agent_id: resp.agent_id.clone(),
-                host_id: None,
-                instance_id: req.instance_id.clone(),
-                version: req.agent_version.clone(),
-                hostname: identity.hostname.clone(),
+            let record = AgentRecord::new(
+                &resp.agent_id,
+                &req.instance_id,
+                &req.agent_version,
                 identity,
-                enrolled_at: now,
-                last_seen: None,
-                last_seq: 0,
-                connected: false,
-                outbox_events: 0,
-                outbox_bytes: 0,
-                collectors: Vec::new(),
-                revoked: false,
-            };
+                now,
+            );
             inner.store.put_agent(&record).map_err(internal)?;
             Ok::<_, Status>(resp)
         })
@@ -259,7 +248,14 @@ impl AgentService for Ingest {
         );
         let host_id = blocking(move || {
             let host = store.identify(&aid, &iid, &identity, now)?;
-            store.set_connected(&aid, true, Some(&ver), now)?;
+            // The version the agent runs now (an upgrade keeps the enrollment).
+            if let Some(mut rec) = store.agent(&aid)?
+                && rec.version != ver
+            {
+                rec.version = ver;
+                store.put_agent(&rec)?;
+            }
+            store.set_connected(&aid, true, now)?;
             Ok::<_, crate::store::StoreError>(host)
         })
         .await?
@@ -481,7 +477,7 @@ async fn serve_stream(
         .unwrap_or(false);
     if current {
         let store = Arc::clone(&inner.store);
-        let _ = blocking(move || store.set_connected(&agent_id, false, None, SystemTime::now()))
+        let _ = blocking(move || store.set_connected(&agent_id, false, SystemTime::now()))
             .await;
     }
 }
