@@ -44,7 +44,11 @@ enum Command {
         #[arg(long, env = "CMDB_ENROLL_TOKEN")]
         token: String,
         /// Trust the collector's CA from this file.
-        #[arg(long, conflicts_with = "ca_sha256", required_unless_present = "ca_sha256")]
+        #[arg(
+            long,
+            conflicts_with = "ca_sha256",
+            required_unless_present = "ca_sha256"
+        )]
         ca_file: Option<PathBuf>,
         /// Trust the collector's CA by its sha256 fingerprint (printed by `token create`).
         #[arg(long)]

@@ -49,7 +49,6 @@ pub const MAX_SERIES: usize = 256;
 /// Hard cap on samples per series per window, whatever the window and interval.
 pub const MAX_SAMPLES_PER_SERIES: usize = 1024;
 
-
 // === samples ===
 
 /// One value of one series.

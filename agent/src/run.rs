@@ -21,9 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cmdb_proto::convert::timestamp_from_system;
-use cmdb_proto::model::{
-    AgentInfo, CollectorReport, CollectorState, Inventory, class,
-};
+use cmdb_proto::model::{AgentInfo, CollectorReport, CollectorState, Inventory, class};
 use cmdb_proto::v1::{self, event};
 use rand::Rng;
 use tokio::sync::{Mutex, mpsc, watch};
@@ -42,7 +40,9 @@ use crate::watch::{FileWatcher, WatchEvent};
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// Not enrolled yet: no certificate in the state directory.
-    #[error("{0} is missing: enroll first (cmdb-agent enroll --collector URL --token T --ca-file CA)")]
+    #[error(
+        "{0} is missing: enroll first (cmdb-agent enroll --collector URL --token T --ca-file CA)"
+    )]
     NotEnrolled(String),
     /// The state directory is unusable.
     #[error("state: {0}")]
@@ -190,7 +190,9 @@ impl Agent {
                 .retain(|i| !(i.class == class::FILE && i.key == path));
             match result {
                 Ok(item) => current.items.push(item),
-                Err(e) => tracing::debug!(path, error = %e, "Watched file not describable; treated as removed."),
+                Err(e) => {
+                    tracing::debug!(path, error = %e, "Watched file not describable; treated as removed.")
+                }
             }
         }
         // Only the file class is re-evaluated: the other collectors' entries are dropped
@@ -435,7 +437,10 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
 
 async fn termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

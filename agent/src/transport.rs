@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cmdb_proto::convert::timestamp_from_system;
 use cmdb_proto::v1::{
-    self, AgentMessage, agent_message, agent_service_client::AgentServiceClient,
-    collector_message, event,
+    self, AgentMessage, agent_message, agent_service_client::AgentServiceClient, collector_message,
+    event,
 };
 use futures_util::Stream;
 use rand::Rng;
@@ -310,7 +310,10 @@ async fn session(
                 }
             }
             Some(collector_message::Kind::Config(c)) => {
-                tracing::debug!(heartbeat = c.heartbeat_seconds, "Collector configuration received.");
+                tracing::debug!(
+                    heartbeat = c.heartbeat_seconds,
+                    "Collector configuration received."
+                );
             }
             None => {}
         }
@@ -345,7 +348,9 @@ async fn send_loop(
             cursor,
             settings
                 .max_batch_events
-                .min(usize::try_from(settings.max_inflight_events - in_flight).unwrap_or(usize::MAX))
+                .min(
+                    usize::try_from(settings.max_inflight_events - in_flight).unwrap_or(usize::MAX),
+                )
                 .max(1),
             settings.max_batch_bytes,
         );

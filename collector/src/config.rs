@@ -181,10 +181,7 @@ impl CollectorConfig {
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let cfg: CollectorConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = e
-                .span()
-                .map(|s| line_col(text, s.start))
-                .unwrap_or((1, 1));
+            let (line, column) = e.span().map(|s| line_col(text, s.start)).unwrap_or((1, 1));
             ConfigError::Parse {
                 path: path.to_owned(),
                 line,
@@ -198,7 +195,10 @@ impl CollectorConfig {
             message: message.to_owned(),
         };
         if cfg.limits.max_message_bytes < 64 * 1024 {
-            return Err(invalid("limits.max_message_bytes", "must be at least 65536"));
+            return Err(invalid(
+                "limits.max_message_bytes",
+                "must be at least 65536",
+            ));
         }
         if cfg.limits.max_batch_events == 0 {
             return Err(invalid("limits.max_batch_events", "must be at least 1"));

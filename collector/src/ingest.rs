@@ -90,9 +90,7 @@ fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal("collector store failure")
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, Status> {
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| Status::internal(format!("worker failed: {e}")))
@@ -360,7 +358,9 @@ fn validate(events: &[v1::Event], max: usize) -> Result<(), Status> {
             (None, _) => return Err(Status::invalid_argument("event without a kind")),
             (Some(event::Kind::Heartbeat(_)), 0) => {}
             (Some(event::Kind::Heartbeat(_)), _) => {
-                return Err(Status::invalid_argument("heartbeats are not sequenced (seq 0)"));
+                return Err(Status::invalid_argument(
+                    "heartbeats are not sequenced (seq 0)",
+                ));
             }
             (Some(_), 0) => return Err(Status::invalid_argument("event without a seq")),
             (Some(_), s) if s <= last => {
@@ -393,7 +393,11 @@ async fn serve_stream(
             Ok(Some(AgentMessage {
                 kind: Some(agent_message::Kind::Batch(b)),
             })) => b,
-            Ok(Some(_)) => break Err(Status::invalid_argument("only Batch messages may follow Hello")),
+            Ok(Some(_)) => {
+                break Err(Status::invalid_argument(
+                    "only Batch messages may follow Hello",
+                ));
+            }
             Ok(None) => break Ok(()),
             Err(status) => break Err(status),
         };
@@ -432,7 +436,9 @@ async fn serve_stream(
             if events.is_empty() {
                 return Ok((None, heartbeats.len()));
             }
-            store.apply(&id, &events).map(|o| (Some(o), heartbeats.len()))
+            store
+                .apply(&id, &events)
+                .map(|o| (Some(o), heartbeats.len()))
         })
         .await;
         let outcome = match applied {
@@ -445,7 +451,9 @@ async fn serve_stream(
         };
         if let Some(o) = outcome {
             inner.telemetry.ci_versions(o.ci_versions);
-            inner.telemetry.ack_latency(received.elapsed().as_secs_f64());
+            inner
+                .telemetry
+                .ack_latency(received.elapsed().as_secs_f64());
             let ack = CollectorMessage {
                 kind: Some(collector_message::Kind::Ack(v1::Ack {
                     up_to_seq: o.last_seq,
@@ -477,8 +485,7 @@ async fn serve_stream(
         .unwrap_or(false);
     if current {
         let store = Arc::clone(&inner.store);
-        let _ = blocking(move || store.set_connected(&agent_id, false, SystemTime::now()))
-            .await;
+        let _ = blocking(move || store.set_connected(&agent_id, false, SystemTime::now())).await;
     }
 }
 

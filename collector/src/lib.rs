@@ -5,13 +5,13 @@
 //! certificates; [`tls`] builds both ends' rustls configurations.
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod http;
+pub mod ingest;
 pub mod pki;
+pub mod quickstart;
+pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
-pub mod config;
-pub mod ingest;
-pub mod quickstart;
-pub mod serve;

@@ -12,7 +12,11 @@ use cmdb_collector::tokens::{Role, Tokens};
 use cmdb_collector::{quickstart, serve};
 
 #[derive(Parser)]
-#[command(name = "cmdb-collector", version, about = "cmdb collector: ingest, CMDB store, API")]
+#[command(
+    name = "cmdb-collector",
+    version,
+    about = "cmdb collector: ingest, CMDB store, API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,7 +153,9 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

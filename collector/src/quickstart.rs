@@ -102,7 +102,8 @@ fn prepare_collector(data_dir: &Path, info_path: &Path) -> Result<String, Quicks
     {
         return Ok(info.admin_token);
     }
-    let tokens = Tokens::open(data_dir).map_err(|e| QuickstartError::Setup(format!("tokens: {e}")))?;
+    let tokens =
+        Tokens::open(data_dir).map_err(|e| QuickstartError::Setup(format!("tokens: {e}")))?;
     tokens
         .create_api_token("quickstart-admin", Role::Admin)
         .map_err(|e| QuickstartError::Setup(format!("tokens: {e}")))
@@ -125,7 +126,8 @@ fn prepare_agent(
     std::fs::create_dir_all(&agent_dir).map_err(|e| files_err(&agent_dir, e))?;
     let bin = agent_binary(opts.agent_bin.as_deref())?;
     if !agent_dir.join("cert.pem").exists() {
-        let tokens = Tokens::open(data_dir).map_err(|e| QuickstartError::Setup(format!("tokens: {e}")))?;
+        let tokens =
+            Tokens::open(data_dir).map_err(|e| QuickstartError::Setup(format!("tokens: {e}")))?;
         let token = tokens
             .create_enrollment(1, Duration::from_secs(600), SystemTime::now())
             .map_err(|e| QuickstartError::Setup(format!("tokens: {e}")))?;
@@ -143,7 +145,9 @@ fn prepare_agent(
             .status()
             .map_err(|e| QuickstartError::Agent(format!("cannot run {}: {e}", bin.display())))?;
         if !status.success() {
-            return Err(QuickstartError::Agent(format!("enrollment failed ({status})")));
+            return Err(QuickstartError::Agent(format!(
+                "enrollment failed ({status})"
+            )));
         }
     }
     let config = agent_dir.join("agent.toml");
@@ -231,9 +235,10 @@ pub async fn run(opts: QuickstartOptions) -> Result<(), QuickstartError> {
     let agent_opts = opts.clone();
     let agent_data = data_dir.clone();
     let agent_grpc = grpc_url.clone();
-    let config = tokio::task::spawn_blocking(move || prepare_agent(&agent_opts, &agent_data, &agent_grpc))
-        .await
-        .map_err(|e| QuickstartError::Agent(e.to_string()))??;
+    let config =
+        tokio::task::spawn_blocking(move || prepare_agent(&agent_opts, &agent_data, &agent_grpc))
+            .await
+            .map_err(|e| QuickstartError::Agent(e.to_string()))??;
     let mut agent = start_agent(&opts, &config)?;
 
     println!("cmdb quickstart is running (Ctrl-C stops it).");

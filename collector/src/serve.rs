@@ -110,21 +110,26 @@ pub async fn serve(
     let pki = Arc::new(Pki::open(&pki_dir(&data_dir)).map_err(|e| pki_err(&e))?);
     let server_tls = pki.server_tls().map_err(|e| pki_err(&e))?;
     let tokens = Arc::new(Tokens::open(&data_dir).map_err(|e| ServeError::Tokens(e.to_string()))?);
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(&store_dir(&data_dir), cfg.store.cache_bytes)?);
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(
+        &store_dir(&data_dir),
+        cfg.store.cache_bytes,
+    )?);
     let telemetry = Arc::new(Telemetry::new());
 
-    let grpc_listener = TcpListener::bind(cfg.grpc_listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: cfg.grpc_listen,
-            source,
-        })?;
-    let http_listener = TcpListener::bind(cfg.http_listen)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: cfg.http_listen,
-            source,
-        })?;
+    let grpc_listener =
+        TcpListener::bind(cfg.grpc_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.grpc_listen,
+                source,
+            })?;
+    let http_listener =
+        TcpListener::bind(cfg.http_listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: cfg.http_listen,
+                source,
+            })?;
     let addrs = ListenAddrs {
         grpc: grpc_listener
             .local_addr()
@@ -211,7 +216,10 @@ fn write_listen_file(data_dir: &Path, addrs: &ListenAddrs) -> Result<(), ServeEr
 /// Resolves on SIGTERM or SIGINT.
 pub async fn termination() {
     use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {}

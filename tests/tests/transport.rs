@@ -26,7 +26,10 @@ fn host(dir: &Path) -> (PathBuf, PathBuf) {
 fn spec(root: &Path) -> AgentSpec {
     AgentSpec {
         host_root: root.to_owned(),
-        watch: vec!["/etc/cmdb-test/*.conf".into(), "/etc/ssh/sshd_config".into()],
+        watch: vec![
+            "/etc/cmdb-test/*.conf".into(),
+            "/etc/ssh/sshd_config".into(),
+        ],
         extra: String::new(),
     }
 }
@@ -96,8 +99,20 @@ fn inventory_arrives_and_matches_the_one_shot_inventory() {
         .arg(&root)
         .arg("--state-dir")
         .arg(tmp.path().join("oneshot"))
-        .args(["--watch", "/etc/cmdb-test/*.conf", "--watch", "/etc/ssh/sshd_config"])
-        .env("PATH", format!("{}:{}", fixtures().join("systemd/bin").display(), std::env::var("PATH").unwrap()))
+        .args([
+            "--watch",
+            "/etc/cmdb-test/*.conf",
+            "--watch",
+            "/etc/ssh/sshd_config",
+        ])
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                fixtures().join("systemd/bin").display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
         .env("FAKE_SYSTEMCTL_DATA", fixtures().join("systemd/debian12"))
         .output()
         .unwrap();
@@ -108,7 +123,15 @@ fn inventory_arrives_and_matches_the_one_shot_inventory() {
         .unwrap()
         .iter()
         .filter(|i| i["class"] != "service") // the resident agent has no fake systemctl
-        .map(|i| ((i["class"].as_str().unwrap().into(), i["key"].as_str().unwrap().into()), i["attrs"].clone()))
+        .map(|i| {
+            (
+                (
+                    i["class"].as_str().unwrap().into(),
+                    i["key"].as_str().unwrap().into(),
+                ),
+                i["attrs"].clone(),
+            )
+        })
         .collect();
 
     let got = wait_for(Duration::from_secs(30), "the inventory in the CMDB", || {
@@ -116,7 +139,15 @@ fn inventory_arrives_and_matches_the_one_shot_inventory() {
             .cis(&format!("host={host_id}"))
             .into_iter()
             .filter(|ci| ci["class"] != "host" && ci["class"] != "service")
-            .map(|ci| ((ci["class"].as_str().unwrap().into(), ci["key"].as_str().unwrap().into()), ci["attrs"].clone()))
+            .map(|ci| {
+                (
+                    (
+                        ci["class"].as_str().unwrap().into(),
+                        ci["key"].as_str().unwrap().into(),
+                    ),
+                    ci["attrs"].clone(),
+                )
+            })
             .collect();
         (got.len() >= expected.len()).then_some(got)
     });
@@ -150,10 +181,14 @@ fn a_watched_file_edit_is_visible_within_two_seconds() {
     let edited = std::time::Instant::now();
     std::fs::write(watched.join("app.conf"), b"v=2\n").unwrap();
     let want = sha256_hex(b"v=2\n");
-    wait_for(Duration::from_secs(2), "the new file version through the API", || {
-        let ci = c.get(&format!("/api/v1/cis/{ci_id}"));
-        (ci["attrs"]["sha256"] == want.as_str()).then_some(())
-    });
+    wait_for(
+        Duration::from_secs(2),
+        "the new file version through the API",
+        || {
+            let ci = c.get(&format!("/api/v1/cis/{ci_id}"));
+            (ci["attrs"]["sha256"] == want.as_str()).then_some(())
+        },
+    );
     eprintln!("watched-file edit visible after {:?}", edited.elapsed());
     let hist = sha_history(&c, &ci_id);
     assert_eq!(hist, vec![sha256_hex(b"v=1\n"), want]);
@@ -182,7 +217,9 @@ fn sigkill_of_the_collector_mid_stream_loses_nothing_and_applies_nothing_twice()
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &spec(&root));
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
-    let ci_id = wait_for(Duration::from_secs(20), "file CI", || file_ci(&c, &host_id, "/etc/cmdb-test/series.conf"))["id"]
+    let ci_id = wait_for(Duration::from_secs(20), "file CI", || {
+        file_ci(&c, &host_id, "/etc/cmdb-test/series.conf")
+    })["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -215,7 +252,9 @@ fn sigkill_of_the_agent_with_a_full_outbox_resumes_and_delivers() {
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &spec(&root));
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
-    let ci_id = wait_for(Duration::from_secs(20), "file CI", || file_ci(&c, &host_id, "/etc/cmdb-test/pending.conf"))["id"]
+    let ci_id = wait_for(Duration::from_secs(20), "file CI", || {
+        file_ci(&c, &host_id, "/etc/cmdb-test/pending.conf")
+    })["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -254,19 +293,29 @@ fn a_backlog_drains_at_the_hinted_rate() {
     let t = std::time::Instant::now();
     // At 20 events/s a backlog of ~40+ events takes > 1 s, and the stream is never refused.
     let drained = wait_for(Duration::from_secs(30), "backlog drained", || {
-        let s = c.get(&format!("/api/v1/agents/{}", a.agent_id))["last_seq"].as_u64().unwrap();
+        let s = c.get(&format!("/api/v1/agents/{}", a.agent_id))["last_seq"]
+            .as_u64()
+            .unwrap();
         (s >= seq_before + 40).then_some(s)
     });
     let took = t.elapsed();
     eprintln!("drained to seq {drained} in {took:?}");
-    assert!(took >= Duration::from_millis(1500), "faster than the hint: {took:?}");
-    assert!(!c.log().contains("more than 20 events/s"), "agent ignored the hint");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "faster than the hint: {took:?}"
+    );
+    assert!(
+        !c.log().contains("more than 20 events/s"),
+        "agent ignored the hint"
+    );
     a.stop();
 }
 
 fn c_last_seq_after_restart(c: &mut Collector, agent_id: &str) -> u64 {
     c.restart();
-    c.get(&format!("/api/v1/agents/{agent_id}"))["last_seq"].as_u64().unwrap()
+    c.get(&format!("/api/v1/agents/{agent_id}"))["last_seq"]
+        .as_u64()
+        .unwrap()
 }
 
 #[test]
@@ -291,33 +340,62 @@ fn refusals_store_nothing() {
     assert!(enroll(&tmp.path().join("a1"), &token).status.success());
     let out = enroll(&tmp.path().join("a2"), &token);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("token"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("token"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // An expired token.
     let token = c.token(5, "1s");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(!enroll(&tmp.path().join("a3"), &token).status.success());
     // An unknown token.
-    assert!(!enroll(&tmp.path().join("a4"), "cmdb-enroll-00000000000000000000000000000000").status.success());
-    assert_eq!(c.agents().len(), 1, "only the first enrollment stored an agent");
+    assert!(
+        !enroll(
+            &tmp.path().join("a4"),
+            "cmdb-enroll-00000000000000000000000000000000"
+        )
+        .status
+        .success()
+    );
+    assert_eq!(
+        c.agents().len(),
+        1,
+        "only the first enrollment stored an agent"
+    );
 
     // A revoked agent's stream is refused and stores nothing.
     let mut a = Agent::enroll(&c, &tmp.path().join("revoked"), &spec(&root));
-    common::run_ok(Command::new(bin("cmdb-collector")).args(["agent", "revoke", &a.agent_id, "--data-dir"]).arg(&c.dir));
+    common::run_ok(
+        Command::new(bin("cmdb-collector"))
+            .args(["agent", "revoke", &a.agent_id, "--data-dir"])
+            .arg(&c.dir),
+    );
     a.start();
-    wait_for(Duration::from_secs(20), "revoked refusal in the agent log", || {
-        a.log().contains("revoked").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "revoked refusal in the agent log",
+        || a.log().contains("revoked").then_some(()),
+    );
     let rec = c.get(&format!("/api/v1/agents/{}", a.agent_id));
     assert_eq!(rec["last_seq"], 0);
     assert!(rec["host_id"].is_null());
 
     // An agent claiming another instance's identity (its certificate, another instance id).
     let mut b = Agent::enroll(&c, &tmp.path().join("liar"), &spec(&root));
-    std::fs::write(b.state_dir.join("instance_id"), "00000000-1111-4222-8333-444444444444\n").unwrap();
+    std::fs::write(
+        b.state_dir.join("instance_id"),
+        "00000000-1111-4222-8333-444444444444\n",
+    )
+    .unwrap();
     b.start();
-    wait_for(Duration::from_secs(20), "identity refusal in the agent log", || {
-        b.log().contains("instance id").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "identity refusal in the agent log",
+        || b.log().contains("instance id").then_some(()),
+    );
     let rec = c.get(&format!("/api/v1/agents/{}", b.agent_id));
     assert_eq!(rec["last_seq"], 0);
     a.kill9();
@@ -336,7 +414,9 @@ fn outbox_overflow_drops_metrics_sends_a_gap_and_loses_no_inventory_change() {
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &sp);
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
-    let ci_id = wait_for(Duration::from_secs(20), "file CI", || file_ci(&c, &host_id, "/etc/cmdb-test/overflow.conf"))["id"]
+    let ci_id = wait_for(Duration::from_secs(20), "file CI", || {
+        file_ci(&c, &host_id, "/etc/cmdb-test/overflow.conf")
+    })["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -355,7 +435,10 @@ fn outbox_overflow_drops_metrics_sends_a_gap_and_loses_no_inventory_change() {
         file_ci(&c, &host_id, "/etc/cmdb-test/late.conf").filter(|ci| ci["state"] == "present")
     });
     let agent = c.get(&format!("/api/v1/agents/{}", a.agent_id));
-    assert!(agent["gaps"].as_u64().unwrap_or(0) >= 1, "a Gap arrived: {agent}");
+    assert!(
+        agent["gaps"].as_u64().unwrap_or(0) >= 1,
+        "a Gap arrived: {agent}"
+    );
     a.stop();
 }
 
@@ -376,7 +459,11 @@ fn reinstall_keeps_the_host_and_a_clone_is_recorded() {
     // Reinstall: new state dir (new key, new instance id, new enrollment), same machine.
     let mut second = Agent::enroll(&c, &tmp.path().join("second"), &spec(&root));
     second.start();
-    assert_eq!(host_id_of(&c, &second.agent_id), host1, "reinstall maps to the same host CI");
+    assert_eq!(
+        host_id_of(&c, &second.agent_id),
+        host1,
+        "reinstall maps to the same host CI"
+    );
 
     // Clone: another live agent claiming the same identity at the same time.
     let mut clone = Agent::enroll(&c, &tmp.path().join("clone"), &spec(&root));
@@ -384,9 +471,17 @@ fn reinstall_keeps_the_host_and_a_clone_is_recorded() {
     let host3 = host_id_of(&c, &clone.agent_id);
     assert_ne!(host3, host1, "a clone gets its own host CI");
     let clones = c.get("/api/v1/clones");
-    let list = clones.as_array().cloned().or_else(|| clones["items"].as_array().cloned()).unwrap();
+    let list = clones
+        .as_array()
+        .cloned()
+        .or_else(|| clones["items"].as_array().cloned())
+        .unwrap();
     assert!(
-        list.iter().any(|r| r["agents"].as_array().unwrap().iter().any(|x| x == clone.agent_id.as_str())),
+        list.iter().any(|r| r["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x == clone.agent_id.as_str())),
         "clone record: {clones}"
     );
     second.stop();

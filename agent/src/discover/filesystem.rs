@@ -394,7 +394,8 @@ fn statvfs_all(root: &HostRoot, mounts: &[&MountEntry], out: &mut Outcome) -> Ve
             let spawned = thread::Builder::new()
                 .name("statvfs-remote".into())
                 .spawn(move || {
-                    let answer = statvfs_path(&root, &m.mount_point, m.major, m.minor).map(rustix::fs::statvfs);
+                    let answer = statvfs_path(&root, &m.mount_point, m.major, m.minor)
+                        .map(rustix::fs::statvfs);
                     let _ = tx.send((i, answer));
                 });
             if spawned.is_ok() {

@@ -208,6 +208,11 @@ fn agent(n: u32, host: &str, hostname: &str) -> AgentRecord {
             classes: vec!["package".into()],
         }],
         revoked: false,
+        last_shutdown: None,
+        gaps: 0,
+        dropped_metrics: 0,
+        dropped_inventory_changes: 0,
+        inventory_hash: String::new(),
     }
 }
 
@@ -282,6 +287,8 @@ fn fixture(fail: Failure) -> FakeStore {
             kind: "runs".into(),
             host_id: h1.into(),
             present: true,
+            from_ref: String::new(),
+            to_ref: String::new(),
         },
         RelationRecord {
             from: bash.clone(),
@@ -289,6 +296,8 @@ fn fixture(fail: Failure) -> FakeStore {
             kind: "depends_on".into(),
             host_id: h1.into(),
             present: true,
+            from_ref: String::new(),
+            to_ref: String::new(),
         },
     ];
     let metrics = (0..3)
@@ -318,6 +327,7 @@ fn fixture(fail: Failure) -> FakeStore {
             agents: vec!["agt-0001".into(), "agt-0003".into()],
             identity_key: "product_uuid=4c4c".into(),
             detected_at: t(500),
+            clone_host_id: String::new(),
         }],
         fail,
         delay: Duration::ZERO,
@@ -670,10 +680,12 @@ async fn relations_resolve_the_other_end() {
         json!({"items": [
             {"from": "ci-0000000000000003", "to": "ci-0000000000000001", "kind": "runs",
              "host_id": "host-00000000000000a1", "present": true, "direction": "incoming",
+             "from_ref": "", "to_ref": "",
              "other": {"id": "ci-0000000000000003", "class": "service", "key": "ssh.service",
                        "state": "present"}},
             {"from": "ci-0000000000000001", "to": "ci-ffffffffffffffff", "kind": "depends_on",
              "host_id": "host-00000000000000a1", "present": true, "direction": "outgoing",
+             "from_ref": "", "to_ref": "",
              "other": null},
         ]})
     );
@@ -696,6 +708,7 @@ async fn clones_list() {
         json!({"items": [{"host_id": "host-00000000000000a1",
                           "agents": ["agt-0001", "agt-0003"],
                           "identity_key": "product_uuid=4c4c",
+                          "clone_host_id": "",
                           "detected_at": "2026-09-21T14:21:40Z"}]})
     );
 }

@@ -18,13 +18,24 @@ pub fn bin_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "-p", "cmdb-agent", "-p", "cmdb-collector"])
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "cmdb-agent",
+                "-p",
+                "cmdb-collector",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .status()
             .expect("cargo build");
         assert!(status.success(), "building the binaries failed");
         // tests/ → workspace root → target/debug
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned();
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"));
@@ -59,7 +70,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -107,7 +121,15 @@ impl Collector {
         );
         let admin_token = run_ok(
             Command::new(bin("cmdb-collector"))
-                .args(["api-token", "create", "--name", "test-admin", "--role", "admin", "--data-dir"])
+                .args([
+                    "api-token",
+                    "create",
+                    "--name",
+                    "test-admin",
+                    "--role",
+                    "admin",
+                    "--data-dir",
+                ])
                 .arg(dir),
         )
         .trim()
@@ -167,7 +189,9 @@ impl Collector {
         self.child = Some(child);
         let url = format!("{}/healthz", self.api());
         wait_for(Duration::from_secs(20), "collector /healthz", || {
-            reqwest::blocking::get(&url).ok().filter(|r| r.status().is_success())
+            reqwest::blocking::get(&url)
+                .ok()
+                .filter(|r| r.status().is_success())
         });
     }
 
@@ -187,7 +211,15 @@ impl Collector {
     pub fn token(&self, uses: u32, ttl: &str) -> String {
         run_ok(
             Command::new(bin("cmdb-collector"))
-                .args(["token", "create", "--uses", &uses.to_string(), "--ttl", ttl, "--data-dir"])
+                .args([
+                    "token",
+                    "create",
+                    "--uses",
+                    &uses.to_string(),
+                    "--ttl",
+                    ttl,
+                    "--data-dir",
+                ])
                 .arg(&self.dir),
         )
         .trim()
@@ -270,7 +302,13 @@ impl Agent {
         let token = collector.token(1, "10m");
         let out = run_ok(
             Command::new(bin("cmdb-agent"))
-                .args(["enroll", "--collector", &collector.grpc_url(), "--token", &token])
+                .args([
+                    "enroll",
+                    "--collector",
+                    &collector.grpc_url(),
+                    "--token",
+                    &token,
+                ])
                 .arg("--ca-file")
                 .arg(collector.ca_file())
                 .arg("--state-dir")

@@ -338,6 +338,11 @@ mod tests {
                 classes: vec!["package".into()],
             }],
             revoked: false,
+            last_shutdown: None,
+            gaps: 0,
+            dropped_metrics: 0,
+            dropped_inventory_changes: 0,
+            inventory_hash: String::new(),
         }
     }
 
@@ -456,6 +461,8 @@ VER  CHANGE   STATE    OBSERVED AT           SOURCE        ATTRIBUTE  OLD       
                     kind: "runs".into(),
                     host_id: "host-a1".into(),
                     present: true,
+                    from_ref: String::new(),
+                    to_ref: String::new(),
                 },
                 direction: Direction::Incoming,
                 other: Some(CiRef {
@@ -472,6 +479,8 @@ VER  CHANGE   STATE    OBSERVED AT           SOURCE        ATTRIBUTE  OLD       
                     kind: "depends_on".into(),
                     host_id: "host-a1".into(),
                     present: false,
+                    from_ref: String::new(),
+                    to_ref: String::new(),
                 },
                 direction: Direction::Outgoing,
                 other: None,
@@ -492,6 +501,7 @@ VER  CHANGE   STATE    OBSERVED AT           SOURCE        ATTRIBUTE  OLD       
             agents: vec!["agt-1".into(), "agt-2".into()],
             identity_key: "product_uuid=4c4c".into(),
             detected_at: t(0),
+            clone_host_id: String::new(),
         }]);
         assert_eq!(
             text,

@@ -175,6 +175,8 @@ fn store() -> MemStore {
         kind: "runs".into(),
         host_id: "host-a1".into(),
         present: true,
+        from_ref: String::new(),
+        to_ref: String::new(),
     }];
     let agents = vec![AgentRecord {
         agent_id: "agt-1".into(),
@@ -191,6 +193,11 @@ fn store() -> MemStore {
         outbox_bytes: 0,
         collectors: Vec::new(),
         revoked: false,
+        last_shutdown: None,
+        gaps: 0,
+        dropped_metrics: 0,
+        dropped_inventory_changes: 0,
+        inventory_hash: String::new(),
     }];
     MemStore {
         agents,
