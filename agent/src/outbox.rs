@@ -415,6 +415,31 @@ impl Outbox {
         }
     }
 
+    /// Appends a Gap reporting the metrics dropped for room since the last Gap, if any, so
+    /// that the collector learns of every loss even when no inventory had to go (older
+    /// metrics make room for the Gap itself). The caller calls this once per metrics window,
+    /// which coalesces a whole overflow episode into few Gaps. Returns whether one was added.
+    pub fn report_dropped_metrics(&self) -> Result<bool, OutboxError> {
+        let mut st = self.lock();
+        if st.meta.unreported_metrics == 0 {
+            return Ok(false);
+        }
+        let before = st.meta.clone();
+        let mut txn = Txn::new(&self.inner.trees, st.meta.clone(), st.events, st.bytes);
+        match overflow::report_metrics(&mut txn, self.inner.max_bytes) {
+            Ok(appended) => {
+                self.commit(&mut st, txn)?;
+                log_overflow(&before, &st.meta, self.inner.max_bytes);
+                Ok(appended)
+            }
+            Err(PlanError::Storage(e)) => Err(e.into()),
+            Err(PlanError::Corrupt(key)) => {
+                self.discard_corrupt(&mut st, key)?;
+                Ok(false)
+            }
+        }
+    }
+
     /// Stored events with seq > `after`, in seq order: at most `max_events`, and at most
     /// about `max_bytes` of encoded events (always at least one, if any is pending). A stored
     /// event that does not decode is removed, counted and reported by a Gap, and

@@ -67,6 +67,10 @@ struct Agent {
     last_snapshot: Mutex<Option<Instant>>,
     snapshot_every: Duration,
     budget: Budget,
+    /// Asks the inventory task for a full discovery now (a snapshot is owed).
+    full_requested: tokio::sync::Notify,
+    /// The outbox required a snapshot while only a partial discovery was at hand.
+    snapshot_owed: std::sync::atomic::AtomicBool,
 }
 
 fn jittered(every: Duration, percent: u8) -> Duration {
@@ -123,7 +127,10 @@ impl Agent {
         let outbox = self.link.outbox.clone();
         let required = tokio::task::spawn_blocking(move || outbox.take_snapshot_required())
             .await
-            .unwrap_or(true);
+            .unwrap_or(true)
+            | self
+                .snapshot_owed
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
         let due = self
             .last_snapshot
             .lock()
@@ -131,10 +138,13 @@ impl Agent {
             .is_none_or(|t| t.elapsed() >= self.snapshot_every);
         let want_snapshot = base.is_none() || force_snapshot || required || due;
         if want_snapshot && !full {
-            // Keep the requirement for the next full run.
+            // A snapshot is owed: ask for the full discovery that will carry it.
+            tracing::info!("Snapshot required; requesting a full discovery.");
             if required {
-                tracing::info!("Snapshot required; waiting for the next full discovery.");
+                self.snapshot_owed
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
             }
+            self.full_requested.notify_one();
             return;
         }
         let event = if want_snapshot {
@@ -152,8 +162,13 @@ impl Agent {
         } else {
             None
         };
-        if let Some(kind) = event {
-            self.append(now_event(kind)).await;
+        if let Some(kind) = event
+            && !self.append(now_event(kind)).await
+        {
+            // The change did not reach the outbox: forget the base so that the next full
+            // discovery, requested now, is queued as a snapshot, which restates it.
+            *base = None;
+            self.full_requested.notify_one();
         }
     }
 
@@ -279,6 +294,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         last_snapshot: Mutex::new(None),
         snapshot_every: cfg.intervals.snapshot,
         budget: Budget::new(cfg.budget.cpu_percent, cfg.budget.memory_bytes),
+        full_requested: tokio::sync::Notify::new(),
+        snapshot_owed: std::sync::atomic::AtomicBool::new(false),
     });
 
     // The first full inventory precedes the first connection: Hello carries its identity.
@@ -318,6 +335,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
                 let force = tokio::select! {
                     () = tokio::time::sleep(jittered(every, jitter)) => false,
                     f = full_rx.recv() => f.unwrap_or(false),
+                    () = agent.full_requested.notified() => false,
                 };
                 if let Some(inv) = agent.discover(None).await {
                     agent.queue_inventory(inv, true, force).await;
@@ -402,6 +420,14 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
                     window_started = Instant::now();
                     if !summary.summaries.is_empty() {
                         agent.append(now_event(event::Kind::Metrics(summary))).await;
+                    }
+                    // Metrics dropped for room during this window reach the collector as
+                    // one Gap, so that every loss is known there.
+                    let outbox = agent.link.outbox.clone();
+                    if let Ok(Ok(true)) =
+                        tokio::task::spawn_blocking(move || outbox.report_dropped_metrics()).await
+                    {
+                        agent.link.new_events.notify_one();
                     }
                 }
             }

@@ -410,7 +410,9 @@ fn outbox_overflow_drops_metrics_sends_a_gap_and_loses_no_inventory_change() {
     std::fs::write(&f, b"start\n").unwrap();
     let mut c = Collector::start(&tmp.path().join("collector"));
     let mut sp = spec(&root);
-    sp.extra = "[outbox]\nmax_bytes = 65536\n\n[intervals]\nheartbeat = \"1s\"\nmetrics_sample = \"50ms\"\nmetrics_window = \"100ms\"\nfile_debounce = \"50ms\"\nfast = \"60s\"\ninventory = \"1h\"\n".into();
+    // 56 KiB holds the fixture host's snapshot (~35 KiB encoded) but not ten seconds of
+    // metrics summarised every 50 ms.
+    sp.extra = "[outbox]\nmax_bytes = 57344\n\n[intervals]\nheartbeat = \"1s\"\nmetrics_sample = \"25ms\"\nmetrics_window = \"50ms\"\nfile_debounce = \"50ms\"\nfast = \"60s\"\ninventory = \"1h\"\n".into();
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &sp);
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
@@ -422,7 +424,7 @@ fn outbox_overflow_drops_metrics_sends_a_gap_and_loses_no_inventory_change() {
         .to_owned();
     c.kill9();
     // Metrics fill 64 KiB in seconds; file edits keep coming.
-    let last = edit_series(&f, "overflow", 30, Duration::from_millis(200));
+    let last = edit_series(&f, "overflow", 40, Duration::from_millis(250));
     std::fs::write(watched.join("late.conf"), b"late\n").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     c.restart();

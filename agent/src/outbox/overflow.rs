@@ -68,6 +68,30 @@ pub(super) fn append_gap(txn: &mut Txn<'_>, max_bytes: u64, reason: &str) -> boo
     true
 }
 
+/// Why a metrics-only Gap was appended.
+pub(super) const METRICS_GAP_REASON: &str = "outbox full: the oldest metrics were dropped";
+
+/// Appends a Gap reporting the metrics dropped since the last Gap, if any, making room for
+/// it by dropping older metrics (counted into the same Gap). Returns whether one was added.
+pub(super) fn report_metrics(txn: &mut Txn<'_>, max_bytes: u64) -> Result<bool, PlanError> {
+    if txn.meta.unreported_metrics == 0 {
+        return Ok(false);
+    }
+    let need = bound(&gap_event(txn, METRICS_GAP_REASON));
+    for entry in txn.live(Kind::Metrics) {
+        let (seq, size) = entry?;
+        if txn.bytes.saturating_add(need) <= max_bytes {
+            break;
+        }
+        if let Some(size) = txn.live_size(seq, size) {
+            txn.remove(seq, Kind::Metrics, size);
+            txn.meta.dropped_metrics += 1;
+            txn.meta.unreported_metrics += 1;
+        }
+    }
+    Ok(append_gap(txn, max_bytes, METRICS_GAP_REASON))
+}
+
 /// Makes room for `incoming` (of `kind`) by the policy in the module doc.
 pub(super) fn make_room(
     txn: &mut Txn<'_>,

@@ -764,3 +764,37 @@ fn space_amplification() {
     assert!(peak < 16 << 20, "{peak}");
     assert!(backlog_peak < 4 * live, "{backlog_peak} for {live}");
 }
+
+#[test]
+fn dropped_metrics_are_reported_by_a_gap_without_touching_inventory() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = open(&dir.path().join("ob"), 8 * 1024);
+    assert!(
+        !outbox.report_dropped_metrics().unwrap(),
+        "nothing dropped yet"
+    );
+    for _ in 0..40 {
+        outbox.append(metrics(400)).unwrap();
+    }
+    let dropped = outbox.stats().dropped_metrics;
+    assert!(dropped > 0);
+    assert!(outbox.report_dropped_metrics().unwrap());
+    assert!(!outbox.report_dropped_metrics().unwrap(), "reported once");
+    let events = outbox.read_after(0, 1000, usize::MAX).unwrap();
+    let gaps: Vec<&v1::Gap> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(v1::event::Kind::Gap(g)) => Some(g),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps.len(), 1);
+    // Every drop so far is in the Gap (including any made to fit the Gap itself).
+    assert_eq!(gaps[0].dropped_metrics, outbox.stats().dropped_metrics);
+    assert_eq!(gaps[0].dropped_inventory_changes, 0);
+    assert!(
+        !outbox.take_snapshot_required(),
+        "metrics loss needs no snapshot"
+    );
+    assert!(outbox.stats().bytes <= 8 * 1024);
+}
