@@ -139,8 +139,8 @@ impl Agent {
         let want_snapshot = base.is_none() || force_snapshot || required || due;
         if want_snapshot && !full {
             // A snapshot is owed: ask for the full discovery that will carry it.
-            tracing::info!("Snapshot required; requesting a full discovery.");
             if required {
+                tracing::info!("Snapshot required; requesting a full discovery.");
                 self.snapshot_owed
                     .store(true, std::sync::atomic::Ordering::SeqCst);
             }

@@ -453,10 +453,15 @@ fn reinstall_keeps_the_host_and_a_clone_is_recorded() {
     first.start();
     let host1 = host_id_of(&c, &first.agent_id);
     first.stop();
-    // Mark it not live: the collector sees the graceful shutdown; wait until disconnected.
-    wait_for(Duration::from_secs(20), "first agent disconnected", || {
-        (c.get(&format!("/api/v1/agents/{}", first.agent_id))["connected"] == false).then_some(())
-    });
+    // Not live any more: the collector received its graceful Shutdown and the stream closed.
+    wait_for(
+        Duration::from_secs(20),
+        "first agent's shutdown recorded",
+        || {
+            let rec = c.get(&format!("/api/v1/agents/{}", first.agent_id));
+            (rec["connected"] == false && !rec["last_shutdown"].is_null()).then_some(())
+        },
+    );
 
     // Reinstall: new state dir (new key, new instance id, new enrollment), same machine.
     let mut second = Agent::enroll(&c, &tmp.path().join("second"), &spec(&root));
@@ -488,4 +493,81 @@ fn reinstall_keeps_the_host_and_a_clone_is_recorded() {
     );
     second.stop();
     clone.stop();
+}
+
+#[test]
+fn an_inventory_overflow_is_reconciled_by_the_forced_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (root, watched) = host(tmp.path());
+    const FILES: usize = 220;
+    for i in 0..FILES {
+        std::fs::write(watched.join(format!("f{i:03}.conf")), format!("a{i}\n")).unwrap();
+    }
+    let mut c = Collector::start(&tmp.path().join("collector"));
+    let mut sp = spec(&root);
+    // 128 KiB holds a snapshot of this host (~90 KiB with the 220 files) but not one
+    // "changed" delta per file (old and new attributes: ~120 KiB). Metrics stay out of it.
+    // The CPU budget would (rightly) pause the agent after 220 re-hashes; this test is about
+    // the outbox, so it gets a bigger budget.
+    sp.extra = "[budget]\ncpu_percent = 50.0\n\n[outbox]\nmax_bytes = 131072\n\n[intervals]\nheartbeat = \"1s\"\nmetrics_sample = \"1h\"\nmetrics_window = \"1h\"\nfile_debounce = \"20ms\"\nfast = \"60s\"\ninventory = \"2h\"\n".into();
+    let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &sp);
+    a.start();
+    let host_id = host_id_of(&c, &a.agent_id);
+    wait_for(
+        Duration::from_secs(30),
+        "all watched files in the CMDB",
+        || (c.cis(&format!("class=file&host={host_id}")).len() > FILES).then_some(()),
+    );
+    c.kill9();
+    for i in 0..FILES {
+        std::fs::write(watched.join(format!("f{i:03}.conf")), format!("b{i}\n")).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    c.restart();
+    let want: BTreeMap<String, String> = (0..FILES)
+        .map(|i| {
+            (
+                format!("/etc/cmdb-test/f{i:03}.conf"),
+                sha256_hex(format!("b{i}\n").as_bytes()),
+            )
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: BTreeMap<String, String> = c
+            .cis(&format!("class=file&host={host_id}"))
+            .into_iter()
+            .filter_map(|ci| {
+                Some((
+                    ci["key"].as_str()?.to_owned(),
+                    ci["attrs"]["sha256"].as_str()?.to_owned(),
+                ))
+            })
+            .filter(|(k, _)| want.contains_key(k))
+            .collect();
+        if got == want {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let wrong = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count();
+            panic!(
+                "{wrong} of {FILES} files not at their final content after 60 s\nagent: {}\nagent log:\n{}\ncollector log:\n{}",
+                c.get(&format!("/api/v1/agents/{}", a.agent_id)),
+                a.log(),
+                c.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let agent = c.get(&format!("/api/v1/agents/{}", a.agent_id));
+    assert!(
+        agent["gaps"].as_u64().unwrap_or(0) >= 1,
+        "a Gap arrived: {agent}"
+    );
+    assert!(
+        agent["dropped_inventory_changes"].as_u64().unwrap_or(0) >= 1,
+        "the Gap says inventory changes were dropped: {agent}"
+    );
+    a.stop();
 }

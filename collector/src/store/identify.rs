@@ -123,8 +123,12 @@ pub fn best_match<E>(
     Ok(None)
 }
 
+/// How long after a Shutdown event a last_seen still counts as that same, stopping agent.
+pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(60);
+
 /// Whether an agent counts as live for clone detection: connected, or seen within
 /// `window` — unless the last thing it did was announce a graceful shutdown.
+
 pub fn is_live(agent: &AgentRecord, now: SystemTime, window: Duration) -> bool {
     if agent.connected {
         return true;
@@ -132,8 +136,10 @@ pub fn is_live(agent: &AgentRecord, now: SystemTime, window: Duration) -> bool {
     let Some(last_seen) = agent.last_seen else {
         return false;
     };
+    // A graceful shutdown ends liveness. Heartbeats travel on their own lane and may land
+    // just after the Shutdown event of the same stream, so a little slack is allowed.
     if let Some(shutdown) = &agent.last_shutdown
-        && shutdown.received_at >= last_seen
+        && shutdown.received_at + SHUTDOWN_SLACK >= last_seen
     {
         return false;
     }
