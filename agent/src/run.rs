@@ -448,11 +448,15 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         .ok()
         .and_then(Result::ok);
     link.new_events.notify_one();
-    if let Some(seq) = seq
-        && *link.connected.borrow()
-    {
-        let deadline = Instant::now() + Duration::from_secs(5);
+    if let Some(seq) = seq {
+        // Wait (bounded) for the collector to acknowledge the Shutdown. A session being set
+        // up gets a moment to come up; with no collector reachable the stop is not held.
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(5);
         while Instant::now() < deadline && link.outbox.acked_seq() < seq {
+            if !*link.connected.borrow() && started.elapsed() > Duration::from_secs(2) {
+                break;
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

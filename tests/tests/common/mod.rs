@@ -271,9 +271,22 @@ impl Collector {
     }
 }
 
+/// The last `n` lines of a log, for failure reports.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 impl Drop for Collector {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- collector log ({}) ---\n{}",
+                self.dir.display(),
+                tail(&self.log(), 40)
+            );
+        }
     }
 }
 
@@ -401,6 +414,13 @@ impl Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- agent log ({}) ---\n{}",
+                self.agent_id,
+                tail(&self.log(), 40)
+            );
+        }
     }
 }
 
