@@ -150,7 +150,7 @@ impl Default for Watch {
 pub struct OutboxSettings {
     /// Bound on the queued events' bytes. Default 64 MiB.
     pub max_bytes: u64,
-    /// The store's page cache. Default 8 MiB.
+    /// The store's page cache. Default 1 MiB (the outbox is written and read sequentially).
     pub cache_bytes: u64,
 }
 
@@ -158,7 +158,7 @@ impl Default for OutboxSettings {
     fn default() -> Self {
         OutboxSettings {
             max_bytes: 64 * MIB,
-            cache_bytes: 8 * MIB,
+            cache_bytes: MIB,
         }
     }
 }

@@ -136,7 +136,7 @@ use txn::{PlanError, Trees, Txn};
 /// Default bound on the outbox's accounted size.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 /// Default sled page cache.
-pub const DEFAULT_CACHE_BYTES: u64 = 8 << 20;
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 20;
 /// The smallest `max_bytes` accepted (a few events must fit).
 pub const MIN_MAX_BYTES: u64 = 4 << 10;
 
