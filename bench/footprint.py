@@ -109,10 +109,19 @@ def main():
                 f.write(f"ListenIP=127.0.0.1\nListenPort={zb_port}\nServer=127.0.0.1\nLogType=file\n"
                         f"LogFile={work}/zabbix_agent2.log\nPidFile={work}/zabbix_agent2.pid\n"
                         f"ControlSocket={work}/zabbix.sock\nHostname=bench\n")
+            zlog = open(os.path.join(work, "zabbix_agent2.out"), "w")
             procs["zabbix_agent2"] = subprocess.Popen(["zabbix_agent2", "-c", conf, "-f"],
-                                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                                      stdout=zlog, stderr=zlog)
 
         time.sleep(5)  # start-up settles (the agent's first inventory, the peers' init)
+        for n, p in list(procs.items()):
+            if p.poll() is not None:
+                print(f"note: {n} exited with {p.returncode} during start-up; left out", file=sys.stderr)
+                for f in ("zabbix_agent2.out", "zabbix_agent2.log"):
+                    path = os.path.join(work, f)
+                    if n == "zabbix_agent2" and os.path.exists(path):
+                        print(open(path).read()[-2000:], file=sys.stderr)
+                del procs[n]
         start = {n: (rss_kib(p.pid), cpu_seconds(p.pid)) for n, p in procs.items()}
         peak = {n: r for n, (r, _) in start.items()}
         t0 = time.monotonic()

@@ -62,12 +62,20 @@ pub struct StoreSettings {
     /// sled page cache. Default 256 MiB.
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
+    /// A CI absent this long is retired (never deleted). Default "30d".
+    #[serde(default = "default_absent_retention", with = "duration")]
+    pub absent_retention: Duration,
+    /// Metric summaries older than this are pruned. Default "7d".
+    #[serde(default = "default_metrics_retention", with = "duration")]
+    pub metrics_retention: Duration,
 }
 
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
             cache_bytes: default_cache_bytes(),
+            absent_retention: default_absent_retention(),
+            metrics_retention: default_metrics_retention(),
         }
     }
 }
@@ -130,6 +138,12 @@ fn default_http_listen() -> SocketAddr {
 }
 fn default_cache_bytes() -> u64 {
     256 * 1024 * 1024
+}
+fn default_absent_retention() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_metrics_retention() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 fn default_max_message_bytes() -> usize {
     16 * 1024 * 1024

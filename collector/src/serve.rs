@@ -181,11 +181,17 @@ pub async fn serve(
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;
     });
+    let maintenance = tokio::spawn(maintain(
+        Arc::clone(&store),
+        cfg.store.absent_retention,
+        cfg.store.metrics_retention,
+    ));
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(async move { http.await });
     shutdown.await;
     tracing::info!("Collector shutting down.");
     let _ = stop_tx.send(());
+    maintenance.abort();
     let grpc_res = grpc_task.await;
     let http_res = http_task.await;
     store.flush()?;
@@ -198,6 +204,30 @@ pub async fn serve(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(ServeError::Server("HTTP", e.to_string())),
         Err(e) => Err(ServeError::Server("HTTP", e.to_string())),
+    }
+}
+
+/// Hourly: retire CIs absent longer than the retention, prune old metric summaries.
+async fn maintain(store: Arc<dyn Store>, absent_retention: Duration, metrics_retention: Duration) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        let store = Arc::clone(&store);
+        let done = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now();
+            let retired = store.retire_absent(now - absent_retention)?;
+            let pruned = store.prune_metrics(now - metrics_retention)?;
+            Ok::<_, crate::store::StoreError>((retired, pruned))
+        })
+        .await;
+        match done {
+            Ok(Ok((retired, pruned))) if retired + pruned > 0 => {
+                tracing::info!(retired, pruned, "Store maintenance done.");
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "Store maintenance failed."),
+            Err(e) => tracing::error!(error = %e, "Store maintenance task failed."),
+        }
     }
 }
 
