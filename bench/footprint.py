@@ -36,6 +36,20 @@ def free_port():
     return p
 
 
+def free_port_below(limit):
+    """A free port in [10000, limit]: zabbix_agent2 accepts ListenPort up to 32767 only."""
+    for port in range(10050, limit):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free port")
+
+
 def rss_kib(pid):
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -102,7 +116,7 @@ def main():
             procs["node_exporter"] = subprocess.Popen(
                 ["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{ne_port}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        zb_port = free_port()
+        zb_port = free_port_below(32767)
         if shutil.which("zabbix_agent2"):
             conf = os.path.join(work, "zabbix_agent2.conf")
             with open(conf, "w") as f:

@@ -115,9 +115,12 @@ impl Agent {
         }
         let ctx = self.ctx.clone();
         let info = self.info.clone();
-        tokio::task::spawn_blocking(move || discover::run(&ctx, info, only.as_ref()))
-            .await
-            .ok()
+        tokio::task::spawn_blocking(move || match only {
+            Some(only) => discover::run_partial(&ctx, info, &only),
+            None => discover::run(&ctx, info, None),
+        })
+        .await
+        .ok()
     }
 
     /// Queues `current` as a snapshot (first time, when due, when forced) or as a delta.

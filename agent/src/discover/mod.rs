@@ -274,6 +274,17 @@ pub fn run(ctx: &Context, agent: AgentInfo, only: Option<&BTreeSet<String>>) -> 
     run_with(ctx, agent, only, registry())
 }
 
+/// Runs only the collectors of `only`, without the identity collectors: the resident
+/// agent's partial refreshes (ports every minute, re-hashed files) keep the host block of
+/// their base inventory, so the `host` block of the result is incomplete.
+pub fn run_partial(ctx: &Context, agent: AgentInfo, only: &BTreeSet<String>) -> Inventory {
+    let collectors = registry()
+        .into_iter()
+        .filter(|c| c.classes().iter().any(|cl| only.contains(*cl)))
+        .collect();
+    run_with(ctx, agent, Some(only), collectors)
+}
+
 /// [`run`] with an explicit collector set (tests inject slow or failing collectors).
 pub fn run_with(
     ctx: &Context,
@@ -531,6 +542,14 @@ mod tests {
         );
         assert_eq!(inv.collectors.len(), 1);
         assert!(parse_only("kernel_module,nope").is_err());
+    }
+
+    #[test]
+    fn partial_runs_skip_the_identity_collectors() {
+        let only = parse_only("kernel_module").unwrap();
+        let inv = run_partial(&Context::default(), agent(), &only);
+        let names: Vec<&str> = inv.collectors.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, vec!["kernel_modules"]);
     }
 
     #[test]
