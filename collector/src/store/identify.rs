@@ -128,7 +128,6 @@ pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(60);
 
 /// Whether an agent counts as live for clone detection: connected, or seen within
 /// `window` — unless the last thing it did was announce a graceful shutdown.
-
 pub fn is_live(agent: &AgentRecord, now: SystemTime, window: Duration) -> bool {
     if agent.connected {
         return true;
