@@ -294,8 +294,9 @@ pub struct ApplyOutcome {
     /// CI versions written.
     pub ci_versions: u64,
     /// Events (or items inside them) that could not be applied: unknown kind, seq 0 on a
-    /// sequenced event, an inventory that does not convert, a class with a NUL byte. Their
-    /// seq still advances the watermark: resending them cannot succeed.
+    /// sequenced event, an inventory that does not convert, a class with a NUL byte, a new
+    /// class beyond the store's limit of distinct classes (sled: 1024). Their seq still
+    /// advances the watermark: resending them cannot succeed.
     pub rejected: u64,
     /// Events without `observed_at`: versions got the time of receipt instead.
     pub missing_observed_at: u64,

@@ -1,35 +1,64 @@
 //! The embedded [`Store`]: sled 0.34, one tree, one writer at a time.
 //!
 //! # Invariants
-//! - Every mutation (identify, apply, retention, put_agent) runs as one transaction (`txn` module) under
-//!   the writer lock and commits as ONE `sled::Batch` on ONE tree: all of its writes land
-//!   together or not at all, on disk (sled recovers batches atomically) and for readers
-//!   (a batch holds sled's concurrency-control write lock).
+//! - Every mutation (identify, apply, retention, put_agent) runs as one transaction (`txn`
+//!   module) under the writer lock and commits as ONE `sled::Batch` on ONE tree: all of its
+//!   writes land together or not at all, on disk (sled recovers batches atomically) and for
+//!   readers (a batch holds sled's concurrency-control write lock; every read takes it
+//!   shared).
 //! - An agent's `last_seq` is written in the same batch as the effects of the events it
 //!   covers, so the watermark and the data can never disagree: replaying a batch after a
 //!   crash applies exactly the events that were not yet durable.
-//! - A CI's index entries (id → host, by class, by host+class) are written once, when it
-//!   is created (its host and class never change). A CI is in the absent index iff its
-//!   state is absent, keyed by the time it became absent (`last_changed`).
-//! - Version `n` of a CI exists for every n in 1..=`CiRecord::version`; versions are never
-//!   rewritten or deleted. CIs are never deleted either: present → absent → retired.
+//! - A CI's class index entry (`xc/`) is written once, when it is created (its host and
+//!   class never change). A CI is in the absent index iff its state is absent, keyed by the
+//!   time it became absent (`last_changed`).
+//! - Version `n` of a CI exists for every n in 1..=`CiRecord::version` and is reachable
+//!   from the CI record through the version chain (below); versions are never rewritten or
+//!   deleted. CIs are never deleted either: present → absent → retired.
 //!
 //! # On-disk layout (tree `cmdb`; `\0` separates variable parts, CI ids are 19 bytes)
 //! | key | value |
 //! |---|---|
-//! | `meta/format` | `cmdb-store/1` (checked at open) |
+//! | `meta/format` | `cmdb-store/2` (checked at open; `/1` stores are refused, not migrated) |
 //! | `meta/commit` | u64 BE number of the last batch (compared with the seal at open) |
 //! | `a/<agent id>` | [`AgentRecord`] (JSON) |
-//! | `c/<host id>\0<ci id>` | [`CiRecord`] (JSON) — host CIs too (class `host`) |
-//! | `i/<ci id>` | host id (how a bare CI id finds its record) |
-//! | `v/<host id>\0<ci id><u64 BE version>` | [`CiVersion`] (JSON) |
+//! | `c/<host id>\0<class>\0<ci id>` | CI record (binary, `codec`) — host CIs too (class `host`) |
+//! | `v/<u64 BE commit><ci id><u64 BE version>` | version page (binary, `codec`): the versions that commit wrote, from that entry on |
+//! | `xc/<class>\0<ci id>` | host id (class index; also resolves bare CI ids) |
 //! | `k/<kind>=<value>` | host id (identity-key index) |
-//! | `xc/<class>\0<ci id>` | host id; `xhc/<host>\0<class>\0<ci id>` → empty (CI indexes, ordered by id) |
 //! | `xn/<hostname>\0<host id>` | empty (hostname → hosts) |
-//! | `xa/<u64 BE secs absent since><ci id>` | empty (absent CIs, for retention) |
+//! | `xa/<u64 BE secs absent since><ci id>` | `<host id>\0<class>` (absent CIs, for retention) |
 //! | `r/<from ci><to ci><kind>` | [`RelationRecord`]; `rr/<to><from><kind>` and `xr/<host>\0<from><to><kind>` index it |
 //! | `m/<host>\0<u64 BE window start secs>` | [`MetricRecord`]; `mt/<u64 BE secs><host>` indexes it by time |
 //! | `cl/<u64 BE secs><clone host id>` | [`CloneRecord`] |
+//!
+//! CI records are clustered by (host, class) and ordered by id inside it: the records of a
+//! pair ARE its index (`cis(host, class)`, snapshot reconciliation), a host's CIs are its
+//! classes' ranges merged by id, and one agent's batch lands in one narrow key range.
+//! `cis(class)` scans the class index; `cis()` merges the class index ranges by id. A bare
+//! CI id (the API's) is resolved by probing `xc/<class>\0<id>` for each class (a skip scan
+//! finds them: one seek per class); the store accepts at most `txn::MAX_CLASSES` (1024)
+//! distinct classes so that this stays cheap (DESIGN.md has 17).
+//!
+//! # Versions: pages and chains
+//! A version is not a key of its own (a new sled key costs several times an update, see
+//! below). Each commit writes the versions it made as pages of about 4 KiB under
+//! `v/<commit>`, sorted by (ci id, version), each page keyed by its first entry. The CI
+//! record names the commit whose page holds its latest version (`head`); every version
+//! names the commit of the previous one (`prev`, 0 for version 1). `ci_versions` walks
+//! that chain newest first, one page lookup per version. A version stores its full
+//! attributes but not `old_attrs`: that is the previous version's `attrs` (a CI's
+//! attributes never change without a version), so the walk derives it. Pages are written
+//! once and never change.
+//!
+//! # Encoding (`codec` module)
+//! CI records and version pages are a small length-prefixed binary format (varints,
+//! strings, tagged attribute values; times in whole seconds like the JSON they replace;
+//! floats bit for bit). The writer keeps CI rows with their attributes encoded and
+//! compares encodings (they are canonical) instead of building attribute maps; deltas are
+//! encoded straight from protobuf. Decoding checks every length, tag and UTF-8 string and
+//! refuses trailing bytes: damage is [`StoreError::Corrupt`], never a panic. Agents,
+//! relations, metrics and clones stay JSON (at most one write per call each).
 //!
 //! # Durability
 //! `identify`, `apply`, `put_agent`, `retire_absent` and `prune_metrics` return only after
@@ -44,8 +73,9 @@
 //! [`SledStore::open`] returns [`StoreError::Open`] — and the collector refuses to start —
 //! when sled cannot open the directory (locked by another process, unreadable, corrupt
 //! beyond what its recovery accepts, or sled panics while opening) or when the tree holds
-//! data without our format marker. Nothing is ever moved aside or repaired silently. A
-//! record that does not decode later is reported as [`StoreError::Corrupt`] for that read.
+//! data without our format marker (or another format's). Nothing is ever moved aside or
+//! repaired silently. A record that does not decode later is reported as
+//! [`StoreError::Corrupt`] for that read; so is a version chain that breaks.
 //!
 //! sled's own recovery silently drops everything after a damaged log segment (measured:
 //! flipping bytes late in `db` reopened "fine" with an agent watermark 13 events behind).
@@ -55,34 +85,56 @@
 //!
 //! sled can also silently drop damaged records from the MIDDLE of its log (measured: a
 //! CI at version 49 with 47 versions left, watermark intact). The seal cannot see that;
-//! [`SledStore::verify`] can (a full scan: versions contiguous, indexes and records
-//! agree). It is not run at every open because its cost grows with the store.
+//! [`SledStore::verify`] can (a full scan: every chain complete, every stored version on a
+//! chain, indexes and records agree). It is not run at every open because its cost grows
+//! with the store. A lost page breaks the chains of every CI with a version in it (their
+//! older history becomes unreadable, reported); with one key per version a loss was a gap.
 //!
 //! # Why one batch on one tree, not a multi-tree transaction
 //! sled transactions are optimistic closures that may re-run, keep every read and write in
 //! a per-transaction cache and serialise through the same global lock; a batch is one log
-//! reservation with no retries. All reads an apply needs are point lookups or short index
-//! scans done under our writer lock, so the overlay in the `txn` module gives read-your-writes
-//! without sled transactions. Cost per CI change: one JSON decode of the CI (if it exists),
-//! one encode of the CI and one of the version, 2 keys written (5 for a new CI).
+//! reservation with no retries. All reads an apply needs are point lookups or short scans
+//! done under our writer lock, so the overlay in the `txn` module gives read-your-writes
+//! without sled transactions.
 //!
-//! CI records and versions are keyed by host first, so one agent's batch lands in one
-//! narrow key range (few leaf pages touched, good page-cache locality with 10 000 hosts)
-//! instead of being scattered by the hashed CI ids; that roughly halved the time per
-//! change in the (noisy, debug-build) measurement. A bare CI id (the API's) costs one extra
-//! lookup (`i/`).
-//!
-//! Throughput (the `#[ignore]`d `throughput_of_ci_changes` test, 100 000 changes in calls of
-//! 500, one flush each): 5 500–7 000 changes/s in a DEBUG build on a shared 2-core machine,
-//! two thirds of it inside (unoptimised) sled's `apply_batch`, a quarter building the
-//! batch, 2 % in fsync. No release figure was measured here; it belongs to the fleet
-//! simulator in docs/BENCHMARKS.md.
+//! # Cost per CI change, and what was measured
+//! A change reads its CI record (one `get`) and writes it back plus its share of a version
+//! page; a new CI writes its record and its class index entry. In sled 0.34 every key of a
+//! batch is a separate tree insert that clones the leaf node and appends to the log, and a
+//! NEW key also splits a leaf every few inserts, so the number of new keys dominates;
+//! value size matters less (values over 22 bytes are reference-counted, under it inline).
+//! Measured with the `throughput_of_ci_changes` test (release, shared 2-core VM; the layout
+//! choices with throwaway sled-only micro-benchmarks of the same key patterns):
+//! - before (format 1: JSON, `old_attrs` stored, 5 keys per new CI, 2 per change, one key
+//!   per version): 32 600 changes/s, ~2 000 bytes on disk per change;
+//! - versions → pages, binary records without `old_attrs`, records clustered by
+//!   (host, class) so `xhc/` went: 49 000/s (build 0.91 → 0.63 s, sled batch 1.9 → 1.2 s),
+//!   199 → 89 MB on disk;
+//! - `i/` (id → host) dropped, bare ids resolved by class probes (2 keys per new CI instead
+//!   of 3): about +15 % in runs under similar load;
+//! - the writer keeps attributes encoded (compares bytes, builds no maps; deltas encoded
+//!   straight from protobuf): fewer allocations and frees (dropping the call's decoded
+//!   records alone had been ~8 % of the profile); the figures below;
+//! - tried and dropped: a writer-side cache of CI rows (no `get` per change) — the build
+//!   got ~300 ms faster and sled's batch as much slower: the `get` had warmed the very
+//!   nodes the insert then touches (the cost is memory traffic in sled's tree, paid once
+//!   either way); sled `Mode::LowSpace` and other segment sizes: within the noise or worse;
+//!   `use_compression` needs sled's `compression` feature (not built).
+//! - after (format 2): 74 000–94 000 changes/s, ~82 000 typical with quiet neighbours
+//!   (1.2 s for the 100 000: build ~0.42 s, sled batch ~0.63 s, flush ~0.15 s; new CIs
+//!   ~65 000/s, changed CIs ~105 000/s); ~800 bytes on disk per change. Run interleaved
+//!   with the format-1 code under the same (busy) load: 23 000 → 75 000–84 000 changes/s,
+//!   process CPU 5.2–6.3 s → 1.9–2.4 s (both including building the events). Most of what
+//!   is left is sled's own work: one `get` and one insert per change, a second insert per
+//!   new CI, and its log writer threads.
 //!
 //! # Bounds
 //! Reads are capped ([`MAX_LIST`] for lists, [`MAX_AGENTS`] agents, [`MAX_CI_VERSIONS`]
-//! versions, [`MAX_METRICS`] windows); a snapshot reconciles at most `apply::MAX_RECONCILE` CIs per class; classes,
-//! keys and hostnames are bounded in length before they become keys.
+//! versions, [`MAX_METRICS`] windows); a snapshot reconciles at most
+//! `apply::MAX_RECONCILE` CIs per class; classes, keys and hostnames are bounded in length
+//! before they become keys, classes in number (`txn::MAX_CLASSES`).
 
+use std::collections::{BTreeSet, HashSet};
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -94,12 +146,14 @@ use cmdb_proto::model::{AttrValue, HostIdentity};
 use cmdb_proto::v1;
 
 use super::{
-    AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiState, CiVersion, CloneRecord, HostId,
-    MetricRecord, RelationRecord, Store, StoreError,
+    AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiState, CiVersion, CloneRecord, HOST_CLASS,
+    HostId, MetricRecord, RelationRecord, Store, StoreError,
 };
 use txn::{Txn, backend, decode};
 
 mod apply;
+mod codec;
+mod history;
 mod hosts;
 mod keys;
 mod seal;
@@ -111,7 +165,7 @@ pub use verify::VerifyReport;
 #[cfg(test)]
 mod tests;
 
-const FORMAT: &[u8] = b"cmdb-store/1";
+const FORMAT: &[u8] = b"cmdb-store/2";
 const TREE: &str = "cmdb";
 /// Most records any list read returns (clones, relations, CIs per page).
 pub const MAX_LIST: usize = 10_000;
@@ -135,12 +189,18 @@ pub struct SledStore {
     db: sled::Db,
     tree: sled::Tree,
     path: PathBuf,
-    writer: Mutex<()>,
+    writer: Mutex<Writer>,
     live_window: Duration,
     /// Number of the last committed batch (`meta/commit`); written under `writer`.
     commits: AtomicU64,
     /// Highest commit number written to the seal file.
     sealed: Mutex<u64>,
+}
+
+/// What the writer keeps between transactions (guarded by the writer lock).
+struct Writer {
+    /// Every class the store has CIs of (loaded at open, extended by commits).
+    classes: HashSet<String>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -232,11 +292,15 @@ impl SledStore {
         if sealed != commit {
             seal::write(dir, commit).map_err(|e| refuse(format!("cannot write the seal: {e}")))?;
         }
+        let classes = all_classes(&tree)
+            .map_err(|e| refuse(e.to_string()))?
+            .into_iter()
+            .collect();
         let store = SledStore {
             db,
             tree,
             path: dir.to_path_buf(),
-            writer: Mutex::new(()),
+            writer: Mutex::new(Writer { classes }),
             live_window: DEFAULT_LIVE_WINDOW,
             commits: AtomicU64::new(commit),
             sealed: Mutex::new(commit),
@@ -275,7 +339,7 @@ impl SledStore {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, ()> {
+    fn lock(&self) -> MutexGuard<'_, Writer> {
         // The lock guards no data of its own (sled holds it, batches are atomic), so a
         // panic in another writer leaves nothing half-done: carry on.
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
@@ -286,20 +350,33 @@ impl SledStore {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let _guard = self.lock();
-        let mut txn = Txn::new(&self.tree);
+        let mut writer = self.lock();
+        let mut txn = self.begin(&writer);
         let value = f(&mut txn)?;
-        self.commit(txn)?;
+        let classes = self.commit(txn)?;
+        writer.classes.extend(classes);
         Ok(value)
     }
 
-    /// Commits `txn` with the next commit number. The caller holds the writer lock.
-    fn commit(&self, txn: Txn<'_>) -> Result<(), StoreError> {
+    /// A transaction numbered with the next commit number, for the holder of the writer
+    /// lock (`writer`), who commits it with `commit` before releasing the lock and adds
+    /// the classes `commit` returns to `writer.classes`.
+    fn begin<'a>(&'a self, writer: &'a Writer) -> Txn<'a> {
+        Txn::new(
+            &self.tree,
+            self.commits.load(Ordering::Acquire) + 1,
+            &writer.classes,
+        )
+    }
+
+    /// Commits `txn` (made by `begin`); returns the classes it added.
+    fn commit(&self, txn: Txn<'_>) -> Result<BTreeSet<String>, StoreError> {
         let next = self.commits.load(Ordering::Acquire) + 1;
-        if txn.commit(next)? {
+        let (written, classes) = txn.commit()?;
+        if written {
             self.commits.store(next, Ordering::Release);
         }
-        Ok(())
+        Ok(classes)
     }
 
     /// Values under `prefix` after `after` (exclusive), in key order.
@@ -315,32 +392,28 @@ impl SledStore {
         }
     }
 
-    /// CIs listed under one index prefix, after `filter.after`, at most `limit` of them
-    /// passing `filter` and `q`. An entry's value is its CI's host id, or empty when every
-    /// entry under the prefix belongs to `host`.
-    fn cis_from_index(
+    /// CIs of `class` in id order (its class index), after `filter.after`, at most
+    /// `limit` of them passing `filter` and `q`.
+    fn cis_of_class(
         &self,
-        prefix: &[u8],
-        host: Option<&str>,
+        class: &str,
         filter: &CiFilter,
         q: Option<&str>,
         limit: usize,
         out: &mut Vec<CiRecord>,
     ) -> Result<(), StoreError> {
+        // xc/<class>\0<ci id> → host
+        let prefix = keys::by_class_prefix(class);
         let mut found = 0;
-        for kv in self.scan_from(prefix, filter.after.as_deref().map(str::as_bytes)) {
-            let (k, v) = kv.map_err(backend)?;
-            if !k.starts_with(prefix) {
+        for kv in self.scan_from(&prefix, filter.after.as_deref().map(str::as_bytes)) {
+            let (k, host) = kv.map_err(backend)?;
+            if !k.starts_with(&prefix) {
                 break;
             }
             let Some(id) = keys::trailing_ci_id(&k) else {
                 continue;
             };
-            let ci_host = match (v.is_empty(), host) {
-                (true, Some(h)) => h.to_owned(),
-                _ => String::from_utf8_lossy(&v).into_owned(),
-            };
-            let Some(rec) = self.ci_of(&ci_host, &id)? else {
+            let Some(rec) = self.ci_of(&String::from_utf8_lossy(&host), class, &id)? else {
                 continue;
             };
             if matches(&rec, filter, q) {
@@ -354,22 +427,28 @@ impl SledStore {
         Ok(())
     }
 
-    /// CI records stored under `prefix` (a host's), after `filter.after`.
+    /// CI records of one (host, class) (their keys are that pair's index), after
+    /// `filter.after`.
     fn cis_from_records(
         &self,
-        prefix: &[u8],
+        host: &str,
+        class: &str,
         filter: &CiFilter,
         q: Option<&str>,
         limit: usize,
         out: &mut Vec<CiRecord>,
     ) -> Result<(), StoreError> {
+        let prefix = keys::cis_of_host_class(host, class);
         let mut found = 0;
-        for kv in self.scan_from(prefix, filter.after.as_deref().map(str::as_bytes)) {
+        for kv in self.scan_from(&prefix, filter.after.as_deref().map(str::as_bytes)) {
             let (k, v) = kv.map_err(backend)?;
-            if !k.starts_with(prefix) {
+            if !k.starts_with(&prefix) {
                 break;
             }
-            let rec: CiRecord = decode(&k, &v)?;
+            let Some(id) = keys::trailing_ci_id(&k) else {
+                continue;
+            };
+            let (rec, _) = codec::decode_ci(&k, host, class, &id, &v)?;
             if matches(&rec, filter, q) {
                 out.push(rec);
                 found += 1;
@@ -381,26 +460,105 @@ impl SledStore {
         Ok(())
     }
 
-    fn ci_of(&self, host: &str, id: &str) -> Result<Option<CiRecord>, StoreError> {
-        let key = keys::ci(host, id);
-        match self.tree.get(&key).map_err(backend)? {
-            Some(v) => decode(&key, &v).map(Some),
-            None => Ok(None),
+    /// The classes `host` has CIs of, in order (a skip scan: one seek per class).
+    fn classes_of(&self, host: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::cis_of_host(host);
+        let mut classes = Vec::new();
+        let mut from = prefix.clone();
+        while let Some(kv) = self.tree.range(from.as_slice()..).next() {
+            let (k, _) = kv.map_err(backend)?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            match keys::ci_parts(&k) {
+                Some((_, class, _)) => {
+                    // Every key of this class starts with `<class>\0`; `<class>\x01` is
+                    // past them all.
+                    from = keys::cis_of_host_class(host, class);
+                    if let Some(last) = from.last_mut() {
+                        *last = 1;
+                    }
+                    classes.push(class.to_owned());
+                }
+                None => {
+                    // Not ours to interpret: step over it.
+                    from = k.to_vec();
+                    from.push(0);
+                }
+            }
         }
+        Ok(classes)
     }
 
-    fn host_of(&self, id: &str) -> Result<Option<HostId>, StoreError> {
-        Ok(self
-            .tree
-            .get(keys::ci_host(id))
-            .map_err(backend)?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    fn ci_of(&self, host: &str, class: &str, id: &str) -> Result<Option<CiRecord>, StoreError> {
+        txn::read_ci(&self.tree, host, class, id)?
+            .map(|ci| ci.record())
+            .transpose()
+    }
+
+    /// Where a CI id's record is: (host, class). Probes the class index once per class
+    /// (there are few, see `txn::MAX_CLASSES`).
+    fn location(&self, id: &str) -> Result<Option<(String, String)>, StoreError> {
+        for class in all_classes(&self.tree)? {
+            if let Some(host) = self.tree.get(keys::by_class(&class, id)).map_err(backend)? {
+                return Ok(Some((String::from_utf8_lossy(&host).into_owned(), class)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// CIs of every class in id order (the class index ranges merged), after
+    /// `filter.after`, at most `limit` passing `filter` and `q`.
+    fn cis_of_all_classes(
+        &self,
+        filter: &CiFilter,
+        q: Option<&str>,
+        limit: usize,
+        out: &mut Vec<CiRecord>,
+    ) -> Result<(), StoreError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let after = filter.after.as_deref().map(str::as_bytes);
+        let mut ranges = Vec::new();
+        let mut heads = BinaryHeap::new();
+        for class in all_classes(&self.tree)? {
+            let prefix = keys::by_class_prefix(&class);
+            let iter = self.scan_from(&prefix, after);
+            ranges.push((class, prefix, iter));
+            let last = ranges.len() - 1;
+            if let Some(head) = next_entry(&mut ranges, last)? {
+                heads.push(Reverse(head));
+            }
+        }
+        let mut found = 0;
+        while let Some(Reverse((id, i, host))) = heads.pop() {
+            if let Some(next) = next_entry(&mut ranges, i)? {
+                heads.push(Reverse(next));
+            }
+            let class = &ranges[i].0;
+            let Some(rec) = self.ci_of(&host, class, &id)? else {
+                continue;
+            };
+            if matches(&rec, filter, q) {
+                out.push(rec);
+                found += 1;
+                if found >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Host ids `host` names: the id itself if such a host exists, else hosts with that
     /// hostname.
     fn resolve_host(&self, host: &str) -> Result<Vec<HostId>, StoreError> {
-        if host.starts_with("host-") && self.ci(&super::host_ci_id(host))?.is_some() {
+        if host.starts_with("host-")
+            && self
+                .tree
+                .contains_key(keys::ci(host, HOST_CLASS, &super::host_ci_id(host)))
+                .map_err(backend)?
+        {
             return Ok(vec![host.to_owned()]);
         }
         let prefix = keys::by_hostname_prefix(host);
@@ -432,7 +590,7 @@ impl SledStore {
         &self,
         prefix: &[u8],
         before: SystemTime,
-        mut each: impl FnMut(&mut Txn<'_>, &[u8]) -> Result<bool, StoreError>,
+        mut each: impl FnMut(&mut Txn<'_>, &[u8], &[u8]) -> Result<bool, StoreError>,
     ) -> Result<u64, StoreError> {
         let mut end = prefix.to_vec();
         end.extend_from_slice(&keys::time_be(before));
@@ -441,10 +599,10 @@ impl SledStore {
             let (n, more) = self.write(|txn| {
                 let mut n = 0u64;
                 let mut seen = 0usize;
-                for k in self.tree.range(prefix.to_vec()..end.clone()).keys() {
-                    let k = k.map_err(backend)?;
+                for kv in self.tree.range(prefix.to_vec()..end.clone()) {
+                    let (k, v) = kv.map_err(backend)?;
                     seen += 1;
-                    if each(txn, &k)? {
+                    if each(txn, &k, &v)? {
                         n += 1;
                     }
                     if seen >= RETENTION_CHUNK {
@@ -461,6 +619,53 @@ impl SledStore {
         self.flush()?;
         Ok(total)
     }
+}
+
+/// Every class the store has CIs of, in order: a skip scan of the class index (one seek per
+/// class).
+fn all_classes(tree: &sled::Tree) -> Result<Vec<String>, StoreError> {
+    let mut classes = Vec::new();
+    let mut from = keys::BY_CLASS.to_vec();
+    while let Some(kv) = tree.range(from.as_slice()..).next() {
+        let (k, _) = kv.map_err(backend)?;
+        if !k.starts_with(keys::BY_CLASS) {
+            break;
+        }
+        match keys::class_of_index_key(&k) {
+            Some(class) => {
+                classes.push(String::from_utf8_lossy(class).into_owned());
+                // Every key of this class starts with `<class>\0`; `<class>\x01` is past them.
+                from = keys::by_class_prefix(&String::from_utf8_lossy(class));
+                if let Some(last) = from.last_mut() {
+                    *last = 1;
+                }
+            }
+            None => {
+                // Not ours to interpret: step over it.
+                from = k.to_vec();
+                from.push(0);
+            }
+        }
+    }
+    Ok(classes)
+}
+
+/// The next (ci id, range number, host) of class index range `i`, if any.
+fn next_entry(
+    ranges: &mut [(String, Vec<u8>, sled::Iter)],
+    i: usize,
+) -> Result<Option<(String, usize, String)>, StoreError> {
+    let (_, prefix, iter) = &mut ranges[i];
+    for kv in iter.by_ref() {
+        let (k, v) = kv.map_err(backend)?;
+        if !k.starts_with(prefix) {
+            return Ok(None);
+        }
+        if let Some(id) = keys::trailing_ci_id(&k) {
+            return Ok(Some((id, i, String::from_utf8_lossy(&v).into_owned())));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether `rec` passes the state and text conditions of `filter` (`q` pre-lowercased).
@@ -533,28 +738,20 @@ impl Store for SledStore {
     }
 
     fn ci(&self, id: &str) -> Result<Option<CiRecord>, StoreError> {
-        match self.host_of(id)? {
-            Some(host) => self.ci_of(&host, id),
+        match self.location(id)? {
+            Some((host, class)) => self.ci_of(&host, &class, id),
             None => Ok(None),
         }
     }
 
     fn ci_versions(&self, id: &str) -> Result<Vec<CiVersion>, StoreError> {
-        let Some(host) = self.host_of(id)? else {
+        let Some((host, class)) = self.location(id)? else {
             return Ok(Vec::new());
         };
-        let mut out = Vec::new();
-        for kv in self
-            .tree
-            .scan_prefix(keys::versions_of(&host, id))
-            .rev()
-            .take(MAX_CI_VERSIONS)
-        {
-            let (k, v) = kv.map_err(backend)?;
-            out.push(decode(&k, &v)?);
-        }
-        out.reverse();
-        Ok(out)
+        let Some(ci) = txn::read_ci(&self.tree, &host, &class, id)? else {
+            return Ok(Vec::new());
+        };
+        history::versions(&self.tree, &ci.record()?, ci.row.head, MAX_CI_VERSIONS)
     }
 
     fn cis(&self, filter: &CiFilter) -> Result<Vec<CiRecord>, StoreError> {
@@ -571,31 +768,26 @@ impl Store for SledStore {
         let mut out = Vec::new();
         match (&filter.host, &filter.class) {
             (Some(host), class) => {
-                let hosts = self.resolve_host(host)?;
-                for h in &hosts {
-                    match class {
-                        Some(c) => {
-                            let prefix = keys::by_host_class_prefix(h, c);
-                            self.cis_from_index(&prefix, Some(h), filter, q, limit, &mut out)?;
-                        }
-                        None => {
-                            let prefix = keys::cis_of_host(h);
-                            self.cis_from_records(&prefix, filter, q, limit, &mut out)?;
+                // Records are clustered by (host, class) in id order: one range per pair,
+                // each read up to `limit`, merged by id when there are several.
+                let mut ranges = 0;
+                for h in &self.resolve_host(host)? {
+                    let classes = match class {
+                        Some(c) => vec![c.clone()],
+                        None => self.classes_of(h)?,
+                    };
+                    for c in &classes {
+                        self.cis_from_records(h, c, filter, q, limit, &mut out)?;
+                        ranges += 1;
+                        if ranges > 1 {
+                            out.sort_by(|a, b| a.id.cmp(&b.id));
+                            out.truncate(limit);
                         }
                     }
                 }
-                if hosts.len() > 1 {
-                    out.sort_by(|a, b| a.id.cmp(&b.id));
-                    out.truncate(limit);
-                }
             }
-            (None, Some(class)) => {
-                let prefix = keys::by_class_prefix(class);
-                self.cis_from_index(&prefix, None, filter, q, limit, &mut out)?;
-            }
-            (None, None) => {
-                self.cis_from_index(keys::CI_HOST, None, filter, q, limit, &mut out)?;
-            }
+            (None, Some(class)) => self.cis_of_class(class, filter, q, limit, &mut out)?,
+            (None, None) => self.cis_of_all_classes(filter, q, limit, &mut out)?,
         }
         Ok(out)
     }
@@ -698,8 +890,10 @@ impl Store for SledStore {
 
     fn retire_absent(&self, absent_before: SystemTime) -> Result<u64, StoreError> {
         let now = SystemTime::now();
-        self.sweep(keys::ABSENT, absent_before, |txn, k| {
-            let Some(id) = keys::trailing_ci_id(k) else {
+        self.sweep(keys::ABSENT, absent_before, |txn, k, v| {
+            let (Some(id), Some((host, class))) =
+                (keys::trailing_ci_id(k), keys::parse_location(v))
+            else {
                 // Not ours to interpret; drop the stray index entry so the sweep advances.
                 txn.raw.delete(k.to_vec());
                 return Ok(false);
@@ -709,7 +903,7 @@ impl Store for SledStore {
                 seq: 0,
                 observed_at: now,
             };
-            let retired = apply::retire_ci(txn, &id, &src)?;
+            let retired = apply::retire_ci(txn, &host, &class, &id, &src)?;
             // Always drop the entry we visited (retire_ci removes the CI's own entry; a
             // stale one without an absent CI behind it goes too), so every chunk advances.
             txn.raw.delete(k.to_vec());
@@ -718,7 +912,7 @@ impl Store for SledStore {
     }
 
     fn prune_metrics(&self, before: SystemTime) -> Result<u64, StoreError> {
-        self.sweep(keys::METRIC_TIME, before, |txn, k| {
+        self.sweep(keys::METRIC_TIME, before, |txn, k, _| {
             // mt/<8 bytes time><host>
             let tail = keys::after_prefix(k, keys::METRIC_TIME).unwrap_or_default();
             let host = tail.get(8..).unwrap_or_default();

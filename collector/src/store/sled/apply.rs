@@ -8,17 +8,16 @@
 use std::collections::{BTreeSet, HashSet};
 use std::time::SystemTime;
 
-use cmdb_proto::convert::system_from_timestamp;
-use cmdb_proto::model::{AttrValue, Attrs, CollectorReport, CollectorState, Inventory, Relation};
-use cmdb_proto::v1;
-use serde::Serialize;
-
+use super::codec::{self, CiRow};
 use super::keys;
-use super::txn::{Raw, Txn};
+use super::txn::Txn;
 use crate::store::{
-    AgentRecord, ApplyOutcome, ChangeKind, CiRecord, CiState, MetricRecord, MetricSummary,
-    RelationRecord, ShutdownRecord, StoreError, ci_id,
+    AgentRecord, ApplyOutcome, ChangeKind, CiState, MetricRecord, MetricSummary, RelationRecord,
+    ShutdownRecord, StoreError, ci_id,
 };
+use cmdb_proto::convert::system_from_timestamp;
+use cmdb_proto::model::{CollectorReport, CollectorState, Inventory, Relation};
+use cmdb_proto::v1;
 
 /// Longest class name accepted (DESIGN.md's are all short).
 const MAX_CLASS_LEN: usize = 128;
@@ -35,23 +34,6 @@ pub(super) struct Source<'a> {
     pub(super) observed_at: SystemTime,
 }
 
-/// The serialized form of a `CiVersion`, borrowing the attributes instead of cloning them.
-/// Field names and serde adapters must match `CiVersion` (a test checks it).
-#[derive(Serialize)]
-pub(super) struct VersionOut<'a> {
-    pub(super) ci_id: &'a str,
-    pub(super) version: u64,
-    pub(super) change: ChangeKind,
-    pub(super) state: CiState,
-    pub(super) attrs: &'a Attrs,
-    pub(super) old_attrs: &'a Attrs,
-    #[serde(with = "cmdb_proto::model::rfc3339")]
-    pub(super) observed_at: SystemTime,
-    pub(super) agent_id: &'a str,
-    pub(super) seq: u64,
-    pub(super) change_id: Option<&'a str>,
-}
-
 /// A class the store can index: non-empty, bounded, no NUL (the key separator), and not
 /// the reserved host class (host CIs are the collector's, not the agent's).
 pub(super) fn valid_class(class: &str) -> bool {
@@ -61,128 +43,74 @@ pub(super) fn valid_class(class: &str) -> bool {
         && class != crate::store::HOST_CLASS
 }
 
-/// Floats that JSON cannot carry (NaN, infinities) become null, and every float is passed
-/// through the JSON text form once, so that a value read back compares equal to a value
-/// received again (serde_json's parser is not always correctly rounded). Without this an
-/// unchanged attribute could produce a new version on every snapshot.
-pub(super) fn canonical_attrs(attrs: &mut Attrs) {
-    for v in attrs.values_mut() {
-        canonical_value(v);
+fn bump(row: &mut CiRow, src: &Source<'_>) {
+    row.version += 1;
+    row.last_seen = src.observed_at;
+    row.last_changed = src.observed_at;
+    if row.source_agent != src.agent_id {
+        row.source_agent = src.agent_id.to_owned();
     }
+    row.source_seq = src.seq;
 }
 
-fn canonical_value(v: &mut AttrValue) {
-    match v {
-        AttrValue::Float(x) => {
-            if !x.is_finite() {
-                *v = AttrValue::Null;
-            } else if let Ok(text) = serde_json::to_string(x)
-                && let Ok(back) = serde_json::from_str::<f64>(&text)
-            {
-                *x = back;
-            }
-        }
-        AttrValue::List(l) => l.iter_mut().for_each(canonical_value),
-        _ => {}
-    }
-}
-
-fn write_version(
-    raw: &mut Raw,
-    rec: &CiRecord,
-    change: ChangeKind,
-    old_attrs: &Attrs,
-    src: &Source<'_>,
-) -> Result<(), StoreError> {
-    let out = VersionOut {
-        ci_id: &rec.id,
-        version: rec.version,
-        change,
-        state: rec.state,
-        attrs: &rec.attrs,
-        old_attrs,
-        observed_at: src.observed_at,
-        agent_id: src.agent_id,
-        seq: src.seq,
-        change_id: None,
-    };
-    raw.put_json(keys::version(&rec.host_id, &rec.id, rec.version), &out)
-}
-
-fn bump(rec: &mut CiRecord, src: &Source<'_>) {
-    rec.version += 1;
-    rec.last_seen = src.observed_at;
-    rec.last_changed = src.observed_at;
-    rec.source_agent = src.agent_id.to_owned();
-    rec.source_seq = src.seq;
-}
-
-/// Makes (host, class, key) present with `attrs`. Returns whether a version was written.
+/// Makes (host, class, key) present with `attrs` (in `codec::encode_attrs` form: canonical,
+/// so equal attributes have equal encodings). Returns whether a version was written.
 pub(super) fn upsert_ci(
     txn: &mut Txn<'_>,
     host: &str,
     class: &str,
     key: &str,
-    attrs: Attrs,
+    attrs: Vec<u8>,
     src: &Source<'_>,
 ) -> Result<bool, StoreError> {
     let id = ci_id(host, class, key);
-    if !txn.load_ci(host, &id)? {
-        let rec = CiRecord {
-            id: id.clone(),
-            host_id: host.to_owned(),
-            class: class.to_owned(),
-            key: key.to_owned(),
+    if !txn.load_ci(host, class, &id)? {
+        let row = CiRow {
             state: CiState::Present,
-            attrs,
             version: 1,
+            head: 0,
             first_seen: src.observed_at,
             last_seen: src.observed_at,
             last_changed: src.observed_at,
             source_agent: src.agent_id.to_owned(),
             source_seq: src.seq,
+            key: key.to_owned(),
+            attrs,
         };
-        write_version(&mut txn.raw, &rec, ChangeKind::Added, &Attrs::new(), src)?;
-        for (k, v) in keys::ci_indexes(host, class, &id) {
-            txn.raw.put(k, v);
-        }
-        txn.cis.insert(id, rec);
+        txn.create_ci(host, class, id, row, src);
         return Ok(true);
     }
-    let Some(rec) = txn.cis.get_mut(&id) else {
+    let Some(ci) = txn.cis.get_mut(&id) else {
         return Ok(false);
     };
-    if rec.host_id != host || rec.class != class || rec.key != key {
+    let row = &mut ci.row;
+    if row.key != key {
         return Err(StoreError::Corrupt {
             key: id,
             reason: format!(
-                "CI id collision: stored {}/{}/{}, new {host}/{class}/{key}",
-                rec.host_id, rec.class, rec.key
+                "CI id collision: stored {host}/{class}/{}, new {host}/{class}/{key}",
+                row.key
             ),
         });
     }
-    match rec.state {
-        CiState::Present if rec.attrs == attrs => {
-            rec.last_seen = src.observed_at;
-            Ok(false)
+    let change = match row.state {
+        CiState::Present if row.attrs == attrs => {
+            row.last_seen = src.observed_at;
+            return Ok(false);
         }
-        CiState::Present => {
-            let old = std::mem::replace(&mut rec.attrs, attrs);
-            bump(rec, src);
-            write_version(&mut txn.raw, rec, ChangeKind::Changed, &old, src)?;
-            Ok(true)
-        }
+        CiState::Present => ChangeKind::Changed,
         CiState::Absent | CiState::Retired => {
-            if rec.state == CiState::Absent {
-                txn.raw.delete(keys::absent(rec.last_changed, &rec.id));
+            if row.state == CiState::Absent {
+                txn.raw.delete(keys::absent(row.last_changed, &id));
             }
-            let old = std::mem::replace(&mut rec.attrs, attrs);
-            rec.state = CiState::Present;
-            bump(rec, src);
-            write_version(&mut txn.raw, rec, ChangeKind::Added, &old, src)?;
-            Ok(true)
+            row.state = CiState::Present;
+            ChangeKind::Added
         }
-    }
+    };
+    row.attrs = attrs;
+    bump(row, src);
+    txn.versions.record(ci, change, src);
+    Ok(true)
 }
 
 /// Marks a present CI absent (a Removed version keeping its last attributes). Returns
@@ -190,48 +118,51 @@ pub(super) fn upsert_ci(
 pub(super) fn remove_ci(
     txn: &mut Txn<'_>,
     host: &str,
+    class: &str,
     id: &str,
     src: &Source<'_>,
 ) -> Result<bool, StoreError> {
     // Peek first: reconciliation visits many long-absent CIs that must not be rewritten.
-    match txn.peek_ci(host, id)? {
-        Some(rec) if rec.state == CiState::Present => {}
-        _ => return Ok(false),
+    if txn.peek_state(host, class, id)? != Some(CiState::Present) {
+        return Ok(false);
     }
-    txn.load_ci(host, id)?;
-    let Some(rec) = txn.cis.get_mut(id) else {
+    txn.load_ci(host, class, id)?;
+    let Some(ci) = txn.cis.get_mut(id) else {
         return Ok(false);
     };
-    rec.state = CiState::Absent;
-    bump(rec, src);
-    txn.raw.put(keys::absent(rec.last_changed, id), Vec::new());
-    let attrs = rec.attrs.clone();
-    write_version(&mut txn.raw, rec, ChangeKind::Removed, &attrs, src)?;
+    ci.row.state = CiState::Absent;
+    bump(&mut ci.row, src);
+    txn.raw.put(
+        keys::absent(ci.row.last_changed, id),
+        keys::ci_location(host, class),
+    );
+    txn.versions.record(ci, ChangeKind::Removed, src);
     Ok(true)
 }
 
-/// Retires an absent CI (a Retired version). Returns whether it did.
-pub(super) fn retire_ci(txn: &mut Txn<'_>, id: &str, src: &Source<'_>) -> Result<bool, StoreError> {
-    let Some(host) = txn.host_of(id)? else {
+/// Retires an absent CI of (host, class) (a Retired version). Returns whether it did.
+pub(super) fn retire_ci(
+    txn: &mut Txn<'_>,
+    host: &str,
+    class: &str,
+    id: &str,
+    src: &Source<'_>,
+) -> Result<bool, StoreError> {
+    if txn.peek_state(host, class, id)? != Some(CiState::Absent) {
         return Ok(false);
-    };
-    match txn.peek_ci(&host, id)? {
-        Some(rec) if rec.state == CiState::Absent => {}
-        _ => return Ok(false),
     }
-    txn.load_ci(&host, id)?;
-    let Some(rec) = txn.cis.get_mut(id) else {
+    txn.load_ci(host, class, id)?;
+    let Some(ci) = txn.cis.get_mut(id) else {
         return Ok(false);
     };
-    txn.raw.delete(keys::absent(rec.last_changed, id));
-    rec.state = CiState::Retired;
-    bump(rec, src);
-    let attrs = rec.attrs.clone();
-    write_version(&mut txn.raw, rec, ChangeKind::Retired, &attrs, src)?;
+    txn.raw.delete(keys::absent(ci.row.last_changed, id));
+    ci.row.state = CiState::Retired;
+    bump(&mut ci.row, src);
+    txn.versions.record(ci, ChangeKind::Retired, src);
     Ok(true)
 }
 
-/// "<class>/<key>" → (class, key).
+/// `<class>/<key>` → (class, key).
 fn split_ref(r: &str) -> Option<(&str, &str)> {
     let (class, key) = r.split_once('/')?;
     valid_ref_class(class).then_some((class, key))
@@ -398,14 +329,17 @@ fn apply_snapshot(
         .flat_map(|c| c.classes.iter().map(String::as_str))
         .collect();
     let mut seen: HashSet<String> = HashSet::with_capacity(inv.items.len());
-    for mut item in inv.items {
-        if !valid_class(&item.class) || item.key.len() > MAX_KEY_LEN {
+    for item in inv.items {
+        if !valid_class(&item.class)
+            || item.key.len() > MAX_KEY_LEN
+            || !txn.class_allowed(&item.class)
+        {
             out.rejected += 1;
             continue;
         }
-        canonical_attrs(&mut item.attrs);
         seen.insert(ci_id(host, &item.class, &item.key));
-        if upsert_ci(txn, host, &item.class, &item.key, item.attrs, src)? {
+        let attrs = codec::encode_attrs(&item.attrs);
+        if upsert_ci(txn, host, &item.class, &item.key, attrs, src)? {
             out.ci_versions += 1;
         }
     }
@@ -413,12 +347,8 @@ fn apply_snapshot(
         if !valid_class(class) {
             continue;
         }
-        let prefix = keys::by_host_class_prefix(host, class);
-        for k in txn.keys_with_prefix(&prefix, MAX_RECONCILE)? {
-            let Some(id) = keys::trailing_ci_id(&k) else {
-                continue;
-            };
-            if !seen.contains(&id) && remove_ci(txn, host, &id, src)? {
+        for id in txn.ci_ids_of(host, class, MAX_RECONCILE)? {
+            if !seen.contains(&id) && remove_ci(txn, host, class, &id, src)? {
                 out.ci_versions += 1;
             }
         }
@@ -480,13 +410,19 @@ fn apply_delta(
             continue;
         }
         let written = match v1::ChangeKind::try_from(change.kind) {
+            Ok(v1::ChangeKind::Added | v1::ChangeKind::Changed)
+                if !txn.class_allowed(&change.class) =>
+            {
+                out.rejected += 1;
+                false
+            }
             Ok(v1::ChangeKind::Added | v1::ChangeKind::Changed) => {
-                let mut attrs = cmdb_proto::convert::attrs_from_proto(&change.new_attrs);
-                canonical_attrs(&mut attrs);
+                let attrs = codec::encode_proto_attrs(&change.new_attrs);
                 upsert_ci(txn, host, &change.class, &change.key, attrs, src)?
             }
             Ok(v1::ChangeKind::Removed) => {
-                remove_ci(txn, host, &ci_id(host, &change.class, &change.key), src)?
+                let id = ci_id(host, &change.class, &change.key);
+                remove_ci(txn, host, &change.class, &id, src)?
             }
             Ok(v1::ChangeKind::Unspecified) | Err(_) => {
                 out.rejected += 1;

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
 
 use super::apply::{Source, upsert_ci};
+use super::codec::encode_attrs;
 use super::keys;
 use super::txn::Txn;
 use crate::store::identify::{
@@ -60,10 +61,12 @@ pub(super) fn identify(
         None => AgentRecord::new(agent_id, instance_id, "", identity.clone(), now),
     };
     let current = match &agent.host_id {
-        Some(h) => txn.peek_ci(h, &host_ci_id(h))?.map(|rec| CurrentHost {
-            host_id: h.clone(),
-            clone_of: attr_str(&rec.attrs, "clone_of"),
-        }),
+        Some(h) => txn
+            .peek_ci(h, HOST_CLASS, &host_ci_id(h))?
+            .map(|rec| CurrentHost {
+                host_id: h.clone(),
+                clone_of: attr_str(&rec.attrs, "clone_of"),
+            }),
         None => None,
     };
     let others = match &matched {
@@ -148,7 +151,7 @@ fn claimants(
     now: SystemTime,
     window: Duration,
 ) -> Result<Vec<Claimant>, StoreError> {
-    let Some(rec) = txn.peek_ci(host, &host_ci_id(host))? else {
+    let Some(rec) = txn.peek_ci(host, HOST_CLASS, &host_ci_id(host))? else {
         return Ok(Vec::new());
     };
     let mut out = Vec::new();
@@ -190,7 +193,7 @@ fn index_keys(
 fn mint(txn: &Txn<'_>) -> Result<HostId, StoreError> {
     for _ in 0..8 {
         let id = format!("host-{:016x}", rand::random::<u64>());
-        if txn.peek_ci(&id, &host_ci_id(&id))?.is_none() {
+        if txn.peek_ci(&id, HOST_CLASS, &host_ci_id(&id))?.is_none() {
             return Ok(id);
         }
     }
@@ -214,7 +217,7 @@ fn update_host(
     src: &Source<'_>,
 ) -> Result<(), StoreError> {
     let mut attrs = txn
-        .peek_ci(host, &host_ci_id(host))?
+        .peek_ci(host, HOST_CLASS, &host_ci_id(host))?
         .map(|r| r.attrs)
         .unwrap_or_default();
     let old_hostname = attr_str(&attrs, "hostname");
@@ -250,7 +253,7 @@ fn update_host(
         attrs.entry("clone_of".into()).or_insert(AttrValue::Null);
     }
     let new_hostname = attr_str(&attrs, "hostname");
-    upsert_ci(txn, host, HOST_CLASS, host, attrs, src)?;
+    upsert_ci(txn, host, HOST_CLASS, host, encode_attrs(&attrs), src)?;
     if old_hostname != new_hostname {
         if let Some(h) = old_hostname.filter(|h| indexable_hostname(h)) {
             txn.raw.delete(keys::by_hostname(&h, host));

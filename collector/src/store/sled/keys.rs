@@ -15,11 +15,9 @@ pub(super) const META_FORMAT: &[u8] = b"meta/format";
 pub(super) const META_COMMIT: &[u8] = b"meta/commit";
 pub(super) const AGENT: &[u8] = b"a/";
 pub(super) const CI: &[u8] = b"c/";
-pub(super) const CI_HOST: &[u8] = b"i/";
 pub(super) const VERSION: &[u8] = b"v/";
 pub(super) const IDENTITY: &[u8] = b"k/";
 pub(super) const BY_CLASS: &[u8] = b"xc/";
-pub(super) const BY_HOST_CLASS: &[u8] = b"xhc/";
 pub(super) const BY_HOSTNAME: &[u8] = b"xn/";
 pub(super) const ABSENT: &[u8] = b"xa/";
 pub(super) const RELATION: &[u8] = b"r/";
@@ -49,27 +47,75 @@ pub(super) fn agent(id: &str) -> Vec<u8> {
     key(&[AGENT, id.as_bytes()])
 }
 
-/// CI records are clustered by host: one agent's batch touches one key range.
-pub(super) fn ci(host: &str, id: &str) -> Vec<u8> {
-    key(&[&cis_of_host(host), id.as_bytes()])
+/// CI records are clustered by host, then class: one agent's batch touches one key range,
+/// and the records of a (host, class) are themselves that pair's index, in id order.
+pub(super) fn ci(host: &str, class: &str, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(CI.len() + host.len() + class.len() + 2 + id.len());
+    k.extend_from_slice(CI);
+    k.extend_from_slice(host.as_bytes());
+    k.push(0);
+    k.extend_from_slice(class.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
 }
 
-/// All CI records of a host, in id order.
+/// All CI records of a host, by class then id.
 pub(super) fn cis_of_host(host: &str) -> Vec<u8> {
     key(&[CI, host.as_bytes(), b"\0"])
 }
 
-/// CI id → host id (how a bare CI id finds its record).
-pub(super) fn ci_host(id: &str) -> Vec<u8> {
-    key(&[CI_HOST, id.as_bytes()])
+/// All CI records of a host in one class, in id order.
+pub(super) fn cis_of_host_class(host: &str, class: &str) -> Vec<u8> {
+    key(&[CI, host.as_bytes(), b"\0", class.as_bytes(), b"\0"])
 }
 
-pub(super) fn version(host: &str, ci_id: &str, version: u64) -> Vec<u8> {
-    key(&[&versions_of(host, ci_id), &version.to_be_bytes()])
+/// (host, class, id) of a CI record key.
+pub(super) fn ci_parts(k: &[u8]) -> Option<(&str, &str, &str)> {
+    let tail = k.strip_prefix(CI)?;
+    let start = tail.len().checked_sub(CI_ID_LEN)?;
+    let (rest, id) = tail.split_at(start);
+    let rest = rest.strip_suffix(b"\0")?;
+    let sep = rest.iter().position(|&b| b == 0)?;
+    let (host, class) = (&rest[..sep], &rest[sep + 1..]);
+    let id = std::str::from_utf8(id)
+        .ok()
+        .filter(|id| id.starts_with("ci-"))?;
+    Some((
+        std::str::from_utf8(host).ok()?,
+        std::str::from_utf8(class).ok()?,
+        id,
+    ))
 }
 
-pub(super) fn versions_of(host: &str, ci_id: &str) -> Vec<u8> {
-    key(&[VERSION, host.as_bytes(), b"\0", ci_id.as_bytes()])
+/// The value of an absent-index entry: `<host>\0<class>` (where the CI's record is).
+pub(super) fn ci_location(host: &str, class: &str) -> Vec<u8> {
+    key(&[host.as_bytes(), b"\0", class.as_bytes()])
+}
+
+/// (host, class) out of an absent-index value.
+pub(super) fn parse_location(v: &[u8]) -> Option<(String, String)> {
+    let sep = v.iter().position(|&b| b == 0)?;
+    let host = std::str::from_utf8(&v[..sep]).ok()?;
+    let class = std::str::from_utf8(&v[sep + 1..]).ok()?;
+    Some((host.to_owned(), class.to_owned()))
+}
+
+/// All version pages of one commit.
+pub(super) fn version_pages(commit: u64) -> Vec<u8> {
+    key(&[VERSION, &commit.to_be_bytes()])
+}
+
+/// The key of a page of `commit` whose first entry is (`ci_id`, `version`); also the
+/// upper bound of a lookup of that entry (the page holding it is the last one at or
+/// before it).
+pub(super) fn version_page(commit: u64, ci_id: &[u8], version: u64) -> Vec<u8> {
+    key(&[
+        VERSION,
+        &commit.to_be_bytes(),
+        ci_id,
+        &version.to_be_bytes(),
+    ])
 }
 
 pub(super) fn identity(identity_key: &str) -> Vec<u8> {
@@ -80,30 +126,18 @@ pub(super) fn by_class_prefix(class: &str) -> Vec<u8> {
     key(&[BY_CLASS, class.as_bytes(), b"\0"])
 }
 
-pub(super) fn by_host_class_prefix(host: &str, class: &str) -> Vec<u8> {
-    key(&[
-        BY_HOST_CLASS,
-        host.as_bytes(),
-        b"\0",
-        class.as_bytes(),
-        b"\0",
-    ])
+/// The class index entry of a CI (written once, at creation: host and class never change):
+/// `xc/<class>\0<ci id>` → host. It also resolves bare CI ids: the classes are few, so
+/// `location` probes each of them.
+pub(super) fn by_class(class: &str, ci_id: &str) -> Vec<u8> {
+    key(&[BY_CLASS, class.as_bytes(), b"\0", ci_id.as_bytes()])
 }
 
-/// The index entries of a CI, with their values (written once, at creation: host and
-/// class never change): id → host, class → (id, host), (host, class) → id.
-pub(super) fn ci_indexes(host: &str, class: &str, ci_id: &str) -> [(Vec<u8>, Vec<u8>); 3] {
-    [
-        (ci_host(ci_id), host.as_bytes().to_vec()),
-        (
-            key(&[&by_class_prefix(class), ci_id.as_bytes()]),
-            host.as_bytes().to_vec(),
-        ),
-        (
-            key(&[&by_host_class_prefix(host, class), ci_id.as_bytes()]),
-            Vec::new(),
-        ),
-    ]
+/// The class of a class index key (`xc/<class>\0…`).
+pub(super) fn class_of_index_key(k: &[u8]) -> Option<&[u8]> {
+    let tail = k.strip_prefix(BY_CLASS)?;
+    let sep = tail.iter().position(|&b| b == 0)?;
+    Some(&tail[..sep])
 }
 
 pub(super) fn by_hostname_prefix(hostname: &str) -> Vec<u8> {
@@ -205,8 +239,6 @@ mod tests {
             VERSION,
             IDENTITY,
             BY_CLASS,
-            CI_HOST,
-            BY_HOST_CLASS,
             BY_HOSTNAME,
             ABSENT,
             RELATION,
@@ -230,17 +262,29 @@ mod tests {
         let t1 = UNIX_EPOCH + Duration::from_secs(255);
         let t2 = UNIX_EPOCH + Duration::from_secs(256);
         assert!(metric("h", t1) < metric("h", t2));
-        let id = "ci-0123456789abcdef";
-        assert!(version("h", id, 255) < version("h", id, 256));
+        let id = b"ci-0123456789abcdef";
+        assert!(version_page(255, id, 9) < version_page(256, id, 1));
+        assert!(version_page(7, id, 255) < version_page(7, id, 256));
+        assert!(version_page(7, id, 3).starts_with(&version_pages(7)));
     }
 
     #[test]
     fn ids_round_trip_out_of_keys() {
         let id = "ci-0123456789abcdef";
-        for (k, _) in ci_indexes("host-1", "package", id) {
-            assert_eq!(trailing_ci_id(&k).as_deref(), Some(id));
-        }
-        assert_eq!(trailing_ci_id(&ci("host-1", id)).as_deref(), Some(id));
+        let k = by_class("package", id);
+        assert_eq!(trailing_ci_id(&k).as_deref(), Some(id));
+        assert_eq!(class_of_index_key(&k), Some(&b"package"[..]));
+        assert!(k.starts_with(&by_class_prefix("package")));
+        let k = ci("host-1", "package", id);
+        assert_eq!(trailing_ci_id(&k).as_deref(), Some(id));
+        assert_eq!(ci_parts(&k), Some(("host-1", "package", id)));
+        assert!(k.starts_with(&cis_of_host_class("host-1", "package")));
+        assert!(k.starts_with(&cis_of_host("host-1")));
+        assert_eq!(ci_parts(b"c/host-1\0ci-0123456789abcdef"), None);
+        assert_eq!(
+            parse_location(&ci_location("host-1", "package")),
+            Some(("host-1".into(), "package".into()))
+        );
         let other = "ci-fedcba9876543210";
         let k = relation(id, other, "runs");
         let tail = after_prefix(&k, RELATION).unwrap();

@@ -800,6 +800,48 @@ fn ci_queries_use_filters_and_pagination() {
         })
         .is_empty()
     );
+    // Every listing (several classes, several hosts, or all of them merged by id) pages
+    // through the same CIs as one big page, and every CI listed resolves by its bare id.
+    for filter in [
+        CiFilter::default(),
+        mine.clone(),
+        class("package"),
+        CiFilter {
+            host: Some("web-1".into()),
+            ..Default::default()
+        },
+    ] {
+        let whole = q(filter.clone());
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = q(CiFilter {
+                limit: 4,
+                after: after.clone(),
+                ..filter.clone()
+            });
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|c| c.id.clone());
+            paged.extend(page);
+        }
+        assert_eq!(paged, whole, "{filter:?}");
+        assert!(whole.windows(2).all(|w| w[0].id < w[1].id), "{filter:?}");
+        for ci in &whole {
+            assert_eq!(store.ci(&ci.id).unwrap().as_ref(), Some(ci));
+        }
+    }
+    assert_eq!(
+        q(CiFilter {
+            host: Some("web-1".into()),
+            ..Default::default()
+        })
+        .len(),
+        27 + 2
+    );
+    assert_eq!(store.ci("ci-0000000000000000").unwrap(), None);
+    assert!(store.ci_versions("ci-0000000000000000").unwrap().is_empty());
     let _ = other;
 }
 
@@ -947,37 +989,90 @@ fn put_agent_never_rewinds_the_watermark() {
     assert_eq!(store.agents().unwrap().len(), 1);
 }
 
+/// Bare CI ids are resolved through the classes, so their number is capped: items of a new
+/// class beyond the cap are rejected, known classes keep working, also after a reopen.
 #[test]
-fn version_records_decode_as_ci_versions() {
-    let a = attrs(&[("x", 1)]);
-    let out = apply::VersionOut {
-        ci_id: "ci-0123456789abcdef",
-        version: 3,
-        change: ChangeKind::Changed,
-        state: CiState::Present,
-        attrs: &a,
-        old_attrs: &Attrs::new(),
-        observed_at: t(5),
-        agent_id: "agt",
-        seq: 9,
-        change_id: None,
+fn distinct_classes_are_capped() {
+    let (dir, store, host) = setup();
+    // The host class is one of them.
+    let items = |range: std::ops::Range<usize>| {
+        range
+            .map(|i| item(&format!("c{i:04}"), "k", 1))
+            .collect::<Vec<_>>()
     };
-    let v: CiVersion = serde_json::from_slice(&serde_json::to_vec(&out).unwrap()).unwrap();
+    let out = store
+        .apply(
+            "agt-1",
+            &[snapshot(1, items(0..txn::MAX_CLASSES + 5), vec![], vec![])],
+        )
+        .unwrap();
+    assert_eq!((out.ci_versions, out.rejected), (1023, 6));
+    let last = ci_id(&host, "c1022", "k");
+    assert_eq!(store.ci(&last).unwrap().unwrap().class, "c1022");
+    assert_eq!(state(&store, &host, "c1023", "k"), None);
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    let d = |seq, class: &str| delta(seq, vec![change(v1::ChangeKind::Added, class, "k2", 1)]);
+    let out = store.apply("agt-1", &[d(2, "c0005"), d(3, "new")]).unwrap();
+    assert_eq!((out.ci_versions, out.rejected), (1, 1));
+    assert!(store.verify().unwrap().is_consistent());
+}
+
+/// `old_attrs` is not stored: it comes from the previous version, also across apply
+/// calls, removals, revivals and several versions of one CI in one call.
+#[test]
+fn versions_carry_the_attributes_they_replaced() {
+    use v1::ChangeKind::{Added, Changed, Removed};
+    let (_d, store, host) = setup();
+    let c = |seq, kind, v| delta(seq, vec![change(kind, "package", "p", v)]);
+    store.apply("agt-1", &[c(1, Added, 1)]).unwrap();
+    store.apply("agt-1", &[c(2, Changed, 2)]).unwrap();
+    store.apply("agt-1", &[c(3, Removed, 0)]).unwrap();
+    store
+        .apply(
+            "agt-1",
+            &[c(4, Added, 3), c(5, Changed, 4), c(6, Changed, 5)],
+        )
+        .unwrap();
+    let got: Vec<_> = versions(&store, &host, "package", "p")
+        .into_iter()
+        .map(|v| {
+            let one = |a: &Attrs| a.get("v").and_then(AttrValue::as_i64);
+            (
+                v.version,
+                v.change,
+                v.state,
+                one(&v.attrs),
+                one(&v.old_attrs),
+                v.seq,
+            )
+        })
+        .collect();
+    use CiState::{Absent, Present};
     assert_eq!(
-        v,
-        CiVersion {
-            ci_id: "ci-0123456789abcdef".into(),
-            version: 3,
-            change: ChangeKind::Changed,
-            state: CiState::Present,
-            attrs: a.clone(),
-            old_attrs: Attrs::new(),
-            observed_at: t(5),
-            agent_id: "agt".into(),
-            seq: 9,
-            change_id: None,
-        }
+        got,
+        vec![
+            (1, ChangeKind::Added, Present, Some(1), None, 1),
+            (2, ChangeKind::Changed, Present, Some(2), Some(1), 2),
+            (3, ChangeKind::Removed, Absent, Some(2), Some(2), 3),
+            (4, ChangeKind::Added, Present, Some(3), Some(2), 4),
+            (5, ChangeKind::Changed, Present, Some(4), Some(3), 5),
+            (6, ChangeKind::Changed, Present, Some(5), Some(4), 6),
+        ]
     );
+    let all = versions(&store, &host, "package", "p");
+    assert!(all[0].old_attrs.is_empty());
+    assert!(
+        all.iter()
+            .all(|v| v.agent_id == "agt-1" && v.change_id.is_none())
+    );
+    assert_eq!(all[5].observed_at, t(6));
+    // Capped: the newest ones, the oldest of them still with what it replaced.
+    let id = ci_id(&host, "package", "p");
+    let (h, c) = store.location(&id).unwrap().unwrap();
+    let ci = txn::read_ci(&store.tree, &h, &c, &id).unwrap().unwrap();
+    let newest = history::versions(&store.tree, &ci.record().unwrap(), ci.row.head, 2).unwrap();
+    assert_eq!(newest, all[4..].to_vec());
 }
 
 #[test]
@@ -1058,7 +1153,7 @@ fn an_unusable_store_is_refused_not_moved_aside() {
         db.open_tree(TREE).unwrap().insert(b"x", b"y").unwrap();
         db.flush().unwrap();
     }
-    let err = SledStore::open(foreign.path(), CACHE).unwrap_err();
+    let err = reopen(foreign.path()).unwrap_err();
     assert!(err.to_string().contains("format marker"), "{err}");
     // Garbage where sled's files should be: refused, and the files are left where they are.
     let garbage = tempfile::tempdir().unwrap();
@@ -1276,9 +1371,11 @@ proptest! {
 
 /// Applies 100 000 CI changes (50 000 packages added, then each changed) in apply calls of
 /// 500 changes (50 Delta events of 10), one batch and one flush per call, and prints
-/// changes/s with the time split between building the batch (decode, diff, encode),
-/// sled's `apply_batch` and the flush. Run it optimised:
-/// `cargo test -p cmdb-collector --release -- --ignored throughput --nocapture`
+/// changes/s with the time split between building the batch (read, diff, encode), sled's
+/// `apply_batch` and the flush, the rate of each half, the bytes on disk per change and the
+/// process CPU time (the machine is shared: CPU time is the steadier figure). Then checks
+/// the result (untimed): `verify` and one CI's history. Run it optimised:
+/// `cargo test --release -p cmdb-collector --lib throughput -- --ignored --nocapture`
 #[test]
 #[ignore = "throughput measurement; run explicitly, ideally with --release"]
 fn throughput_of_ci_changes() {
@@ -1293,6 +1390,8 @@ fn throughput_of_ci_changes() {
     let mut seq = 0u64;
     let mut written = 0u64;
     let (mut build, mut batch, mut flush) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut added = Duration::ZERO;
+    let cpu_start = process_cpu();
     for call in 0..TOTAL / PER_CALL {
         let events: Vec<v1::Event> = (0..PER_CALL / PER_EVENT)
             .map(|e| {
@@ -1323,10 +1422,13 @@ fn throughput_of_ci_changes() {
             .collect();
         // The same steps as `Store::apply`, timed one by one.
         let t0 = std::time::Instant::now();
-        let mut txn = Txn::new(&store.tree);
+        let mut writer = store.lock();
+        let mut txn = store.begin(&writer);
         let out = apply::apply_events(&mut txn, "agt-1", &events, SystemTime::now()).unwrap();
         let t1 = std::time::Instant::now();
-        store.commit(txn).unwrap();
+        let classes = store.commit(txn).unwrap();
+        writer.classes.extend(classes);
+        drop(writer);
         let t2 = std::time::Instant::now();
         store.flush().unwrap();
         let t3 = std::time::Instant::now();
@@ -1334,16 +1436,48 @@ fn throughput_of_ci_changes() {
         batch += t2 - t1;
         flush += t3 - t2;
         written += out.ci_versions;
+        if (call + 1) * PER_CALL == TOTAL / 2 {
+            added = build + batch + flush;
+            println!("first half: build {build:?}, sled batch {batch:?}, flush {flush:?}");
+        }
     }
     let total = build + batch + flush;
+    let cpu = process_cpu().zip(cpu_start).map(|(end, start)| end - start);
     assert_eq!(written, TOTAL as u64);
+    let bytes = store.size_on_disk().unwrap();
     println!(
         "{TOTAL} CI changes in {:.2} s: {:.0} changes/s ({PER_CALL} per apply call); \
-         build {build:?}, sled batch {batch:?}, flush {flush:?}; store {} bytes",
+         build {build:?}, sled batch {batch:?}, flush {flush:?}; first half (new CIs) \
+         {:.0}/s, second half (changed CIs) {:.0}/s; store {bytes} bytes ({} per change); \
+         process CPU {cpu:?} (includes building the events)",
         total.as_secs_f64(),
         TOTAL as f64 / total.as_secs_f64(),
-        store.size_on_disk().unwrap()
+        (TOTAL / 2) as f64 / added.as_secs_f64(),
+        (TOTAL / 2) as f64 / (total - added).as_secs_f64(),
+        bytes / TOTAL as u64,
     );
+    let report = store.verify().unwrap();
+    assert!(report.is_consistent(), "{:?}", report.problems);
+    assert_eq!((report.cis, report.versions), (50_001, TOTAL as u64 + 1));
+    let host = store.agent("agt-1").unwrap().unwrap().host_id.unwrap();
+    let history = versions(&store, &host, "package", "dpkg:package-7:amd64");
+    let v = |a: &Attrs| a.get("v").and_then(AttrValue::as_i64);
+    assert_eq!(
+        history
+            .iter()
+            .map(|h| (h.version, v(&h.old_attrs), v(&h.attrs)))
+            .collect::<Vec<_>>(),
+        vec![(1, None, Some(0)), (2, Some(0), Some(1))]
+    );
+}
+
+/// CPU time of this process so far (user + system, 10 ms ticks), from /proc: on a shared
+/// machine wall time says as much about the neighbours as about the store.
+fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// Damage anywhere in sled's log: the store refuses to open (tail rolled back: the seal),

@@ -2,17 +2,29 @@
 //! commits as ONE `sled::Batch` (atomic on disk and for readers).
 //!
 //! CI and agent records are kept typed while the transaction runs (a CI touched by several
-//! events of one call is decoded once and encoded once); everything else is raw bytes. Only
-//! one transaction runs at a time (the store's writer lock), so what it reads from the tree
-//! cannot change under it.
+//! events of one call is decoded once and encoded once); versions are collected and written
+//! at commit as the version pages of this transaction's commit number; everything else is
+//! raw bytes. Only one transaction runs at a time (the store's writer lock), so what it
+//! reads from the tree cannot change under it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::apply::Source;
+use super::codec::{self, CiRow, PageWriter, VersionFields};
 use super::keys;
-use crate::store::{AgentRecord, CiId, CiRecord, StoreError};
+use crate::store::{AgentRecord, ChangeKind, CiId, CiRecord, CiState, StoreError};
+
+/// Version pages close at about this many bytes: small enough that a sled leaf of them
+/// stays far below sled's blob threshold, big enough that a call's versions need few keys.
+const PAGE_TARGET: usize = 4096;
+
+/// Most distinct CI classes the store accepts (DESIGN.md has 17): resolving a bare CI id
+/// probes the class index once per class, so their number must stay small. Items of a new
+/// class beyond it are rejected.
+pub(super) const MAX_CLASSES: usize = 1024;
 
 pub(super) fn backend(e: sled::Error) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -56,18 +68,82 @@ impl Raw {
     }
 }
 
+/// A CI loaded into the transaction: its record's key and its row.
+pub(super) struct TxnCi {
+    /// `c/<host>\0<class>\0<ci id>`
+    pub(super) rkey: Vec<u8>,
+    pub(super) row: CiRow,
+}
+
+impl TxnCi {
+    /// (host, class, id) out of the record key.
+    pub(super) fn parts(&self) -> (&str, &str, &str) {
+        keys::ci_parts(&self.rkey).unwrap_or(("", "", ""))
+    }
+
+    /// The API's view of it.
+    pub(super) fn record(&self) -> Result<CiRecord, StoreError> {
+        let (host, class, id) = self.parts();
+        codec::row_to_record(&self.rkey, &self.row, host, class, id)
+    }
+}
+
+/// Versions written by the transaction, for its pages.
+pub(super) struct Versions {
+    number: u64,
+    entries: Vec<(CiId, u64, Vec<u8>)>,
+}
+
+impl Versions {
+    /// Records version `row.version` of `ci` as it is now (state and attributes) and makes
+    /// this transaction's page its head.
+    pub(super) fn record(&mut self, ci: &mut TxnCi, change: ChangeKind, src: &Source<'_>) {
+        let row = &mut ci.row;
+        let mut payload = Vec::with_capacity(24 + src.agent_id.len() + row.attrs.len());
+        codec::put_version_payload(
+            &mut payload,
+            &VersionFields {
+                prev: row.head,
+                change,
+                state: row.state,
+                observed_at: src.observed_at,
+                agent_id: src.agent_id,
+                seq: src.seq,
+                change_id: None,
+                attrs: &row.attrs,
+            },
+        );
+        row.head = self.number;
+        let id = keys::trailing_ci_id(&ci.rkey).unwrap_or_default();
+        self.entries.push((id, row.version, payload));
+    }
+}
+
 pub(super) struct Txn<'a> {
     tree: &'a sled::Tree,
-    pub(super) cis: BTreeMap<CiId, CiRecord>,
+    number: u64,
+    /// The classes the store has CIs of (the writer keeps the set), and the new ones.
+    classes: &'a HashSet<String>,
+    pub(super) new_classes: BTreeSet<String>,
+    pub(super) cis: HashMap<CiId, TxnCi>,
+    pub(super) versions: Versions,
     pub(super) agents: BTreeMap<String, AgentRecord>,
     pub(super) raw: Raw,
 }
 
 impl<'a> Txn<'a> {
-    pub(super) fn new(tree: &'a sled::Tree) -> Self {
+    /// A transaction that will commit as number `number` (the store's next one).
+    pub(super) fn new(tree: &'a sled::Tree, number: u64, classes: &'a HashSet<String>) -> Self {
         Txn {
             tree,
-            cis: BTreeMap::new(),
+            number,
+            classes,
+            new_classes: BTreeSet::new(),
+            cis: HashMap::new(),
+            versions: Versions {
+                number,
+                entries: Vec::new(),
+            },
             agents: BTreeMap::new(),
             raw: Raw::default(),
         }
@@ -94,39 +170,115 @@ impl<'a> Txn<'a> {
         }
     }
 
-    /// A copy of the CI of `host` as this transaction sees it; does not mark it for writing.
-    pub(super) fn peek_ci(&self, host: &str, id: &str) -> Result<Option<CiRecord>, StoreError> {
-        if let Some(rec) = self.cis.get(id) {
-            return Ok(Some(rec.clone()));
-        }
-        let key = keys::ci(host, id);
-        match self.tree.get(&key).map_err(backend)? {
-            Some(v) => decode(&key, &v).map(Some),
-            None => Ok(None),
+    /// A copy of a CI as this transaction sees it; does not mark it for writing.
+    pub(super) fn peek_ci(
+        &self,
+        host: &str,
+        class: &str,
+        id: &str,
+    ) -> Result<Option<CiRecord>, StoreError> {
+        match self.cis.get(id) {
+            Some(ci) => ci.record().map(Some),
+            None => read_ci(self.tree, host, class, id)?
+                .map(|ci| ci.record())
+                .transpose(),
         }
     }
 
-    /// The host a CI id belongs to.
-    pub(super) fn host_of(&self, id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .get(&keys::ci_host(id))?
-            .and_then(|v| String::from_utf8(v).ok()))
+    /// The state of a CI as this transaction sees it; does not mark it for writing.
+    pub(super) fn peek_state(
+        &self,
+        host: &str,
+        class: &str,
+        id: &str,
+    ) -> Result<Option<CiState>, StoreError> {
+        match self.cis.get(id) {
+            Some(ci) => Ok(Some(ci.row.state)),
+            None => Ok(read_ci(self.tree, host, class, id)?.map(|ci| ci.row.state)),
+        }
     }
 
     /// Loads the CI into the transaction (it will be written at commit). False if unknown.
-    pub(super) fn load_ci(&mut self, host: &str, id: &str) -> Result<bool, StoreError> {
+    pub(super) fn load_ci(
+        &mut self,
+        host: &str,
+        class: &str,
+        id: &str,
+    ) -> Result<bool, StoreError> {
         if self.cis.contains_key(id) {
             return Ok(true);
         }
-        let key = keys::ci(host, id);
-        match self.tree.get(&key).map_err(backend)? {
-            Some(v) => {
-                let rec: CiRecord = decode(&key, &v)?;
-                self.cis.insert(id.to_owned(), rec);
+        match read_ci(self.tree, host, class, id)? {
+            Some(ci) => {
+                self.cis.insert(id.to_owned(), ci);
                 Ok(true)
             }
             None => Ok(false),
         }
+    }
+
+    /// Whether CIs of `class` may be created: a class already in the store, or a new one
+    /// while there are fewer than [`MAX_CLASSES`].
+    pub(super) fn class_allowed(&self, class: &str) -> bool {
+        self.classes.contains(class)
+            || self.new_classes.contains(class)
+            || self.classes.len() + self.new_classes.len() < MAX_CLASSES
+    }
+
+    /// Adds a CI that does not exist yet (`row.head` 0), with its index entry and its
+    /// first version.
+    pub(super) fn create_ci(
+        &mut self,
+        host: &str,
+        class: &str,
+        id: CiId,
+        row: CiRow,
+        src: &Source<'_>,
+    ) {
+        self.raw
+            .put(keys::by_class(class, &id), host.as_bytes().to_vec());
+        if !self.classes.contains(class) && !self.new_classes.contains(class) {
+            self.new_classes.insert(class.to_owned());
+        }
+        let mut ci = TxnCi {
+            rkey: keys::ci(host, class, &id),
+            row,
+        };
+        self.versions.record(&mut ci, ChangeKind::Added, src);
+        self.cis.insert(id, ci);
+    }
+
+    /// Ids of the CIs of (host, class) as this transaction sees them, in order, at most
+    /// `limit` from the tree.
+    pub(super) fn ci_ids_of(
+        &self,
+        host: &str,
+        class: &str,
+        limit: usize,
+    ) -> Result<Vec<CiId>, StoreError> {
+        let mut ids = Vec::new();
+        for k in self
+            .tree
+            .scan_prefix(keys::cis_of_host_class(host, class))
+            .keys()
+            .take(limit)
+        {
+            if let Some(id) = keys::trailing_ci_id(&k.map_err(backend)?) {
+                ids.push(id);
+            }
+        }
+        ids.extend(
+            self.cis
+                .iter()
+                .filter(|(_, ci)| {
+                    let (h, c, _) = ci.parts();
+                    h == host && c == class
+                })
+                .map(|(id, _)| id.clone()),
+        );
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     pub(super) fn peek_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
@@ -168,15 +320,14 @@ impl<'a> Txn<'a> {
             .collect())
     }
 
-    /// Applies everything as one atomic batch stamped with commit number `number` (see
-    /// `seal`). Returns whether anything was written (nothing written: no number used).
-    pub(super) fn commit(self, number: u64) -> Result<bool, StoreError> {
+    /// Applies everything as one atomic batch stamped with this transaction's commit
+    /// number (see `seal`; version pages are keyed by it). Returns whether anything was
+    /// written (nothing written: no number used) and the classes it added.
+    pub(super) fn commit(self) -> Result<(bool, BTreeSet<String>), StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
-        for (id, rec) in &self.cis {
-            let key = keys::ci(&rec.host_id, id);
-            let value = encode(&key, rec)?;
-            batch.insert(key, value);
+        for ci in self.cis.into_values() {
+            batch.insert(ci.rkey, codec::encode_row(&ci.row));
             n += 1;
         }
         for (id, rec) in &self.agents {
@@ -192,11 +343,39 @@ impl<'a> Txn<'a> {
             }
             n += 1;
         }
-        if n == 0 {
-            return Ok(false);
+        let mut entries = self.versions.entries;
+        entries.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        let mut pages = PageWriter::new(PAGE_TARGET);
+        for (id, version, payload) in &entries {
+            pages.push(id, *version, payload);
         }
-        batch.insert(keys::META_COMMIT, &number.to_be_bytes());
+        for page in pages.finish() {
+            let key = keys::version_page(self.number, page.first_id.as_bytes(), page.first_version);
+            batch.insert(key, page.bytes);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok((false, BTreeSet::new()));
+        }
+        batch.insert(keys::META_COMMIT, &self.number.to_be_bytes());
         self.tree.apply_batch(batch).map_err(backend)?;
-        Ok(true)
+        Ok((true, self.new_classes))
+    }
+}
+
+/// A CI record from the tree.
+pub(super) fn read_ci(
+    tree: &sled::Tree,
+    host: &str,
+    class: &str,
+    id: &str,
+) -> Result<Option<TxnCi>, StoreError> {
+    let rkey = keys::ci(host, class, id);
+    match tree.get(&rkey).map_err(backend)? {
+        Some(v) => {
+            let row = codec::decode_row(&rkey, &v)?;
+            Ok(Some(TxnCi { rkey, row }))
+        }
+        None => Ok(None),
     }
 }

@@ -2,16 +2,19 @@
 //! nothing was lost — sled 0.34 can silently drop damaged log records from the middle of
 //! its log at recovery, which neither its own checks nor the seal (tail rollback) catch.
 //!
-//! Checked: every CI record decodes and is reachable from its id (`i/`); every CI's versions
-//! are exactly 1..=`version`; every `i/` entry has its CI; every agent record decodes and
-//! its host exists. Reads everything once (time and memory grow with the store): run it
-//! on demand, not on every start.
+//! Checked: every CI record decodes, is in its class index (`xc/`, which also resolves bare
+//! ids), and its version chain reaches versions `version` down to 1 (see `history`); every
+//! version page decodes and every version in it belongs to some CI's chain; every class
+//! index entry has its CI; every absent-index entry has an absent CI behind it; every agent
+//! record decodes and its host exists. Reads
+//! everything once plus one page lookup per version (time grows with the store): run it on
+//! demand, not on every start.
 
-use std::collections::HashMap;
-
+use super::codec::{self, PageEntries};
+use super::history;
 use super::keys;
 use super::txn::{backend, decode};
-use crate::store::{AgentRecord, CiRecord, StoreError, host_ci_id};
+use crate::store::{AgentRecord, CiState, HOST_CLASS, StoreError, host_ci_id};
 
 /// Problems listed verbatim (the count covers all of them).
 const MAX_LISTED: usize = 100;
@@ -41,83 +44,103 @@ impl VerifyReport {
     }
 }
 
-/// Per CI (`<host>\0<ci id>`): the next version number expected, and whether the run so
-/// far was contiguous from 1.
-type Runs = HashMap<Vec<u8>, (u64, bool)>;
-
 pub(super) fn verify(tree: &sled::Tree) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
-    let mut runs: Runs = HashMap::new();
-    for k in tree.scan_prefix(keys::VERSION).keys() {
-        let k = k.map_err(backend)?;
-        report.versions += 1;
-        let tail = keys::after_prefix(&k, keys::VERSION).unwrap_or_default();
-        let Some(split) = tail.len().checked_sub(8) else {
+    let mut reachable = 0u64;
+    for kv in tree.scan_prefix(keys::CI) {
+        let (k, v) = kv.map_err(backend)?;
+        report.cis += 1;
+        let Some((host, class, id)) = keys::ci_parts(&k) else {
             report.problem(format!(
-                "malformed version key {:?}",
+                "malformed CI key {:?}",
                 String::from_utf8_lossy(&k)
             ));
             continue;
         };
-        let (ci, num) = tail.split_at(split);
-        let num = num.try_into().map(u64::from_be_bytes).unwrap_or(0);
-        let run = runs.entry(ci.to_vec()).or_insert((1, true));
-        run.1 &= num == run.0;
-        run.0 = num + 1;
-    }
-    for kv in tree.scan_prefix(keys::CI) {
-        let (k, v) = kv.map_err(backend)?;
-        report.cis += 1;
-        let rec: CiRecord = match decode(&k, &v) {
+        let (rec, head) = match codec::decode_ci(&k, host, class, id, &v) {
             Ok(r) => r,
             Err(e) => {
                 report.problem(e.to_string());
                 continue;
             }
         };
-        let host = tree.get(keys::ci_host(&rec.id)).map_err(backend)?;
-        if host.as_deref() != Some(rec.host_id.as_bytes()) {
+        if tree
+            .get(keys::by_class(class, id))
+            .map_err(backend)?
+            .as_deref()
+            != Some(host.as_bytes())
+        {
             report.problem(format!(
-                "CI {} is not indexed to its host {}",
-                rec.id, rec.host_id
+                "CI {id} is not in the class index (class {class}, host {host})"
             ));
         }
-        let tail = keys::after_prefix(&k, keys::CI).unwrap_or_default();
-        match runs.remove(tail) {
-            Some((next, true)) if next == rec.version + 1 => {}
-            Some((next, contiguous)) => report.problem(format!(
-                "CI {} is at version {} but its stored versions {} (next {next})",
-                rec.id,
-                rec.version,
-                if contiguous {
-                    "stop early"
-                } else {
-                    "have gaps"
-                }
-            )),
-            None => report.problem(format!("CI {} has no versions", rec.id)),
+        match history::check_chain(tree, &rec, head)? {
+            Ok(n) => reachable += n,
+            Err(why) => report.problem(why),
         }
     }
-    for ci in runs.keys() {
+    for kv in tree.scan_prefix(keys::VERSION) {
+        let (k, page) = kv.map_err(backend)?;
+        let entries = match PageEntries::new(&k, &page) {
+            Ok(e) => e,
+            Err(e) => {
+                report.problem(e.to_string());
+                continue;
+            }
+        };
+        for entry in entries {
+            match entry.and_then(|(_, _, payload)| codec::decode_version_payload(&k, payload)) {
+                Ok(_) => report.versions += 1,
+                Err(e) => report.problem(e.to_string()),
+            }
+        }
+    }
+    if report.versions > reachable {
         report.problem(format!(
-            "versions without a CI record: {}",
-            String::from_utf8_lossy(ci)
+            "{} stored versions belong to no CI's history (a CI record lost an update?)",
+            report.versions - reachable
         ));
     }
-    for kv in tree.scan_prefix(keys::CI_HOST) {
-        let (k, v) = kv.map_err(backend)?;
-        let Some(id) = keys::trailing_ci_id(&k) else {
+    for kv in tree.scan_prefix(keys::BY_CLASS) {
+        let (k, host) = kv.map_err(backend)?;
+        let (Some(id), Some(class)) = (keys::trailing_ci_id(&k), keys::class_of_index_key(&k))
+        else {
             report.problem(format!(
-                "malformed CI id key {:?}",
+                "malformed class index key {:?}",
                 String::from_utf8_lossy(&k)
             ));
             continue;
         };
-        if !tree
-            .contains_key(keys::ci(&String::from_utf8_lossy(&v), &id))
-            .map_err(backend)?
-        {
-            report.problem(format!("CI {id} is indexed but its record is missing"));
+        let record = keys::ci(
+            &String::from_utf8_lossy(&host),
+            &String::from_utf8_lossy(class),
+            &id,
+        );
+        if !tree.contains_key(record).map_err(backend)? {
+            report.problem(format!(
+                "CI {id} is in the class index but its record is missing"
+            ));
+        }
+    }
+    for kv in tree.scan_prefix(keys::ABSENT) {
+        let (k, v) = kv.map_err(backend)?;
+        let found = match (keys::trailing_ci_id(&k), keys::parse_location(&v)) {
+            (Some(id), Some((host, class))) => tree
+                .get(keys::ci(&host, &class, &id))
+                .map_err(backend)?
+                .map(|v| (id, host, class, v)),
+            _ => None,
+        };
+        let absent = match &found {
+            Some((id, host, class, v)) => codec::decode_ci(&k, host, class, id, v)
+                .is_ok_and(|(rec, _)| rec.state == CiState::Absent),
+            None => false,
+        };
+        if !absent {
+            report.problem(format!(
+                "absent index entry {:?} has no absent CI behind it",
+                String::from_utf8_lossy(&k)
+            ));
         }
     }
     for kv in tree.scan_prefix(keys::AGENT) {
@@ -127,7 +150,7 @@ pub(super) fn verify(tree: &sled::Tree) -> Result<VerifyReport, StoreError> {
             Ok(a) => {
                 if let Some(h) = &a.host_id
                     && !tree
-                        .contains_key(keys::ci(h, &host_ci_id(h)))
+                        .contains_key(keys::ci(h, HOST_CLASS, &host_ci_id(h)))
                         .map_err(backend)?
                 {
                     report.problem(format!("agent {} maps to missing host {h}", a.agent_id));
