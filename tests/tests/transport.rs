@@ -192,6 +192,18 @@ fn a_watched_file_edit_is_visible_within_two_seconds() {
     eprintln!("watched-file edit visible after {:?}", edited.elapsed());
     let hist = sha_history(&c, &ci_id);
     assert_eq!(hist, vec![sha256_hex(b"v=1\n"), want]);
+    // The file delta reported only the files collector; the others' statuses are kept.
+    let agent = c.get(&format!("/api/v1/agents/{}", a.agent_id));
+    let names: Vec<&str> = agent["collectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"dpkg") && names.contains(&"files"),
+        "{names:?}"
+    );
     a.stop();
 }
 

@@ -450,7 +450,16 @@ fn apply_delta(
             .map(CollectorReport::try_from)
             .collect::<Result<Vec<_>, _>>()
         {
-            Ok(c) => agent.collectors = c,
+            // A delta reports only the collectors that ran (a partial refresh, a re-hashed
+            // file): merge by name, keep the others' last statuses.
+            Ok(c) => {
+                for report in c {
+                    match agent.collectors.iter_mut().find(|r| r.name == report.name) {
+                        Some(slot) => *slot = report,
+                        None => agent.collectors.push(report),
+                    }
+                }
+            }
             Err(_) => out.rejected += 1,
         }
     }
