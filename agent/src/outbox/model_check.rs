@@ -284,7 +284,7 @@ impl Harness {
         } else {
             self.outbox = None;
         }
-        let opened = Outbox::open(config(&self.dir, self.max_bytes)).unwrap();
+        let opened = super::tests::open_retrying(config(&self.dir, self.max_bytes));
         prop_assert!(opened.moved_aside.is_none());
         self.outbox = Some(opened.outbox);
         prop_assert_eq!(self.pending_now(), before_pending);

@@ -92,6 +92,21 @@ pub(super) fn snapshot_event(items: usize) -> v1::Event {
     }
 }
 
+/// Opens, retrying (bounded) while sled's background thread of a just-dropped instance
+/// still holds the directory lock: in-process reopens race with it, processes do not.
+pub(super) fn open_retrying(cfg: OutboxConfig) -> Opened {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Outbox::open(cfg.clone()) {
+            Ok(o) => return o,
+            Err(e) if e.to_string().contains("lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("open: {e}"),
+        }
+    }
+}
+
 pub(super) fn config(dir: &Path, max_bytes: u64) -> OutboxConfig {
     OutboxConfig {
         dir: dir.to_owned(),
@@ -101,7 +116,7 @@ pub(super) fn config(dir: &Path, max_bytes: u64) -> OutboxConfig {
 }
 
 fn open(dir: &Path, max_bytes: u64) -> Outbox {
-    let opened = Outbox::open(config(dir, max_bytes)).unwrap();
+    let opened = open_retrying(config(dir, max_bytes));
     assert_eq!(opened.moved_aside, None);
     opened.outbox
 }
@@ -504,7 +519,7 @@ fn filled(dir: &Path) -> u64 {
 /// Opens a damaged outbox: it must not panic, and every seq it hands out must be above
 /// everything handed out before.
 fn reopen_damaged(dir: &Path, last: u64) -> Opened {
-    let opened = Outbox::open(config(dir, DEFAULT_MAX_BYTES)).unwrap();
+    let opened = open_retrying(config(dir, DEFAULT_MAX_BYTES));
     let outbox = &opened.outbox;
     assert!(outbox.last_seq() >= last, "{} < {last}", outbox.last_seq());
     // Whatever is readable reads without error.
@@ -616,7 +631,7 @@ fn a_garbage_directory_is_moved_aside() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("outbox");
     fs::write(&dir, b"not a directory").unwrap();
-    let opened = Outbox::open(config(&dir, DEFAULT_MAX_BYTES)).unwrap();
+    let opened = open_retrying(config(&dir, DEFAULT_MAX_BYTES));
     assert!(opened.moved_aside.is_some());
     assert!(
         opened.outbox.append(metrics(1)).unwrap() > 1_600_000_000_000,
