@@ -5,10 +5,11 @@
 //! kvm-clock, i.e. a KVM-accelerated QEMU guest (what systemd-detect-virt reports).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 
 const CLASSES: &str = "system,os,cpu,memory,memory_module";
@@ -20,36 +21,12 @@ fn fixture(distro: &str) -> PathBuf {
 }
 
 fn inventory(root: &Path) -> Value {
-    let state = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("cmdb-agent")
-        .unwrap()
-        .args(["inventory", "--format", "json", "--host-root"])
-        .arg(root)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--only", CLASSES])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::inventory(root, CLASSES, &[], &[])
 }
 
 /// (status, message) of a collector.
 fn status(inv: &Value, name: &str) -> (String, Value) {
-    let c = inv["collectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("no collector {name}"));
-    (
-        c["status"].as_str().unwrap().to_owned(),
-        c["message"].clone(),
-    )
+    common::status(inv, name)
 }
 
 fn items<'a>(inv: &'a Value, class: &str) -> Vec<&'a Value> {

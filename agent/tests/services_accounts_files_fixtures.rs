@@ -8,13 +8,14 @@
 // Helpers outside #[test] fns: a panic there is the test failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -26,24 +27,7 @@ fn fixtures() -> PathBuf {
 
 /// Runs the inventory; `env` is applied to the child only.
 fn inventory(root: &Path, only: &str, extra: &[&str], env: &[(&str, String)]) -> Value {
-    let state = tempfile::tempdir().unwrap();
-    let mut cmd = Command::cargo_bin("cmdb-agent").unwrap();
-    cmd.args(["inventory", "--format", "json", "--host-root"])
-        .arg(root)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--only", only])
-        .args(extra);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::inventory(root, only, extra, env)
 }
 
 fn collector<'a>(doc: &'a Value, name: &str) -> &'a Value {

@@ -6,36 +6,16 @@
 // Helpers outside #[test] fns: a panic there is the test failure report.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command as Std;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 fn inventory(only: &str, extra: &[&str]) -> Value {
-    let state = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("cmdb-agent")
-        .unwrap()
-        .args([
-            "inventory",
-            "--format",
-            "json",
-            "--host-root",
-            "/",
-            "--state-dir",
-        ])
-        .arg(state.path())
-        .args(["--only", only])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::inventory(Path::new("/"), only, extra, &[])
 }
 
 fn collector<'a>(doc: &'a Value, name: &str) -> &'a Value {

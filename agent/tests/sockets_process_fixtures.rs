@@ -8,12 +8,13 @@
 // Test helpers fail the test by panicking; clippy's test exemption covers only #[test] fns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 
 fn fixture(distro: &str) -> PathBuf {
@@ -52,22 +53,7 @@ fn host(distro: &str, passwd: &str) -> tempfile::TempDir {
 }
 
 fn inventory(root: &Path, only: &str) -> Value {
-    let state = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("cmdb-agent")
-        .unwrap()
-        .args(["inventory", "--format", "json", "--host-root"])
-        .arg(root)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--only", only])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::inventory(root, only, &[], &[])
 }
 
 /// key → attrs of every item of `class`.

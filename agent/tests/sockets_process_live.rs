@@ -25,32 +25,19 @@
 // Test helpers fail the test by panicking; clippy's test exemption covers only #[test] fns.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::Command as StdCommand;
 
-use assert_cmd::Command;
 use serde_json::{Value, json};
 
 type Endpoint = (String, u16);
 
 fn inventory(only: &str) -> Value {
-    let state = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("cmdb-agent")
-        .unwrap()
-        .args(["inventory", "--format", "json", "--host-root", "/"])
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--only", only])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::inventory(std::path::Path::new("/"), only, &[], &[])
 }
 
 fn items<'a>(inv: &'a Value, class: &str) -> Vec<&'a Value> {

@@ -5,6 +5,8 @@
 // Helpers outside #[test] functions panic on purpose: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::PathBuf;
 
 use assert_cmd::Command;
@@ -17,35 +19,11 @@ fn fixture(distro: &str) -> PathBuf {
 }
 
 fn inventory(distro: &str, only: &str) -> Value {
-    let state = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("cmdb-agent")
-        .unwrap()
-        .args(["inventory", "--format", "json", "--host-root"])
-        .arg(fixture(distro))
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--only", only])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::inventory(&fixture(distro), only, &[], &[])
 }
 
 fn status(inv: &Value, collector: &str) -> (String, Value) {
-    let c = inv["collectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == collector)
-        .unwrap_or_else(|| panic!("no collector {collector}"));
-    (
-        c["status"].as_str().unwrap().to_owned(),
-        c["message"].clone(),
-    )
+    common::status(inv, collector)
 }
 
 fn keys(inv: &Value, class: &str) -> Vec<String> {

@@ -17,28 +17,20 @@
 // Helpers outside #[test] functions panic on purpose: a failed expectation is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command as Std;
 
-use assert_cmd::Command;
 use serde_json::Value;
 
 fn inventory() -> Value {
-    let state = tempfile::tempdir().unwrap();
-    let out = Command::cargo_bin("cmdb-agent")
-        .unwrap()
-        .args(["inventory", "--format", "json", "--host-root", "/"])
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--only", "disk,filesystem,network_interface"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    common::inventory(
+        std::path::Path::new("/"),
+        "disk,filesystem,network_interface",
+        &[],
+        &[],
+    )
 }
 
 /// Runs a tool; `None` (with a note) when it is not installed or fails.
@@ -70,13 +62,7 @@ fn items<'a>(inv: &'a Value, class: &str) -> BTreeMap<String, &'a Value> {
 }
 
 fn status(inv: &Value, name: &str) -> String {
-    inv["collectors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .map(|c| c["status"].as_str().unwrap().to_owned())
-        .unwrap()
+    common::status(inv, name).0
 }
 
 fn strings(v: &Value) -> BTreeSet<String> {
