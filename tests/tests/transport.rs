@@ -49,6 +49,16 @@ fn file_ci(c: &Collector, host_id: &str, path: &str) -> Option<Value> {
         .find(|ci| ci["key"] == path)
 }
 
+/// Waits for the file CI at `path` and returns its id.
+fn file_ci_id(c: &Collector, host_id: &str, path: &str) -> String {
+    wait_for(Duration::from_secs(20), "file CI", || {
+        file_ci(c, host_id, path)
+    })["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn versions(c: &Collector, ci_id: &str) -> Vec<Value> {
     c.get(&format!("/api/v1/cis/{ci_id}"))["versions"]
         .as_array()
@@ -229,12 +239,7 @@ fn sigkill_of_the_collector_mid_stream_loses_nothing_and_applies_nothing_twice()
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &spec(&root));
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
-    let ci_id = wait_for(Duration::from_secs(20), "file CI", || {
-        file_ci(&c, &host_id, "/etc/cmdb-test/series.conf")
-    })["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ci_id = file_ci_id(&c, &host_id, "/etc/cmdb-test/series.conf");
 
     let mut expected = vec![sha256_hex(b"start\n")];
     expected.extend(edit_series(&f, "before", 5, Duration::from_millis(250)));
@@ -264,12 +269,7 @@ fn sigkill_of_the_agent_with_a_full_outbox_resumes_and_delivers() {
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &spec(&root));
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
-    let ci_id = wait_for(Duration::from_secs(20), "file CI", || {
-        file_ci(&c, &host_id, "/etc/cmdb-test/pending.conf")
-    })["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ci_id = file_ci_id(&c, &host_id, "/etc/cmdb-test/pending.conf");
 
     c.kill9();
     let mut expected = vec![sha256_hex(b"start\n")];
@@ -428,12 +428,7 @@ fn outbox_overflow_drops_metrics_sends_a_gap_and_loses_no_inventory_change() {
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &sp);
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
-    let ci_id = wait_for(Duration::from_secs(20), "file CI", || {
-        file_ci(&c, &host_id, "/etc/cmdb-test/overflow.conf")
-    })["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ci_id = file_ci_id(&c, &host_id, "/etc/cmdb-test/overflow.conf");
     c.kill9();
     // Metrics fill 64 KiB in seconds; file edits keep coming.
     let last = edit_series(&f, "overflow", 40, Duration::from_millis(250));
