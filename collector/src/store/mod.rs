@@ -304,6 +304,47 @@ pub struct ApplyOutcome {
     pub unsequenced: u64,
 }
 
+/// A position in the change feed: versions are ordered by (commit, CI id, version).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FeedPos {
+    /// The store commit (one `apply`, `identify` or retention batch) that wrote the version.
+    pub commit: u64,
+    pub ci_id: CiId,
+    pub version: u64,
+}
+
+/// One CI version from the change feed, with the CI's identity: what the drift engine
+/// evaluates. `version.old_attrs` is filled (the previous version's attributes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedEntry {
+    pub pos: FeedPos,
+    pub host_id: HostId,
+    pub class: String,
+    pub key: String,
+    pub version: CiVersion,
+}
+
+/// Collections of the collector's own records (baselines, change records, incidents, …),
+/// kept by the store as opaque values (the owning module chooses the encoding, JSON so far).
+/// Names are short ASCII words; ids are at most [`MAX_RECORD_ID_BYTES`] bytes.
+pub const MAX_RECORD_ID_BYTES: usize = 256;
+/// Largest single record value the store accepts.
+pub const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
+
+/// One write of [`Store::write_records`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum RecordOp {
+    Put {
+        collection: &'static str,
+        id: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        collection: &'static str,
+        id: String,
+    },
+}
+
 /// The CMDB store. Blocking API: async callers use `spawn_blocking`.
 pub trait Store: Send + Sync + 'static {
     // === agents ===
@@ -343,6 +384,29 @@ pub trait Store: Send + Sync + 'static {
     fn size_on_disk(&self) -> Result<u64, StoreError>;
     /// Makes everything written so far durable.
     fn flush(&self) -> Result<(), StoreError>;
+
+    // === change feed (the drift engine's input) ===
+    /// CI versions written after `after` (all of them from the start when `None`), in
+    /// [`FeedPos`] order, at most `limit`. Every version any commit wrote appears exactly
+    /// once, so a consumer that persists the last position it handled misses nothing and
+    /// sees nothing twice. Record writes ([`Store::write_records`]) produce no entries.
+    fn feed(&self, after: Option<&FeedPos>, limit: usize) -> Result<Vec<FeedEntry>, StoreError>;
+
+    // === the collector's own records ===
+    /// One record of `collection`, if present.
+    fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Records of `collection` whose id sorts after `after` (from the first when `None`),
+    /// in id order, at most `limit`.
+    fn records(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Applies `ops` atomically (all or none) and durably (flushed before it returns).
+    /// Refuses ids over [`MAX_RECORD_ID_BYTES`] or values over [`MAX_RECORD_BYTES`] with
+    /// [`StoreError::Backend`] and writes nothing.
+    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError>;
 
     // === liveness (cheap, not flushed: durable with the next flush) ===
     /// Marks the agent's stream up or down. Returns false for an unknown agent.
