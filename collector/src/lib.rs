@@ -5,11 +5,17 @@
 //! certificates; [`tls`] builds both ends' rustls configurations.
 #![forbid(unsafe_code)]
 
+pub mod changes;
 pub mod config;
+pub mod correlate;
+pub mod drift;
 pub mod http;
+pub mod incidents;
 pub mod ingest;
 pub mod pki;
+pub mod policy;
 pub mod quickstart;
+pub mod selector;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
