@@ -5,6 +5,8 @@
 //! certificates; [`tls`] builds both ends' rustls configurations.
 #![forbid(unsafe_code)]
 
+pub mod availability;
+pub mod baselines;
 pub mod changes;
 pub mod config;
 pub mod correlate;
@@ -12,6 +14,7 @@ pub mod drift;
 pub mod http;
 pub mod incidents;
 pub mod ingest;
+pub mod judgment;
 pub mod pki;
 pub mod policy;
 pub mod quickstart;
