@@ -14,7 +14,8 @@
 //!   waiting included), page sizes (`limit` ≤ 1000), metric ranges (≤ 24 h), token and id
 //!   lengths.
 //!
-//! Never writes to the store: there are no write endpoints yet.
+//! Writes go through the judgment engine ([`judgment`] routes), role-checked; the CI data
+//! itself is written only by ingest.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -35,6 +36,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
 pub mod json;
+pub mod judgment;
 pub mod query;
 #[cfg(test)]
 mod tests;
@@ -79,12 +81,24 @@ pub struct Principal {
     pub role: String,
 }
 
+/// Reads the audit log for the API (implemented by the hash-chained log).
+pub trait AuditReader: Send + Sync + 'static {
+    /// `{"items": [entries after `after`, at most `limit`]}`. Blocking.
+    fn entries_json(&self, after: Option<u64>, limit: usize) -> Result<serde_json::Value, String>;
+    /// The verification report. Blocking.
+    fn verify_json(&self) -> Result<serde_json::Value, String>;
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct ApiState {
     pub store: Arc<dyn Store>,
     pub auth: Arc<dyn Authenticator>,
     pub telemetry: Arc<Telemetry>,
+    /// The judgment engine (baselines, changes, drift, incidents, availability); `None`
+    /// answers its routes with 503.
+    pub judgment: Option<Arc<crate::judgment::Judgment>>,
+    pub audit: Option<Arc<dyn AuditReader>>,
 }
 
 /// The bounds of the HTTP surface; [`Limits::default`] is what [`router`] uses.
@@ -123,6 +137,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .route("/api/v1/cis/{id}/relations", get(ci_relations))
         .route("/api/v1/clones", get(list_clones))
         .route("/api/v1/hosts/{id}/metrics", get(host_metrics))
+        .merge(judgment::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -251,7 +266,7 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "method not allowed (the API is read-only: GET)",
+        "method not allowed on this route (docs/API.md lists each route's methods)",
     )
 }
 

@@ -177,6 +177,8 @@ pub async fn serve(
         store: Arc::clone(&store),
         auth: Arc::new(TokenAuth(Arc::clone(&tokens))),
         telemetry: Arc::clone(&telemetry),
+        judgment: None,
+        audit: None,
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;

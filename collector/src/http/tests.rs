@@ -361,6 +361,8 @@ fn app_with(store: FakeStore) -> (Router, Arc<Telemetry>) {
         store: Arc::new(store),
         auth: Arc::new(FixedTokens),
         telemetry: Arc::clone(&telemetry),
+        judgment: None,
+        audit: None,
     };
     (router(state), telemetry)
 }
@@ -831,6 +833,8 @@ async fn slow_requests_time_out_and_queue_behind_the_limit() {
         store: Arc::new(store),
         auth: Arc::new(FixedTokens),
         telemetry: Arc::new(Telemetry::new()),
+        judgment: None,
+        audit: None,
     };
     let limits = Limits {
         max_concurrent_requests: 1,

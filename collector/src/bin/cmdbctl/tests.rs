@@ -245,6 +245,8 @@ impl Server {
             store: Arc::new(store()),
             auth: Arc::new(OneToken),
             telemetry: Arc::new(Telemetry::new()),
+            judgment: None,
+            audit: None,
         };
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
