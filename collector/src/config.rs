@@ -53,6 +53,76 @@ pub struct CollectorConfig {
     pub limits: Limits,
     #[serde(default)]
     pub agents: AgentSettings,
+    #[serde(default)]
+    pub judgment: JudgmentConfig,
+    #[serde(default)]
+    pub availability: crate::availability::AvailabilitySettings,
+}
+
+/// Drift, correlation and incident settings (`[judgment]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JudgmentConfig {
+    /// A host's first inventory becomes its initial baseline (pending approval). Default true.
+    #[serde(default = "default_true")]
+    pub initial_baselines: bool,
+    /// Alerts of one host and category within this window join one incident. Default "2m".
+    #[serde(default = "default_grouping", with = "duration")]
+    pub grouping_window: Duration,
+    /// More flips than this within `flap_window` make one flapping incident. Default 5.
+    #[serde(default = "default_flap_threshold")]
+    pub flap_threshold: usize,
+    /// Default "10m".
+    #[serde(default = "default_flap_window", with = "duration")]
+    pub flap_window: Duration,
+    /// Resolved incidents close by themselves after this long. Default "3d".
+    #[serde(default = "default_auto_close", with = "duration")]
+    pub auto_close: Duration,
+}
+
+impl Default for JudgmentConfig {
+    fn default() -> Self {
+        JudgmentConfig {
+            initial_baselines: true,
+            grouping_window: default_grouping(),
+            flap_threshold: default_flap_threshold(),
+            flap_window: default_flap_window(),
+            auto_close: default_auto_close(),
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// The judgment engine's settings from this configuration.
+    pub fn judgment_settings(&self) -> crate::judgment::JudgmentSettings {
+        crate::judgment::JudgmentSettings {
+            correlation: crate::correlate::CorrelationSettings {
+                grouping_window: self.judgment.grouping_window,
+                flap_threshold: self.judgment.flap_threshold,
+                flap_window: self.judgment.flap_window,
+            },
+            heartbeat: self.agents.heartbeat,
+            missed_heartbeats: self.availability.missed_heartbeats,
+            initial_baselines: self.judgment.initial_baselines,
+            auto_close: self.judgment.auto_close,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_grouping() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_flap_threshold() -> usize {
+    5
+}
+fn default_flap_window() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_auto_close() -> Duration {
+    Duration::from_secs(3 * 24 * 3600)
 }
 
 /// Embedded store settings.
@@ -182,6 +252,8 @@ impl CollectorConfig {
             store: StoreSettings::default(),
             limits: Limits::default(),
             agents: AgentSettings::default(),
+            judgment: JudgmentConfig::default(),
+            availability: crate::availability::AvailabilitySettings::default(),
         }
     }
 
@@ -225,6 +297,29 @@ impl CollectorConfig {
         }
         if cfg.agents.heartbeat.is_zero() {
             return Err(invalid("agents.heartbeat", "must be positive"));
+        }
+        if cfg.availability.missed_heartbeats == 0 {
+            return Err(invalid("availability.missed_heartbeats", "must be at least 1"));
+        }
+        if cfg.judgment.flap_window.is_zero() || cfg.judgment.flap_threshold == 0 {
+            return Err(invalid(
+                "judgment.flap_window",
+                "flap_window and flap_threshold must be positive",
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for m in &cfg.availability.monitors {
+            m.validate()
+                .map_err(|e| invalid("availability.monitors", &e))?;
+            if !names.insert(m.name.as_str()) {
+                return Err(invalid(
+                    "availability.monitors",
+                    &format!("monitor name {:?} is used twice", m.name),
+                ));
+            }
+        }
+        if cfg.availability.monitors.len() > 256 {
+            return Err(invalid("availability.monitors", "at most 256 monitors"));
         }
         Ok(cfg)
     }

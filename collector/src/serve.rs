@@ -16,6 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::config::CollectorConfig;
 use crate::http::{ApiState, Authenticator, Principal};
 use crate::ingest::Ingest;
+use crate::judgment::Judgment;
 use crate::pki::Pki;
 use crate::store::Store;
 use crate::store::sled::SledStore;
@@ -47,6 +48,9 @@ pub enum ServeError {
     /// A server failed while running.
     #[error("{0} server: {1}")]
     Server(&'static str, String),
+    /// The judgment engine's state cannot be loaded.
+    #[error("judgment state: {0}")]
+    Judgment(String),
     /// I/O on the data directory.
     #[error("{path}: {source}")]
     Io {
@@ -156,6 +160,11 @@ pub async fn serve(
         cfg.limits.clone(),
         cfg.agents.clone(),
     );
+    let judgment = Arc::new(
+        Judgment::open(Arc::clone(&store), cfg.judgment_settings(), None, None)
+            .map_err(|e| ServeError::Judgment(e.to_string()))?,
+    );
+    let judge_task = tokio::spawn(run_judgment(Arc::clone(&judgment)));
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_stop = stop_tx.subscribe();
     let mut http_stop = stop_tx.subscribe();
@@ -177,7 +186,7 @@ pub async fn serve(
         store: Arc::clone(&store),
         auth: Arc::new(TokenAuth(Arc::clone(&tokens))),
         telemetry: Arc::clone(&telemetry),
-        judgment: None,
+        judgment: Some(Arc::clone(&judgment)),
         audit: None,
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
@@ -194,6 +203,7 @@ pub async fn serve(
     tracing::info!("Collector shutting down.");
     let _ = stop_tx.send(());
     maintenance.abort();
+    judge_task.abort();
     let grpc_res = grpc_task.await;
     let http_res = http_task.await;
     store.flush()?;
@@ -229,6 +239,61 @@ async fn maintain(store: Arc<dyn Store>, absent_retention: Duration, metrics_ret
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "Store maintenance failed."),
             Err(e) => tracing::error!(error = %e, "Store maintenance task failed."),
+        }
+    }
+}
+
+/// How often the judgment engine looks at the change feed when it is caught up.
+pub const FEED_POLL: Duration = Duration::from_millis(100);
+/// How often host liveness, clones, flapping and auto-close are checked.
+pub const JUDGMENT_TICK: Duration = Duration::from_secs(1);
+
+/// The judgment engine's loop: drains the change feed (polling when caught up) and runs
+/// the periodic checks. A failing step is logged and retried; it never stops the loop.
+async fn run_judgment(judgment: Arc<Judgment>) {
+    let mut last_tick = std::time::Instant::now();
+    let mut failures = 0u32;
+    loop {
+        let j = Arc::clone(&judgment);
+        let step = tokio::task::spawn_blocking(move || {
+            let mut handled = 0;
+            loop {
+                let n = j.process_feed()?;
+                handled += n;
+                if n == 0 || handled >= 20_000 {
+                    return Ok::<_, crate::judgment::JudgmentError>(handled);
+                }
+            }
+        })
+        .await;
+        let busy = match step {
+            Ok(Ok(n)) => {
+                failures = 0;
+                n > 0
+            }
+            Ok(Err(e)) => {
+                failures = failures.saturating_add(1);
+                tracing::error!(error = %e, failures, "Judging the change feed failed; retrying.");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "The judgment task failed; retrying.");
+                false
+            }
+        };
+        if last_tick.elapsed() >= JUDGMENT_TICK {
+            last_tick = std::time::Instant::now();
+            let j = Arc::clone(&judgment);
+            match tokio::task::spawn_blocking(move || j.tick(std::time::SystemTime::now())).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "The judgment tick failed."),
+                Err(e) => tracing::error!(error = %e, "The judgment tick task failed."),
+            }
+        }
+        if !busy {
+            // Back off a little after repeated failures (a broken store must not spin).
+            let pause = FEED_POLL * failures.clamp(1, 50);
+            tokio::time::sleep(pause).await;
         }
     }
 }
