@@ -243,6 +243,46 @@ impl Collector {
         body
     }
 
+    /// An API token with `role` (viewer, operator, change-manager, auditor, admin).
+    pub fn api_token(&self, name: &str, role: &str) -> String {
+        run_ok(
+            Command::new(bin("cmdb-collector"))
+                .args(["api-token", "create", "--name", name, "--role", role, "--data-dir"])
+                .arg(&self.dir),
+        )
+        .trim()
+        .to_owned()
+    }
+
+    /// Any request with a JSON body (or none); returns the status and the JSON answer.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::blocking::Client::new();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client
+            .request(method, format!("{}{path}", self.api()))
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(20));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().unwrap_or(Value::Null))
+    }
+
+    /// A request that must succeed (2xx); returns the JSON answer.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, v) = self.send(method, path, &self.admin_token, body);
+        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+        v
+    }
+
     /// Every CI matching the query, following pagination.
     pub fn cis(&self, query: &str) -> Vec<Value> {
         let mut out = Vec::new();
