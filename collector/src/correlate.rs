@@ -18,7 +18,7 @@
 //! The correlator holds the incidents that are not closed (closed ones are history in the
 //! store) and the recent flips per key (memory only: a restart forgets flap history).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use crate::incidents::{
@@ -87,6 +87,10 @@ pub enum Effect {
 pub struct Correlator {
     pub settings: CorrelationSettings,
     pub incidents: BTreeMap<String, Incident>,
+    /// Host id → numbers of its incidents (may name incidents since removed from
+    /// `incidents`; lookups skip those): every rule is per host, so a lookup costs the
+    /// host's incidents, not the fleet's.
+    by_host: HashMap<String, BTreeSet<String>>,
     flips: HashMap<String, VecDeque<SystemTime>>,
 }
 
@@ -94,11 +98,29 @@ const ACTOR: &str = "collector";
 
 impl Correlator {
     pub fn new(settings: CorrelationSettings, incidents: BTreeMap<String, Incident>) -> Self {
+        let mut by_host: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for i in incidents.values() {
+            by_host
+                .entry(i.host_id.clone())
+                .or_default()
+                .insert(i.number.clone());
+        }
         Correlator {
             settings,
             incidents,
+            by_host,
             flips: HashMap::new(),
         }
+    }
+
+    /// Drops closed incidents from memory (they are history in the store).
+    pub fn forget_closed(&mut self) {
+        self.incidents.retain(|_, i| i.state != IncidentState::Closed);
+        let incidents = &self.incidents;
+        self.by_host.retain(|_, set| {
+            set.retain(|n| incidents.contains_key(n));
+            !set.is_empty()
+        });
     }
 
     /// Files a firing alert; `next_number` mints an incident number when one opens.
@@ -110,7 +132,7 @@ impl Correlator {
     ) -> (String, Effect) {
         let dedup = ev.dedup();
         // 1. An open incident holding the key.
-        if let Some(number) = self.find(|i| i.state.is_open() && has_key(i, &dedup)) {
+        if let Some(number) = self.find(&ev.host_id, |i| i.state.is_open() && has_key(i, &dedup)) {
             let refire = self.refire(&number, &dedup, ev);
             if refire {
                 self.note_flip(&number, &dedup, ev.at);
@@ -119,7 +141,7 @@ impl Correlator {
         }
         // 2. A recently auto-resolved incident holding the key: a flip.
         let window = self.settings.flap_window;
-        if let Some(number) = self.find(|i| {
+        if let Some(number) = self.find(&ev.host_id, |i| {
             i.state == IncidentState::Resolved
                 && i.resolution.as_ref().is_some_and(|r| r.code == "recovered")
                 && has_key(i, &dedup)
@@ -142,7 +164,7 @@ impl Correlator {
         }
         // 3. Topology suppression: the host is down.
         if ev.kind == AlertKind::MonitorDown
-            && let Some(number) = self.find(|i| {
+            && let Some(number) = self.find(&ev.host_id, |i| {
                 i.state.is_open()
                     && i.alerts.iter().any(|a| {
                         a.kind == AlertKind::HostDown && a.host_id == ev.host_id && a.firing
@@ -154,7 +176,7 @@ impl Correlator {
         }
         // 4. Host down joins the host's open availability incident.
         if ev.kind == AlertKind::HostDown
-            && let Some(number) = self.find(|i| {
+            && let Some(number) = self.find(&ev.host_id, |i| {
                 i.state.is_open()
                     && i.host_id == ev.host_id
                     && i.category == Category::Availability
@@ -170,7 +192,7 @@ impl Correlator {
         // 5. The grouping window.
         let category = ev.kind.category();
         let grouping = self.settings.grouping_window;
-        if let Some(number) = self.find(|i| {
+        if let Some(number) = self.find(&ev.host_id, |i| {
             i.state.is_open()
                 && !i.flapping
                 && i.host_id == ev.host_id
@@ -217,6 +239,10 @@ impl Correlator {
         };
         inc.log(ev.at, ACTOR, "opened", ev.summary.clone());
         self.incidents.insert(number.clone(), inc);
+        self.by_host
+            .entry(ev.host_id.clone())
+            .or_default()
+            .insert(number.clone());
         self.attach(&number, ev, false);
         (number, Effect::Opened)
     }
@@ -224,9 +250,13 @@ impl Correlator {
     /// Files a recovery of the alert with `dedup`. Returns the incidents it touched (the
     /// recovery reaches every incident holding the firing key).
     pub fn recover(&mut self, dedup: &str, at: SystemTime, why: &str) -> Vec<(String, Effect)> {
-        let numbers: Vec<String> = self
-            .incidents
-            .values()
+        let host = dedup.split('|').next().unwrap_or_default();
+        let Some(numbers) = self.by_host.get(host) else {
+            return Vec::new();
+        };
+        let numbers: Vec<String> = numbers
+            .iter()
+            .filter_map(|n| self.incidents.get(n))
             .filter(|i| i.state != IncidentState::Closed)
             .filter(|i| i.alerts.iter().any(|a| a.dedup == dedup && a.firing))
             .map(|i| i.number.clone())
@@ -283,19 +313,22 @@ impl Correlator {
 
     /// Whether the host has a firing `host_down` alert.
     pub fn host_down(&self, host_id: &str) -> bool {
-        self.incidents.values().any(|i| {
+        self.find(host_id, |i| {
             i.state != IncidentState::Closed
                 && i.alerts
                     .iter()
                     .any(|a| a.kind == AlertKind::HostDown && a.host_id == host_id && a.firing)
         })
+        .is_some()
     }
 
-    fn find(&self, pred: impl Fn(&Incident) -> bool) -> Option<String> {
-        // Newest first: numbers grow.
-        self.incidents
-            .values()
+    /// The newest incident of `host` satisfying `pred` (numbers grow).
+    fn find(&self, host: &str, pred: impl Fn(&Incident) -> bool) -> Option<String> {
+        self.by_host
+            .get(host)?
+            .iter()
             .rev()
+            .filter_map(|n| self.incidents.get(n))
             .find(|i| pred(i))
             .map(|i| i.number.clone())
     }

@@ -258,6 +258,12 @@ struct State {
     clones_seen: BTreeSet<String>,
 }
 
+/// The change records and waivers in force during one step.
+struct Rules {
+    changes: Vec<ChangeRecord>,
+    waivers: Vec<Waiver>,
+}
+
 /// What one step writes and announces.
 #[derive(Default)]
 struct Batch {
@@ -521,9 +527,7 @@ impl Judgment {
                     n.wake();
                 }
                 // Closed incidents leave memory: they are history in the store.
-                st.corr
-                    .incidents
-                    .retain(|_, i| i.state != IncidentState::Closed);
+                st.corr.forget_closed();
                 Ok(())
             }
             Err(e) => {
@@ -572,8 +576,23 @@ impl Judgment {
                 self.capture_initial(&mut st, &host, commit, now, &mut batch)?;
             }
         }
+        // What can authorise or accept, computed once per step (not per entry).
+        let rules = Rules {
+            changes: st
+                .changes
+                .values()
+                .filter(|c| c.state.authorizes())
+                .cloned()
+                .collect(),
+            waivers: st
+                .waivers
+                .values()
+                .filter(|w| !w.revoked)
+                .cloned()
+                .collect(),
+        };
         for e in &entries {
-            self.judge_entry(&mut st, e, now, &mut batch);
+            self.judge_entry(&mut st, &rules, e, now, &mut batch);
         }
         let n = entries.len();
         self.commit(&mut st, batch, now)?;
@@ -628,7 +647,14 @@ impl Judgment {
         Ok(())
     }
 
-    fn judge_entry(&self, st: &mut State, e: &FeedEntry, now: SystemTime, batch: &mut Batch) {
+    fn judge_entry(
+        &self,
+        st: &mut State,
+        rules: &Rules,
+        e: &FeedEntry,
+        now: SystemTime,
+        batch: &mut Batch,
+    ) {
         let Some((old, new)) = states(e) else {
             return;
         };
@@ -666,13 +692,7 @@ impl Judgment {
                 return;
             }
         }
-        let verdict = judge(
-            st.changes.values(),
-            st.waivers.values(),
-            &subject,
-            &dev,
-            at,
-        );
+        let verdict = judge(&rules.changes, &rules.waivers, &subject, &dev, at);
         let id = next(&mut st.counters.drift, "DRF", 10);
         let mut rec = DriftRecord {
             id: id.clone(),
