@@ -22,7 +22,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use crate::incidents::{
-    AlertKind, AlertRecord, Category, Incident, IncidentState, MAX_ALERTS, Resolution, priority,
+    AlertKind, AlertRecord, Category, Incident, IncidentState, MAX_ALERTS, MAX_DRIFT_IDS,
+    Resolution, priority,
 };
 use crate::policy::Level;
 
@@ -345,10 +346,12 @@ impl Correlator {
             a.count += 1;
             a.last_at = ev.at;
             a.summary = ev.summary.clone();
-            if let Some(d) = &ev.drift_id
-                && a.drift_ids.len() < MAX_ALERTS
-            {
-                a.drift_ids.push(d.clone());
+            if let Some(d) = &ev.drift_id {
+                if a.drift_ids.len() < MAX_DRIFT_IDS {
+                    a.drift_ids.push(d.clone());
+                } else {
+                    a.drift_ids_overflow += 1;
+                }
             }
         }
         if was_recovered {
@@ -406,6 +409,7 @@ impl Correlator {
                 suppressed,
                 count: 1,
                 drift_ids: ev.drift_id.iter().cloned().collect(),
+                drift_ids_overflow: 0,
             });
         }
         if inc.alerts.len() > 1 {

@@ -18,6 +18,9 @@ use crate::policy::Level;
 pub const MAX_TIMELINE: usize = 1000;
 /// Most alerts listed per incident (later ones are counted).
 pub const MAX_ALERTS: usize = 5000;
+/// Most drift record ids listed per alert (later ones are counted; the drift list by CI
+/// has them all).
+pub const MAX_DRIFT_IDS: usize = 100;
 
 /// ITIL priority from impact and urgency (1 high … 3 low): (1,1)→1; (1,2),(2,1)→2;
 /// (1,3),(2,2),(3,1)→3; (2,3),(3,2)→4; (3,3)→5. Out-of-range inputs are clamped.
@@ -208,9 +211,11 @@ pub struct AlertRecord {
     pub suppressed: bool,
     /// Times it fired (including re-fires after recovering).
     pub count: u64,
-    /// Drift records behind it (unauthorized-change alerts).
+    /// Drift records behind it (unauthorized-change alerts), the first [`MAX_DRIFT_IDS`].
     #[serde(default)]
     pub drift_ids: Vec<String>,
+    #[serde(default)]
+    pub drift_ids_overflow: u64,
 }
 
 /// One line of an incident's timeline.

@@ -271,6 +271,8 @@ struct Batch {
     /// Incident number → the strongest effect this step had on it.
     touched: BTreeMap<String, &'static str>,
     audit: Vec<(Actor, String, String, Option<String>, serde_json::Value)>,
+    /// Change records that gained evidence (written once per step, not per entry).
+    changes: BTreeSet<String>,
 }
 
 impl Batch {
@@ -487,6 +489,12 @@ impl Judgment {
     /// happen), then the records, then notifications are woken. On failure the state is
     /// reloaded from the store.
     fn commit(&self, st: &mut State, mut batch: Batch, now: SystemTime) -> Result<(), JudgmentError> {
+        for id in std::mem::take(&mut batch.changes) {
+            if let Some(c) = st.changes.get(&id) {
+                let c = c.clone();
+                batch.put(C_CHANGE, &id, &c);
+            }
+        }
         let touched = batch.touched.clone();
         for (number, event) in &touched {
             let Some(inc) = st.corr.incidents.get(number) else {
@@ -717,8 +725,7 @@ impl Judgment {
             Verdict::Authorized { change_id } => {
                 if let Some(c) = st.changes.get_mut(change_id) {
                     c.add_evidence(&id);
-                    let c = c.clone();
-                    batch.put(C_CHANGE, change_id, &c);
+                    batch.changes.insert(change_id.clone());
                 }
             }
             Verdict::Accepted { .. } => {}
