@@ -56,27 +56,6 @@ impl FakeStore {
 }
 
 impl Store for FakeStore {
-    fn feed(
-        &self,
-        _after: Option<&crate::store::FeedPos>,
-        _limit: usize,
-    ) -> Result<Vec<crate::store::FeedEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn record(&self, _c: &str, _id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
-    }
-    fn records(
-        &self,
-        _c: &str,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn write_records(&self, _ops: &[crate::store::RecordOp]) -> Result<(), StoreError> {
-        Ok(())
-    }
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         self.check()?;
         Ok(self.agents.iter().find(|a| a.agent_id == id).cloned())

@@ -687,27 +687,6 @@ fn matches(rec: &CiRecord, filter: &CiFilter, q: Option<&str>) -> bool {
 }
 
 impl Store for SledStore {
-    fn feed(
-        &self,
-        _after: Option<&crate::store::FeedPos>,
-        _limit: usize,
-    ) -> Result<Vec<crate::store::FeedEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn record(&self, _c: &str, _id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
-    }
-    fn records(
-        &self,
-        _c: &str,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn write_records(&self, _ops: &[crate::store::RecordOp]) -> Result<(), StoreError> {
-        Ok(())
-    }
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         let key = keys::agent(id);
         match self.tree.get(&key).map_err(backend)? {

@@ -33,27 +33,6 @@ fn unsupported<T>() -> Result<T, StoreError> {
 }
 
 impl Store for MemStore {
-    fn feed(
-        &self,
-        _after: Option<&cmdb_collector::store::FeedPos>,
-        _limit: usize,
-    ) -> Result<Vec<cmdb_collector::store::FeedEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn record(&self, _c: &str, _id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
-    }
-    fn records(
-        &self,
-        _c: &str,
-        _after: Option<&str>,
-        _limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn write_records(&self, _ops: &[cmdb_collector::store::RecordOp]) -> Result<(), StoreError> {
-        Ok(())
-    }
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.agents.iter().find(|a| a.agent_id == id).cloned())
     }
