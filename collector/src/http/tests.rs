@@ -2,7 +2,8 @@
 //! middleware stack with `tower::ServiceExt::oneshot`, no socket.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -15,7 +16,8 @@ use tower::ServiceExt;
 use super::*;
 use crate::store::{
     AgentRecord, ApplyOutcome, ChangeKind, CiFilter, CiRecord, CiState, CiVersion, CloneRecord,
-    HostId, MetricRecord, MetricSummary, RelationRecord,
+    FeedEntry, FeedPos, HostId, MetricRecord, MetricSummary, RecordOp, RelationRecord,
+    check_collection, check_record_op,
 };
 
 const TOKEN: &str = "s3cret-token";
@@ -39,7 +41,11 @@ struct FakeStore {
     fail: Failure,
     /// Every read takes this long (a slow disk).
     delay: Duration,
+    /// collection → id → value
+    records: Mutex<Records>,
 }
+
+type Records = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 impl FakeStore {
     fn check(&self) -> Result<(), StoreError> {
@@ -153,6 +159,62 @@ impl Store for FakeStore {
         Ok(123_456)
     }
     fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn feed(&self, _: Option<&FeedPos>, _: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        self.check()?;
+        Ok(Vec::new())
+    }
+    fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.check()?;
+        check_collection(collection)?;
+        let records = self.records.lock().unwrap();
+        Ok(records.get(collection).and_then(|c| c.get(id)).cloned())
+    }
+    fn records(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.check()?;
+        check_collection(collection)?;
+        let records = self.records.lock().unwrap();
+        let Some(c) = records.get(collection) else {
+            return Ok(Vec::new());
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(c.range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(id, v)| (id.clone(), v.clone()))
+            .collect())
+    }
+    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
+        self.check()?;
+        for op in ops {
+            check_record_op(op)?;
+        }
+        let mut records = self.records.lock().unwrap();
+        for op in ops {
+            match op {
+                RecordOp::Put {
+                    collection,
+                    id,
+                    value,
+                } => {
+                    records
+                        .entry((*collection).to_owned())
+                        .or_default()
+                        .insert(id.clone(), value.clone());
+                }
+                RecordOp::Delete { collection, id } => {
+                    if let Some(c) = records.get_mut(*collection) {
+                        c.remove(id);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -331,6 +393,7 @@ fn fixture(fail: Failure) -> FakeStore {
         }],
         fail,
         delay: Duration::ZERO,
+        records: Mutex::default(),
     }
 }
 

@@ -345,6 +345,73 @@ pub enum RecordOp {
     },
 }
 
+/// Longest collection name the store accepts (names are short ASCII words).
+pub const MAX_COLLECTION_BYTES: usize = 64;
+
+impl RecordOp {
+    pub fn collection(&self) -> &'static str {
+        match self {
+            RecordOp::Put { collection, .. } | RecordOp::Delete { collection, .. } => collection,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        match self {
+            RecordOp::Put { id, .. } | RecordOp::Delete { id, .. } => id,
+        }
+    }
+}
+
+/// Refuses a collection name every backend could not store as it is: empty, longer than
+/// [`MAX_COLLECTION_BYTES`], not ASCII, or with a NUL byte (the key separator). Names are
+/// the owning modules' constants, so a refusal is a bug: [`StoreError::Backend`].
+pub fn check_collection(name: &str) -> Result<(), StoreError> {
+    if name.is_empty()
+        || name.len() > MAX_COLLECTION_BYTES
+        || !name.is_ascii()
+        || name.contains('\0')
+    {
+        return Err(StoreError::Backend(format!(
+            "invalid record collection name {:?}: it must be 1 to {MAX_COLLECTION_BYTES} \
+             ASCII bytes without NUL",
+            name.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `id` can name a record: 1 to [`MAX_RECORD_ID_BYTES`] bytes without NUL. A read
+/// of an id that cannot exist finds nothing (ids often come from API paths).
+pub fn valid_record_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_RECORD_ID_BYTES && !id.contains('\0')
+}
+
+/// What every [`Store::write_records`] checks before writing anything: a valid collection
+/// name and id, and a value of at most [`MAX_RECORD_BYTES`].
+pub fn check_record_op(op: &RecordOp) -> Result<(), StoreError> {
+    check_collection(op.collection())?;
+    let id = op.id();
+    if !valid_record_id(id) {
+        return Err(StoreError::Backend(format!(
+            "invalid record id {:?} ({} bytes) in collection {}: it must be 1 to \
+             {MAX_RECORD_ID_BYTES} bytes without NUL",
+            id.chars().take(80).collect::<String>(),
+            id.len(),
+            op.collection()
+        )));
+    }
+    if let RecordOp::Put { value, .. } = op
+        && value.len() > MAX_RECORD_BYTES
+    {
+        return Err(StoreError::Backend(format!(
+            "record {}/{id} is {} bytes, over the limit of {MAX_RECORD_BYTES}",
+            op.collection(),
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
 /// The CMDB store. Blocking API: async callers use `spawn_blocking`.
 pub trait Store: Send + Sync + 'static {
     // === agents ===
@@ -393,10 +460,12 @@ pub trait Store: Send + Sync + 'static {
     fn feed(&self, after: Option<&FeedPos>, limit: usize) -> Result<Vec<FeedEntry>, StoreError>;
 
     // === the collector's own records ===
-    /// One record of `collection`, if present.
+    /// One record of `collection`, if present (an id that cannot exist, see
+    /// [`valid_record_id`], is not). An invalid collection name is an error
+    /// ([`check_collection`]).
     fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Records of `collection` whose id sorts after `after` (from the first when `None`),
-    /// in id order, at most `limit`.
+    /// in id order (bytewise), at most `limit`.
     fn records(
         &self,
         collection: &str,
@@ -404,7 +473,8 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
     /// Applies `ops` atomically (all or none) and durably (flushed before it returns).
-    /// Refuses ids over [`MAX_RECORD_ID_BYTES`] or values over [`MAX_RECORD_BYTES`] with
+    /// Refuses invalid collection names, ids that are empty, over [`MAX_RECORD_ID_BYTES`]
+    /// or hold a NUL, and values over [`MAX_RECORD_BYTES`] ([`check_record_op`]) with
     /// [`StoreError::Backend`] and writes nothing.
     fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError>;
 

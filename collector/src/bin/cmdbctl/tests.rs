@@ -2,14 +2,16 @@
 //! the client, the server and the JSON between them agree. (The end-to-end tests in
 //! `tests/` drive the binary against a real collector.)
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cmdb_collector::http::{ApiState, Authenticator, Principal, router};
 use cmdb_collector::store::{
     AgentRecord, ApplyOutcome, ChangeKind, CiFilter, CiRecord, CiState, CiVersion, CloneRecord,
-    HostId, MetricRecord, RelationRecord, Store, StoreError,
+    FeedEntry, FeedPos, HostId, MetricRecord, RecordOp, RelationRecord, Store, StoreError,
+    check_collection, check_record_op,
 };
 use cmdb_collector::telemetry::Telemetry;
 use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
@@ -26,7 +28,11 @@ struct MemStore {
     cis: Vec<CiRecord>,
     versions: HashMap<String, Vec<CiVersion>>,
     relations: Vec<RelationRecord>,
+    /// collection → id → value
+    records: Mutex<Records>,
 }
+
+type Records = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 fn unsupported<T>() -> Result<T, StoreError> {
     Err(StoreError::Backend("read-only test store".into()))
@@ -96,6 +102,58 @@ impl Store for MemStore {
         Ok(0)
     }
     fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn feed(&self, _: Option<&FeedPos>, _: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        check_collection(collection)?;
+        let records = self.records.lock().unwrap();
+        Ok(records.get(collection).and_then(|c| c.get(id)).cloned())
+    }
+    fn records(
+        &self,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        check_collection(collection)?;
+        let records = self.records.lock().unwrap();
+        let Some(c) = records.get(collection) else {
+            return Ok(Vec::new());
+        };
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        Ok(c.range::<str, _>((from, Bound::Unbounded))
+            .take(limit)
+            .map(|(id, v)| (id.clone(), v.clone()))
+            .collect())
+    }
+    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
+        for op in ops {
+            check_record_op(op)?;
+        }
+        let mut records = self.records.lock().unwrap();
+        for op in ops {
+            match op {
+                RecordOp::Put {
+                    collection,
+                    id,
+                    value,
+                } => {
+                    records
+                        .entry((*collection).to_owned())
+                        .or_default()
+                        .insert(id.clone(), value.clone());
+                }
+                RecordOp::Delete { collection, id } => {
+                    if let Some(c) = records.get_mut(*collection) {
+                        c.remove(id);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -204,6 +262,7 @@ fn store() -> MemStore {
         cis,
         versions,
         relations,
+        records: Mutex::default(),
     }
 }
 

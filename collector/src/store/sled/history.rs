@@ -9,6 +9,8 @@
 
 use std::cmp::Ordering;
 
+use cmdb_proto::model::Attrs;
+
 use super::codec::{PageEntries, StoredVersion, decode_version_payload};
 use super::keys;
 use super::txn::backend;
@@ -37,6 +39,29 @@ pub(super) fn find_version(
         }
     }
     Ok(None)
+}
+
+/// The `old_attrs` of version `version` of CI `id` whose previous version is in the pages
+/// of commit `prev`: that version's attributes (none for version 1). One page lookup.
+pub(super) fn attrs_before(
+    tree: &sled::Tree,
+    id: &str,
+    version: u64,
+    prev: u64,
+) -> Result<Attrs, StoreError> {
+    if version <= 1 {
+        return Ok(Attrs::new());
+    }
+    match find_version(tree, prev, id, version - 1)? {
+        Some(v) => Ok(v.attrs),
+        None => Err(StoreError::Corrupt {
+            key: id.to_owned(),
+            reason: format!(
+                "version {} is missing from page {prev} (damaged store? run verify)",
+                version - 1
+            ),
+        }),
+    }
 }
 
 /// A CI's chain is broken: a version it needs is not in the page it points to.

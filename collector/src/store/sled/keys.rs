@@ -26,6 +26,7 @@ pub(super) const RELATION_HOST: &[u8] = b"xr/";
 pub(super) const METRIC: &[u8] = b"m/";
 pub(super) const METRIC_TIME: &[u8] = b"mt/";
 pub(super) const CLONE: &[u8] = b"cl/";
+pub(super) const RECORD: &[u8] = b"j/";
 
 fn key(parts: &[&[u8]]) -> Vec<u8> {
     let mut k = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
@@ -118,6 +119,12 @@ pub(super) fn version_page(commit: u64, ci_id: &[u8], version: u64) -> Vec<u8> {
     ])
 }
 
+/// The commit number of a version page key (`v/<u64 BE commit>…`).
+pub(super) fn page_commit(k: &[u8]) -> Option<u64> {
+    let tail = k.strip_prefix(VERSION)?;
+    Some(u64::from_be_bytes(*tail.first_chunk::<8>()?))
+}
+
 pub(super) fn identity(identity_key: &str) -> Vec<u8> {
     key(&[IDENTITY, identity_key.as_bytes()])
 }
@@ -204,6 +211,25 @@ pub(super) fn clone(detected_at: SystemTime, clone_host: &str) -> Vec<u8> {
     key(&[CLONE, &time_be(detected_at), clone_host.as_bytes()])
 }
 
+/// All records of one collection, in id order (collection names have no NUL, ids neither:
+/// byte order after this prefix is id order).
+pub(super) fn records_of(collection: &str) -> Vec<u8> {
+    key(&[RECORD, collection.as_bytes(), b"\0"])
+}
+
+pub(super) fn record(collection: &str, id: &str) -> Vec<u8> {
+    key(&[RECORD, collection.as_bytes(), b"\0", id.as_bytes()])
+}
+
+/// (collection, id) of a record key.
+pub(super) fn record_parts(k: &[u8]) -> Option<(&str, &str)> {
+    let tail = k.strip_prefix(RECORD)?;
+    let sep = tail.iter().position(|&b| b == 0)?;
+    let collection = std::str::from_utf8(&tail[..sep]).ok()?;
+    let id = std::str::from_utf8(&tail[sep + 1..]).ok()?;
+    Some((collection, id))
+}
+
 /// The CI id a fixed-layout index key ends with.
 pub(super) fn trailing_ci_id(k: &[u8]) -> Option<String> {
     let start = k.len().checked_sub(CI_ID_LEN)?;
@@ -247,6 +273,7 @@ mod tests {
             METRIC,
             METRIC_TIME,
             CLONE,
+            RECORD,
         ];
         for (i, a) in all.iter().enumerate() {
             for (j, b) in all.iter().enumerate() {
@@ -266,6 +293,9 @@ mod tests {
         assert!(version_page(255, id, 9) < version_page(256, id, 1));
         assert!(version_page(7, id, 255) < version_page(7, id, 256));
         assert!(version_page(7, id, 3).starts_with(&version_pages(7)));
+        assert_eq!(page_commit(&version_page(258, id, 3)), Some(258));
+        assert_eq!(page_commit(&version_pages(9)), Some(9));
+        assert_eq!(page_commit(b"v/short"), None);
     }
 
     #[test]
@@ -293,5 +323,10 @@ mod tests {
             Some((id.to_owned(), other.to_owned(), "runs".to_owned()))
         );
         assert_eq!(relation_parts(b"short"), None);
+        let k = record("baselines", "web servers");
+        assert!(k.starts_with(&records_of("baselines")));
+        assert!(!k.starts_with(&records_of("baseline")));
+        assert_eq!(record_parts(&k), Some(("baselines", "web servers")));
+        assert_eq!(record_parts(b"j/no-separator"), None);
     }
 }

@@ -6,15 +6,17 @@
 //! ids), and its version chain reaches versions `version` down to 1 (see `history`); every
 //! version page decodes and every version in it belongs to some CI's chain; every class
 //! index entry has its CI; every absent-index entry has an absent CI behind it; every agent
-//! record decodes and its host exists. Reads
-//! everything once plus one page lookup per version (time grows with the store): run it on
-//! demand, not on every start.
+//! record decodes and its host exists; every record of the collector's own collections
+//! (`j/`, opaque values) has a well-formed key. Reads everything once plus one page lookup
+//! per version (time grows with the store): run it on demand, not on every start.
 
 use super::codec::{self, PageEntries};
 use super::history;
 use super::keys;
 use super::txn::{backend, decode};
-use crate::store::{AgentRecord, CiState, HOST_CLASS, StoreError, host_ci_id};
+use crate::store::{
+    AgentRecord, CiState, HOST_CLASS, StoreError, check_collection, host_ci_id, valid_record_id,
+};
 
 /// Problems listed verbatim (the count covers all of them).
 const MAX_LISTED: usize = 100;
@@ -25,6 +27,8 @@ pub struct VerifyReport {
     pub cis: u64,
     pub versions: u64,
     pub agents: u64,
+    /// Records of the collector's own collections (`Store::write_records`).
+    pub records: u64,
     /// Number of problems found (0: consistent).
     pub problem_count: u64,
     /// The first problems, described.
@@ -157,6 +161,19 @@ pub(super) fn verify(tree: &sled::Tree) -> Result<VerifyReport, StoreError> {
                 }
             }
             Err(e) => report.problem(e.to_string()),
+        }
+    }
+    for k in tree.scan_prefix(keys::RECORD).keys() {
+        let k = k.map_err(backend)?;
+        report.records += 1;
+        let valid = keys::record_parts(&k).is_some_and(|(collection, id)| {
+            check_collection(collection).is_ok() && valid_record_id(id)
+        });
+        if !valid {
+            report.problem(format!(
+                "malformed record key {:?}",
+                String::from_utf8_lossy(&k)
+            ));
         }
     }
     Ok(report)
