@@ -57,6 +57,9 @@ pub struct CollectorConfig {
     pub judgment: JudgmentConfig,
     #[serde(default)]
     pub availability: crate::availability::AvailabilitySettings,
+    /// Incident notification sinks (`[[notify.sinks]]`); none by default.
+    #[serde(default)]
+    pub notify: NotifySettings,
 }
 
 /// Drift, correlation and incident settings (`[judgment]`).
@@ -197,6 +200,210 @@ impl Default for AgentSettings {
     }
 }
 
+/// Where incident notifications go ([`crate::notify`]).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySettings {
+    /// The sinks, each with its own filter; none by default.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// A notification still undelivered this long after it was queued is moved to the
+    /// dead letters (and logged at ERROR). Default "24h".
+    #[serde(default = "default_max_attempts_age", with = "duration")]
+    pub max_attempts_age: Duration,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            sinks: Vec::new(),
+            max_attempts_age: default_max_attempts_age(),
+        }
+    }
+}
+
+/// Incident categories a sink may filter on.
+pub const INCIDENT_CATEGORIES: &[&str] = &[
+    "availability",
+    "capacity",
+    "unauthorized-change",
+    "security",
+    "identity",
+];
+/// Longest sink name; names are `[a-z0-9_-]`, unique.
+pub const MAX_SINK_NAME: usize = 64;
+/// Longest per-request timeout a sink may have.
+pub const MAX_SINK_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One notification sink: an HTTP endpoint that receives a POST per incident notice.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique, `[a-z0-9_-]`, at most 64 bytes: it prefixes the sink's outbox entries, so
+    /// renaming a sink dead-letters what is still queued for the old name.
+    pub name: String,
+    /// `http://host[:port]/path`. https is refused: the collector's HTTP client is built
+    /// without a TLS backend (yet); put a TLS-terminating proxy on the loopback instead.
+    pub url: String,
+    /// The body's shape.
+    pub format: SinkFormat,
+    /// Incident categories sent; empty (the default) = all.
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// Incidents whose priority number is at most this are sent (1 = only P1). Default 5.
+    #[serde(default = "default_min_priority")]
+    pub min_priority: u8,
+    /// Sent verbatim as the `Authorization` header, e.g. "Basic ..." or "Bearer ...".
+    /// Never logged.
+    #[serde(default)]
+    pub authorization: Option<String>,
+    /// Per-request timeout (connect, send, answer). Default "10s".
+    #[serde(default = "default_sink_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("categories", &self.categories)
+            .field("min_priority", &self.min_priority)
+            .field(
+                "authorization",
+                &self.authorization.as_ref().map(|_| "<redacted>"),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// The body a sink receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkFormat {
+    /// `{"source":"cmdb","event":"opened",...}`: the notice as is.
+    Json,
+    /// A ServiceNow incident-table record (POST to `/api/now/table/incident` or an import
+    /// set), coalescing on `correlation_id`.
+    Servicenow,
+}
+
+/// A sink setting that cannot work.
+#[derive(Debug, thiserror::Error)]
+#[error("sink {name:?}: {message}")]
+pub struct InvalidSink {
+    /// The field, e.g. `notify.sinks.url`.
+    pub field: &'static str,
+    pub name: String,
+    pub message: String,
+}
+
+// === impl SinkConfig ===
+
+impl SinkConfig {
+    /// Checks everything but uniqueness of the name (that needs the whole list).
+    pub fn validate(&self) -> Result<(), InvalidSink> {
+        let invalid = |field, message: String| InvalidSink {
+            field,
+            name: self.name.clone(),
+            message,
+        };
+        if self.name.is_empty()
+            || self.name.len() > MAX_SINK_NAME
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                "notify.sinks.name",
+                format!("must be 1 to {MAX_SINK_NAME} characters of a-z, 0-9, '_' and '-'"),
+            ));
+        }
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| invalid("notify.sinks.url", format!("{:?}: {e}", self.url)))?;
+        match url.scheme() {
+            "http" => {}
+            "https" => {
+                return Err(invalid(
+                    "notify.sinks.url",
+                    "https is not supported yet: the collector's HTTP client has no TLS \
+                     backend; use http:// to a TLS-terminating proxy on the loopback"
+                        .to_owned(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "notify.sinks.url",
+                    format!("scheme {other:?} is not supported; use http://"),
+                ));
+            }
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid("notify.sinks.url", "has no host".to_owned()));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(invalid(
+                "notify.sinks.url",
+                "must not carry credentials; use `authorization`".to_owned(),
+            ));
+        }
+        if let Some(c) = self
+            .categories
+            .iter()
+            .find(|c| !INCIDENT_CATEGORIES.contains(&c.as_str()))
+        {
+            return Err(invalid(
+                "notify.sinks.categories",
+                format!(
+                    "unknown category {c:?}; known: {}",
+                    INCIDENT_CATEGORIES.join(", ")
+                ),
+            ));
+        }
+        if !(1..=5).contains(&self.min_priority) {
+            return Err(invalid(
+                "notify.sinks.min_priority",
+                "must be 1 to 5".to_owned(),
+            ));
+        }
+        if let Some(a) = &self.authorization
+            && (a.is_empty() || reqwest::header::HeaderValue::from_str(a).is_err())
+        {
+            // The value itself is a secret: never echo it.
+            return Err(invalid(
+                "notify.sinks.authorization",
+                "must be a non-empty header value (visible ASCII, no line breaks)".to_owned(),
+            ));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_SINK_TIMEOUT {
+            return Err(invalid(
+                "notify.sinks.timeout",
+                "must be positive and at most 5m".to_owned(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Checks every sink and that names are unique.
+pub fn validate_sinks(sinks: &[SinkConfig]) -> Result<(), InvalidSink> {
+    let mut seen = std::collections::HashSet::new();
+    for sink in sinks {
+        sink.validate()?;
+        if !seen.insert(sink.name.as_str()) {
+            return Err(InvalidSink {
+                field: "notify.sinks.name",
+                name: sink.name.clone(),
+                message: "is used by another sink".to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/cmdb/collector")
 }
@@ -230,6 +437,15 @@ fn default_max_streams() -> usize {
 fn default_heartbeat() -> Duration {
     Duration::from_secs(30)
 }
+fn default_max_attempts_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_min_priority() -> u8 {
+    5
+}
+fn default_sink_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 
 mod duration {
     use std::time::Duration;
@@ -254,6 +470,7 @@ impl CollectorConfig {
             agents: AgentSettings::default(),
             judgment: JudgmentConfig::default(),
             availability: crate::availability::AvailabilitySettings::default(),
+            notify: NotifySettings::default(),
         }
     }
 
@@ -321,6 +538,14 @@ impl CollectorConfig {
         if cfg.availability.monitors.len() > 256 {
             return Err(invalid("availability.monitors", "at most 256 monitors"));
         }
+        if cfg.notify.max_attempts_age.is_zero() {
+            return Err(invalid("notify.max_attempts_age", "must be positive"));
+        }
+        validate_sinks(&cfg.notify.sinks).map_err(|e| ConfigError::Invalid {
+            path: path.to_owned(),
+            field: e.field,
+            message: format!("sink {:?}: {}", e.name, e.message),
+        })?;
         Ok(cfg)
     }
 }
@@ -359,6 +584,82 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.max_batch_events"), "{e}");
+    }
+
+    #[test]
+    fn notify_sinks_parse_with_defaults() {
+        let p = Path::new("c.toml");
+        let cfg = CollectorConfig::parse(
+            "[[notify.sinks]]\nname = \"ops-hook\"\nurl = \"http://127.0.0.1:9000/hook\"\nformat = \"json\"\n\n\
+             [[notify.sinks]]\nname = \"snow\"\nurl = \"http://proxy.local/api/now/table/incident\"\n\
+             format = \"servicenow\"\ncategories = [\"availability\", \"security\"]\nmin_priority = 2\n\
+             authorization = \"Basic c2VjcmV0\"\ntimeout = \"3s\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(cfg.notify.max_attempts_age, Duration::from_secs(24 * 3600));
+        let [hook, snow] = cfg.notify.sinks.as_slice() else {
+            panic!("two sinks expected")
+        };
+        assert_eq!(hook.format, SinkFormat::Json);
+        assert_eq!(hook.min_priority, 5);
+        assert!(hook.categories.is_empty());
+        assert_eq!(hook.timeout, Duration::from_secs(10));
+        assert_eq!(snow.format, SinkFormat::Servicenow);
+        assert_eq!(snow.min_priority, 2);
+        assert_eq!(snow.timeout, Duration::from_secs(3));
+        // The secret never shows in Debug output (logs of the parsed config).
+        let debug = format!("{cfg:?}");
+        assert!(!debug.contains("c2VjcmV0"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+    }
+
+    #[test]
+    fn bad_notify_sinks_name_the_field() {
+        let p = Path::new("c.toml");
+        let sink = |extra: &str| {
+            format!(
+                "[[notify.sinks]]\nname = \"s\"\nurl = \"http://h/x\"\nformat = \"json\"\n{extra}"
+            )
+        };
+        let err = |text: &str| CollectorConfig::parse(text, p).unwrap_err().to_string();
+
+        let e = err(&sink("").replace("http://h/x", "https://h/x"));
+        assert!(
+            e.contains("notify.sinks.url") && e.contains("no TLS backend"),
+            "{e}"
+        );
+        let e = err(&sink("").replace("http://h/x", "ftp://h/x"));
+        assert!(e.contains("notify.sinks.url"), "{e}");
+        let e = err(&sink("").replace("http://h/x", "not a url"));
+        assert!(e.contains("notify.sinks.url"), "{e}");
+        let e = err(&sink("categories = [\"weather\"]\n"));
+        assert!(
+            e.contains("notify.sinks.categories") && e.contains("weather"),
+            "{e}"
+        );
+        let e = err(&sink("min_priority = 0\n"));
+        assert!(e.contains("notify.sinks.min_priority"), "{e}");
+        let e = err(&sink("min_priority = 6\n"));
+        assert!(e.contains("notify.sinks.min_priority"), "{e}");
+        let e = err(&sink("timeout = \"0s\"\n"));
+        assert!(e.contains("notify.sinks.timeout"), "{e}");
+        let e = err(&sink("authorization = \"Bearer a\\nb\"\n"));
+        assert!(e.contains("notify.sinks.authorization"), "{e}");
+        assert!(!e.contains("Bearer"), "the secret is not echoed: {e}");
+        let e = err(&sink("").replace("name = \"s\"", "name = \"Has Space\""));
+        assert!(e.contains("notify.sinks.name"), "{e}");
+        let e = err(&format!("{}{}", sink(""), sink("")));
+        assert!(
+            e.contains("notify.sinks.name") && e.contains("another sink"),
+            "{e}"
+        );
+        let e = err(&sink("").replace("\"json\"", "\"xml\""));
+        assert!(e.contains(":4:") && e.contains("xml"), "{e}");
+        let e = err("[notify]\nmax_attempts_age = \"0s\"\n");
+        assert!(e.contains("notify.max_attempts_age"), "{e}");
+        let e = err(&sink("colour = \"red\"\n"));
+        assert!(e.contains("colour"), "{e}");
     }
 
     proptest::proptest! {

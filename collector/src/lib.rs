@@ -1,13 +1,16 @@
 //! cmdb-collector: turns agent observations into a CMDB.
 //!
 //! Data flows one way: [`ingest`] (authenticated gRPC stream) → [`store`] (identify, apply
-//! events as CI versions, exactly once) → [`http`] (the API). [`pki`] issues the agents'
+//! events as CI versions, exactly once) → [`http`] (the API); incidents leave through
+//! [`notify`] (a durable outbox drained to webhook and ServiceNow sinks). [`audit_log`] is
+//! the hash-chained record of every CMDB mutation. [`pki`] issues the agents'
 //! certificates; [`tls`] builds both ends' rustls configurations.
 #![forbid(unsafe_code)]
 
 pub mod availability;
 pub mod baselines;
 pub mod changes;
+pub mod audit_log;
 pub mod config;
 pub mod correlate;
 pub mod drift;
@@ -15,6 +18,7 @@ pub mod http;
 pub mod incidents;
 pub mod ingest;
 pub mod judgment;
+pub mod notify;
 pub mod pki;
 pub mod policy;
 pub mod quickstart;

@@ -70,6 +70,10 @@ pub struct Telemetry {
     refused: Family<ReasonLabel, Counter>,
     enrollments: Family<ResultLabel, Counter>,
     store_size: Gauge,
+    notify_sent: Counter,
+    notify_failed_attempts: Counter,
+    notify_dead: Counter,
+    notify_pending: Gauge,
     refused_values: AdmittedValues,
     enrollment_values: AdmittedValues,
 }
@@ -129,6 +133,30 @@ impl Telemetry {
             Unit::Bytes,
             store_size.clone(),
         );
+        let notify_sent = Counter::default();
+        registry.register(
+            "cmdb_notify_sent",
+            "Incident notifications delivered (a 2xx answer from the sink)",
+            notify_sent.clone(),
+        );
+        let notify_failed_attempts = Counter::default();
+        registry.register(
+            "cmdb_notify_failed_attempts",
+            "Incident notification attempts that failed (error, timeout or non-2xx); retried",
+            notify_failed_attempts.clone(),
+        );
+        let notify_dead = Counter::default();
+        registry.register(
+            "cmdb_notify_dead",
+            "Incident notifications given up on and moved to the dead letters",
+            notify_dead.clone(),
+        );
+        let notify_pending = Gauge::default();
+        registry.register(
+            "cmdb_notify_pending",
+            "Incident notifications waiting in the outbox",
+            notify_pending.clone(),
+        );
         Self {
             registry,
             agents_connected,
@@ -138,6 +166,10 @@ impl Telemetry {
             refused,
             enrollments,
             store_size,
+            notify_sent,
+            notify_failed_attempts,
+            notify_dead,
+            notify_pending,
             refused_values: AdmittedValues::default(),
             enrollment_values: AdmittedValues::default(),
         }
@@ -191,6 +223,27 @@ impl Telemetry {
         self.enrollments
             .get_or_create(&ResultLabel { result })
             .inc();
+    }
+
+    /// An incident notification was delivered.
+    pub fn notify_sent(&self) {
+        self.notify_sent.inc();
+    }
+
+    /// An incident notification attempt failed (it will be retried or dead-lettered).
+    pub fn notify_attempt_failed(&self) {
+        self.notify_failed_attempts.inc();
+    }
+
+    /// An incident notification was moved to the dead letters.
+    pub fn notify_dead(&self) {
+        self.notify_dead.inc();
+    }
+
+    /// `n` incident notifications are waiting in the outbox.
+    pub fn notify_pending(&self, n: u64) {
+        self.notify_pending
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The store size last given to an `encode*` call (0 before the first).
@@ -311,6 +364,11 @@ mod tests {
         t.ack_latency(0.003);
         t.refused("bad_identity");
         t.enrollment("ok");
+        t.notify_sent();
+        t.notify_attempt_failed();
+        t.notify_attempt_failed();
+        t.notify_dead();
+        t.notify_pending(3);
         let text = t.encode(4096);
         for needle in [
             "# TYPE cmdb_agents_connected gauge",
@@ -326,6 +384,11 @@ mod tests {
             "cmdb_streams_refused_total{reason=\"bad_identity\"} 1",
             "cmdb_enrollments_total{result=\"ok\"} 1",
             "cmdb_store_size_bytes 4096",
+            "cmdb_notify_sent_total 1",
+            "cmdb_notify_failed_attempts_total 2",
+            "cmdb_notify_dead_total 1",
+            "# TYPE cmdb_notify_pending gauge",
+            "cmdb_notify_pending 3",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

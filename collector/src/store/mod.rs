@@ -22,6 +22,8 @@ use cmdb_proto::v1;
 use serde::{Deserialize, Serialize};
 
 pub mod identify;
+#[cfg(test)]
+pub mod memory;
 pub mod sled;
 
 /// The class of host CIs (key = host id).
