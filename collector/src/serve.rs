@@ -15,7 +15,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::CollectorConfig;
 use crate::http::{ApiState, Authenticator, Principal};
-use crate::ingest::Ingest;
+use crate::ingest::{AgentConfigFn, Ingest};
 use crate::pki::Pki;
 use crate::store::Store;
 use crate::store::sled::SledStore;
@@ -96,6 +96,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(ListenAddrs) + Send,
 ) -> Result<(), ServeError> {
+    serve_with(cfg, None, shutdown, on_listening).await
+}
+
+/// [`serve`] with the hook that builds each agent's `Config` ([`Ingest::with_agent_config`];
+/// `None`: the default, the heartbeat interval and no monitors).
+pub async fn serve_with(
+    cfg: CollectorConfig,
+    agent_config: Option<AgentConfigFn>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(ListenAddrs) + Send,
+) -> Result<(), ServeError> {
     crate::tls::install_crypto_provider();
     let data_dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::Io {
@@ -156,6 +167,10 @@ pub async fn serve(
         cfg.limits.clone(),
         cfg.agents.clone(),
     );
+    let ingest = match agent_config {
+        Some(f) => ingest.with_agent_config(f),
+        None => ingest,
+    };
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_stop = stop_tx.subscribe();
     let mut http_stop = stop_tx.subscribe();
