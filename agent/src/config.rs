@@ -17,6 +17,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use cmdb_proto::monitor::{self, MonitorSpec};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::de::{DeTable, DeValue};
@@ -58,6 +59,9 @@ pub struct AgentConfig {
     pub budget: BudgetSettings,
     /// The connection to the collector.
     pub transport: TransportSettings,
+    /// Service monitors (`[[monitors]]`), evaluated every `intervals.monitor` besides those
+    /// the collector sends (which win on a name clash). Default none.
+    pub monitors: Vec<MonitorSpec>,
 }
 
 /// PEM files for mTLS. Each defaults to a file in `state_dir` (written by `enroll`).
@@ -101,6 +105,9 @@ pub struct Intervals {
     /// Full snapshot even without changes. Default 24h.
     #[serde(deserialize_with = "duration")]
     pub snapshot: Duration,
+    /// One evaluation of every service monitor (± 10 %). Default 15s.
+    #[serde(deserialize_with = "duration")]
+    pub monitor: Duration,
 }
 
 impl Default for Intervals {
@@ -115,6 +122,7 @@ impl Default for Intervals {
             file_verify: Duration::from_secs(3600),
             file_debounce: Duration::from_millis(500),
             snapshot: Duration::from_secs(24 * 3600),
+            monitor: Duration::from_secs(15),
         }
     }
 }
@@ -242,6 +250,8 @@ struct RawConfig {
     budget: BudgetSettings,
     #[serde(default)]
     transport: TransportSettings,
+    #[serde(default)]
+    monitors: Vec<MonitorSpec>,
 }
 
 #[derive(Default, Deserialize)]
@@ -408,6 +418,7 @@ fn resolve(raw: RawConfig) -> AgentConfig {
         outbox: raw.outbox,
         budget: raw.budget,
         transport: raw.transport,
+        monitors: raw.monitors,
     }
 }
 
@@ -451,6 +462,7 @@ fn validate(c: &AgentConfig) -> Result<(), Invalid> {
         ("intervals", "file_verify", iv.file_verify),
         ("intervals", "file_debounce", iv.file_debounce),
         ("intervals", "snapshot", iv.snapshot),
+        ("intervals", "monitor", iv.monitor),
         ("budget", "command_timeout", c.budget.command_timeout),
         ("transport", "connect_timeout", c.transport.connect_timeout),
         ("transport", "request_timeout", c.transport.request_timeout),
@@ -551,6 +563,11 @@ fn validate(c: &AgentConfig) -> Result<(), Invalid> {
             vec![Key("budget"), Key("cpu_percent")],
             format!("{cpu} is out of range (0, 100] (percent of one core)"),
         ));
+    }
+    if let Err((i, e)) = monitor::check_set(&c.monitors) {
+        let mut at = vec![Key("monitors"), Index(i)];
+        at.extend(e.field().map(Key));
+        return Err((at, e.to_string()));
     }
     Ok(())
 }
@@ -688,6 +705,7 @@ fn walk_value(value: &DeValue<'_>, span: Range<usize>, path: &str, visit: &mut S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cmdb_proto::monitor::MonitorKind;
     use proptest::prelude::*;
 
     const FILE: &str = "/etc/cmdb/agent.toml";
@@ -901,6 +919,90 @@ mod tests {
         // ...or, when the table is not spelled either, has no line.
         let e = parse_err("collectors = [\"https://c:1\"]\nintervals.inventory = \"10s\"\n");
         assert!(e.contains("intervals.heartbeat: must be shorter"), "{e}");
+    }
+
+    #[test]
+    fn monitors_parse_with_their_interval() {
+        let text = "collectors = [\"https://c:1\"]\n[intervals]\nmonitor = \"5s\"\n\n[[monitors]]\nname = \"web\"\nkind = \"tcp_port\"\ntarget = \"443\"\n\n[[monitors]]\nname = \"nginx\"\nkind = \"systemd_unit\"\ntarget = \"nginx.service\"\n\n[[monitors]]\nname = \"sshd\"\nkind = \"process\"\ntarget = \"/usr/sbin/sshd\"\n";
+        let c = parse(text, Path::new(FILE)).unwrap();
+        assert_eq!(c.intervals.monitor, Duration::from_secs(5));
+        assert_eq!(
+            c.monitors,
+            vec![
+                MonitorSpec {
+                    name: "web".into(),
+                    kind: MonitorKind::TcpPort,
+                    target: "443".into()
+                },
+                MonitorSpec {
+                    name: "nginx".into(),
+                    kind: MonitorKind::SystemdUnit,
+                    target: "nginx.service".into()
+                },
+                MonitorSpec {
+                    name: "sshd".into(),
+                    kind: MonitorKind::Process,
+                    target: "/usr/sbin/sshd".into()
+                },
+            ]
+        );
+        assert_eq!(
+            parse(minimal(), Path::new(FILE)).unwrap().intervals.monitor,
+            Duration::from_secs(15)
+        );
+    }
+
+    #[test]
+    fn bad_monitors_name_file_line_and_field() {
+        let base = "collectors = [\"https://c:1\"]\n\n[[monitors]]\nname = \"web\"\nkind = \"tcp_port\"\ntarget = \"443\"\n\n[[monitors]]\n";
+        let cases = [
+            // A duplicate name points at the second one's name.
+            (
+                "name = \"web\"\nkind = \"process\"\ntarget = \"nginx\"\n",
+                "/etc/cmdb/agent.toml:9:8: monitors[1].name: duplicate monitor name \"web\"",
+            ),
+            (
+                "name = \"x\"\nkind = \"ping\"\ntarget = \"h\"\n",
+                "/etc/cmdb/agent.toml:10:8: monitors[1].kind: unknown variant `ping`, expected one of `systemd_unit`, `process`, `tcp_port`",
+            ),
+            (
+                "name = \"x\"\nkind = \"tcp_port\"\ntarget = \"http\"\n",
+                "/etc/cmdb/agent.toml:11:10: monitors[1].target: \"http\" is not a port number",
+            ),
+            (
+                "name = \"x\"\nkind = \"process\"\ntarget = \"nginx\"\ninterval = \"1s\"\n",
+                "/etc/cmdb/agent.toml:12:1: monitors[1]: unknown field `interval`",
+            ),
+            (
+                "name = \"x\"\nkind = \"process\"\n",
+                "missing field `target`",
+            ),
+            (
+                &format!(
+                    "name = \"{}\"\nkind = \"process\"\ntarget = \"x\"\n",
+                    "n".repeat(129)
+                ),
+                "/etc/cmdb/agent.toml:9:8: monitors[1].name: a monitor name has 1 to 128 bytes",
+            ),
+        ];
+        for (extra, want) in cases {
+            let e = parse(&format!("{base}{extra}"), Path::new(FILE)).unwrap_err();
+            let s = e.to_string();
+            assert!(s.contains(want), "want {want:?} in {s:?}");
+            assert!(s.starts_with(FILE), "{s}");
+        }
+        let e = parse_err("collectors = [\"https://c:1\"]\n[intervals]\nmonitor = \"0s\"\n");
+        assert!(
+            e.contains(":3:11: intervals.monitor: must be longer than 0"),
+            "{e}"
+        );
+        let many: String = (0..=monitor::MAX_MONITORS)
+            .map(|i| {
+                format!("[[monitors]]\nname = \"m{i}\"\nkind = \"tcp_port\"\ntarget = \"22\"\n")
+            })
+            .collect();
+        let e = parse_err(&format!("collectors = [\"https://c:1\"]\n{many}"));
+        assert!(e.contains("monitors[256]: at most 256 monitors"), "{e}");
     }
 
     #[test]

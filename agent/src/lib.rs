@@ -16,6 +16,7 @@ pub mod enroll;
 pub mod hostroot;
 pub mod identity;
 pub mod metrics;
+pub mod monitor;
 pub mod outbox;
 pub mod output;
 pub mod run;

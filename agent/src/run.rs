@@ -1,9 +1,17 @@
 //! `cmdb-agent run`: the resident agent. Schedules discovery (full inventory at start and
 //! every `inventory` ± jitter; listening ports, connections and services every `fast`;
-//! watched files re-hashed on inotify events and verified every `file_verify`), metrics
-//! (sampled every `metrics_sample`, summarised per `metrics_window`), turns inventories
-//! into deltas against the last queued one, appends everything to the durable outbox,
-//! and lets [`crate::transport`] deliver it. Heartbeats never go through the outbox.
+//! watched files re-hashed on inotify events and verified every `file_verify`), service
+//! monitors (every `monitor`, and at once when the set changes: see [`crate::monitor`]),
+//! metrics (sampled every `metrics_sample`, summarised per `metrics_window`), turns
+//! inventories into deltas against the last queued one, appends everything to the durable
+//! outbox, and lets [`crate::transport`] deliver it. Heartbeats never go through the outbox.
+//!
+//! Monitor results are `monitor` CIs: a round is queued as a partial inventory whose only
+//! report is `monitor` (so a status change is a delta at once), and the latest round is
+//! spliced into every full inventory (so snapshots carry it). Rounds are not paced by the
+//! CPU budget: they are small and their point is to be on time. The collector's `Config`
+//! is kept in the state directory, so a restarted agent evaluates the collector's monitors
+//! in its first snapshot instead of reporting them removed until it reconnects.
 //!
 //! Why deltas are computed against the last *queued* inventory rather than the last
 //! acknowledged one: an event is durable in the outbox before anyone sees it, and the outbox
@@ -21,7 +29,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use cmdb_proto::convert::timestamp_from_system;
-use cmdb_proto::model::{AgentInfo, CollectorReport, CollectorState, Inventory, class};
+use cmdb_proto::model::{
+    self, AgentInfo, CollectorReport, CollectorState, HostIdentity, Inventory, class,
+};
 use cmdb_proto::v1::{self, event};
 use rand::Rng;
 use tokio::sync::{Mutex, mpsc, watch};
@@ -31,6 +41,7 @@ use crate::config::AgentConfig;
 use crate::discover::{self, Context, Options};
 use crate::hostroot::HostRoot;
 use crate::metrics::{Sampler, Window};
+use crate::monitor::{self, Checker, MonitorSpec, Round};
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::tls::TlsFiles;
 use crate::transport::{self, FromCollector, HelloInfo, Link, TransportSettings};
@@ -71,6 +82,10 @@ struct Agent {
     full_requested: tokio::sync::Notify,
     /// The outbox required a snapshot while only a partial discovery was at hand.
     snapshot_owed: std::sync::atomic::AtomicBool,
+    /// Evaluates service monitors.
+    checker: Arc<Checker>,
+    /// The latest monitor round, spliced into every full inventory.
+    monitor_round: Mutex<Option<Round>>,
 }
 
 fn jittered(every: Duration, percent: u8) -> Duration {
@@ -124,9 +139,19 @@ impl Agent {
     }
 
     /// Queues `current` as a snapshot (first time, when due, when forced) or as a delta.
-    /// A partial inventory (`full` false) never becomes a snapshot.
-    async fn queue_inventory(&self, current: Inventory, full: bool, force_snapshot: bool) {
+    /// A partial inventory (`full` false) never becomes a snapshot. A full one gets the
+    /// latest monitor round first: discovery does not evaluate monitors.
+    async fn queue_inventory(&self, mut current: Inventory, full: bool, force_snapshot: bool) {
         let mut base = self.base.lock().await;
+        if full && let Some(round) = self.monitor_round.lock().await.as_ref() {
+            current
+                .collectors
+                .retain(|c| c.name != monitor::REPORT_NAME);
+            current.items.retain(|i| i.class != class::MONITOR);
+            current.collectors.push(round.report.clone());
+            current.items.extend(round.items.iter().cloned());
+            current.canonicalize();
+        }
         let outbox = self.link.outbox.clone();
         let required = tokio::task::spawn_blocking(move || outbox.take_snapshot_required())
             .await
@@ -173,6 +198,32 @@ impl Agent {
             *base = None;
             self.full_requested.notify_one();
         }
+    }
+
+    /// Evaluates `specs` off the async threads and keeps the round for the next snapshot.
+    async fn evaluate_monitors(&self, specs: Vec<MonitorSpec>) -> Round {
+        let checker = Arc::clone(&self.checker);
+        let round = tokio::task::spawn_blocking(move || checker.evaluate(&specs))
+            .await
+            .unwrap_or_else(|e| Round::failed(format!("monitor round failed: {e}")));
+        *self.monitor_round.lock().await = Some(round.clone());
+        round
+    }
+
+    /// Queues a monitor round as a partial inventory: a changed status is a delta now.
+    async fn queue_monitors(&self, round: Round) {
+        let mut inv = Inventory {
+            schema: model::SCHEMA.to_owned(),
+            collected_at: SystemTime::now(),
+            agent: self.info.clone(),
+            // A partial inventory's host block is unused (the base keeps its own).
+            host: HostIdentity::default(),
+            collectors: vec![round.report],
+            items: round.items,
+            relations: Vec::new(),
+        };
+        inv.canonicalize();
+        self.queue_inventory(inv, false, false).await;
     }
 
     fn set_hello_hash(&self, inv: &Inventory) {
@@ -229,6 +280,36 @@ impl Agent {
     }
 }
 
+/// The monitors of `agent.toml` and the effective set with the collector's.
+struct MonitorSet {
+    local: Vec<MonitorSpec>,
+    /// What is evaluated (sorted by name).
+    specs: Vec<MonitorSpec>,
+}
+
+impl MonitorSet {
+    /// Takes the collector's monitors from `config`; true when the effective set changed.
+    fn adopt(&mut self, config: &v1::Config) -> bool {
+        let (remote, skipped) = monitor::from_collector(config);
+        for why in &skipped {
+            tracing::warn!(monitor = %why, "A monitor from the collector is invalid and skipped.");
+        }
+        let (specs, dropped) = monitor::effective(&self.local, &remote);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                limit = monitor::MAX_MONITORS,
+                "Monitors from the collector beyond the limit are skipped."
+            );
+        }
+        if specs == self.specs {
+            return false;
+        }
+        self.specs = specs;
+        true
+    }
+}
+
 fn only(classes: &[&str]) -> BTreeSet<String> {
     classes.iter().map(|c| (*c).to_owned()).collect()
 }
@@ -282,11 +363,34 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         ..HelloInfo::default()
     });
     let (connected_tx, _) = watch::channel(false);
+    let kept_config = {
+        let dir = cfg.state_dir.clone();
+        match tokio::task::spawn_blocking(move || crate::state::collector_config(&dir)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "The kept collector configuration is unusable; its monitors wait for the collector.");
+                None
+            }
+            Err(_) => None,
+        }
+    };
+    let mut monitors = MonitorSet {
+        local: cfg.monitors.clone(),
+        specs: Vec::new(),
+    };
+    if let Some(c) = &kept_config {
+        monitors.adopt(c);
+    } else {
+        monitors.specs = monitor::effective(&monitors.local, &[]).0;
+    }
+    // Initialised with the kept Config, so that the collector resending it is no change.
+    let (config_tx, config_rx) = watch::channel(kept_config);
     let link = Arc::new(Link {
         outbox: opened.outbox,
         new_events: tokio::sync::Notify::new(),
         hello: hello_tx,
         connected: connected_tx,
+        collector_config: config_tx,
         started: Instant::now(),
     });
     let agent = Arc::new(Agent {
@@ -299,10 +403,20 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
         budget: Budget::new(cfg.budget.cpu_percent, cfg.budget.memory_bytes),
         full_requested: tokio::sync::Notify::new(),
         snapshot_owed: std::sync::atomic::AtomicBool::new(false),
+        checker: Arc::new(Checker::new(
+            HostRoot::new(cfg.host_root.clone()),
+            monitor::DEFAULT_CHECK_TIMEOUT.min(cfg.budget.command_timeout),
+        )),
+        monitor_round: Mutex::new(None),
     });
 
     // The first full inventory precedes the first connection: Hello carries its identity.
-    if let Some(inv) = agent.discover(None).await {
+    // The first monitor round runs beside it, so the first snapshot carries the monitors.
+    let (inv, _) = tokio::join!(
+        agent.discover(None),
+        agent.evaluate_monitors(monitors.specs.clone())
+    );
+    if let Some(inv) = inv {
         agent.queue_inventory(inv, true, true).await;
     }
 
@@ -364,6 +478,53 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
                 if let Some(inv) = agent.discover(Some(only(FAST_CLASSES))).await {
                     agent.queue_inventory(inv, false, false).await;
                 }
+            }
+        }));
+    }
+    // Service monitors every `monitor` ± 10 %, and at once when the set changes.
+    {
+        let agent = Arc::clone(&agent);
+        let every = cfg.intervals.monitor;
+        let state_dir = cfg.state_dir.clone();
+        let mut config_rx = config_rx;
+        tasks.push(tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now() + jittered(every, 10);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {
+                        if monitors.specs.is_empty() {
+                            next = tokio::time::Instant::now() + jittered(every, 10);
+                            continue;
+                        }
+                    }
+                    changed = config_rx.changed() => {
+                        if changed.is_err() {
+                            // The link (and with it the sender) lives as long as the agent.
+                            std::future::pending::<()>().await;
+                        }
+                        let Some(config) = config_rx.borrow_and_update().clone() else {
+                            continue;
+                        };
+                        let dir = state_dir.clone();
+                        let kept = config.clone();
+                        match tokio::task::spawn_blocking(move || {
+                            crate::state::save_collector_config(&dir, &kept)
+                        })
+                        .await
+                        {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::warn!(error = %e, "Cannot keep the collector configuration; after a restart its monitors wait for the collector."),
+                            Err(_) => {}
+                        }
+                        if !monitors.adopt(&config) {
+                            continue;
+                        }
+                        tracing::info!(monitors = monitors.specs.len(), "The monitor set changed; evaluating now.");
+                    }
+                }
+                let round = agent.evaluate_monitors(monitors.specs.clone()).await;
+                agent.queue_monitors(round).await;
+                next = tokio::time::Instant::now() + jittered(every, 10);
             }
         }));
     }

@@ -82,6 +82,8 @@ pub struct Link {
     pub hello: watch::Sender<HelloInfo>,
     /// Whether a session is up (for heartbeats and status).
     pub connected: watch::Sender<bool>,
+    /// The collector's latest `Config` (sent after every Hello); changed only when it differs.
+    pub collector_config: watch::Sender<Option<v1::Config>>,
     pub started: Instant,
 }
 
@@ -312,8 +314,17 @@ async fn session(
             Some(collector_message::Kind::Config(c)) => {
                 tracing::debug!(
                     heartbeat = c.heartbeat_seconds,
+                    monitors = c.monitors.len(),
                     "Collector configuration received."
                 );
+                // The run loop reacts to a change only: a reconnect resends the same Config.
+                link.collector_config.send_if_modified(|current| {
+                    if current.as_ref() == Some(&c) {
+                        return false;
+                    }
+                    *current = Some(c);
+                    true
+                });
             }
             None => {}
         }

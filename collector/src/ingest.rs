@@ -10,6 +10,9 @@
 //!   applied, so at-least-once delivery has an exactly-once effect.
 //! - **Ack means durable**: an Ack is sent only after `apply` returned, i.e. after the store
 //!   flushed. The first Ack after Hello carries the agent's watermark so that it resumes.
+//! - **Config**: right after that first Ack, a `Config` built for the identified host by the
+//!   [`AgentConfigFn`] hook (by default: the heartbeat interval, no monitors). The agent keeps
+//!   the latest one and evaluates its monitors besides its own.
 //! - **Bounds**: message size (tonic decode limit), events per batch (INVALID_ARGUMENT),
 //!   per-agent rate (token bucket; RESOURCE_EXHAUSTED when an agent ignores the hint),
 //!   concurrent streams (UNAVAILABLE). A malformed message ends that stream alone.
@@ -40,10 +43,23 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 /// Outbound messages buffered per stream (acks are tiny; the agent reads them promptly).
 const OUTBOUND_BUFFER: usize = 32;
 
+/// Builds the `Config` sent to an agent after its Hello was accepted, from the id of the host
+/// CI it was identified as (`host-…`, the `host` column of `/api/v1/agents`).
+///
+/// Called once per accepted stream, on a blocking thread (it may read the store), before any
+/// batch of that stream is applied. It must not fail: a hook with nothing to say returns the
+/// default. What the agent does with the result: `monitors` are checked there (at most
+/// [`cmdb_proto::monitor::MAX_MONITORS`], valid names and targets, unique names; the rest is
+/// skipped and logged) and evaluated besides the agent's own, winning on a name clash; the
+/// agent keeps the latest `Config` across restarts, so an empty `monitors` list removes
+/// every monitor the collector gave it.
+pub type AgentConfigFn = Arc<dyn Fn(&str) -> v1::Config + Send + Sync>;
+
 /// The AgentService implementation.
 #[derive(Clone)]
 pub struct Ingest {
     inner: Arc<Inner>,
+    agent_config: AgentConfigFn,
 }
 
 struct Inner {
@@ -52,7 +68,6 @@ struct Inner {
     tokens: Arc<Tokens>,
     telemetry: Arc<Telemetry>,
     limits: Limits,
-    agents: AgentSettings,
     streams: Arc<Semaphore>,
     /// agent id → the notify that ends its current stream (superseded by a newer one).
     live: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
@@ -69,6 +84,11 @@ impl Ingest {
         agents: AgentSettings,
     ) -> Self {
         let streams = Arc::new(Semaphore::new(limits.max_streams));
+        let heartbeat_seconds = u32::try_from(agents.heartbeat.as_secs()).unwrap_or(30);
+        let agent_config: AgentConfigFn = Arc::new(move |_host: &str| v1::Config {
+            heartbeat_seconds,
+            ..Default::default()
+        });
         Ingest {
             inner: Arc::new(Inner {
                 store,
@@ -76,11 +96,20 @@ impl Ingest {
                 tokens,
                 telemetry,
                 limits,
-                agents,
                 streams,
                 live: Mutex::new(HashMap::new()),
                 next_generation: std::sync::atomic::AtomicU64::new(1),
             }),
+            agent_config,
+        }
+    }
+
+    /// Replaces the hook that builds each agent's `Config` (default: the heartbeat interval
+    /// of `[agents]`, no monitors). Clones made earlier keep the hook they had.
+    pub fn with_agent_config(self, f: AgentConfigFn) -> Self {
+        Ingest {
+            agent_config: f,
+            ..self
         }
     }
 }
@@ -272,6 +301,9 @@ impl AgentService for Ingest {
         inner.telemetry.agent_connected();
         tracing::info!(agent_id = %agent_id, host_id = %host_id, last_seq = record.last_seq, "Agent connected.");
 
+        let hook = Arc::clone(&self.agent_config);
+        let hid = host_id.clone();
+        let config = blocking(move || hook(&hid)).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let rate = inner.limits.per_agent_events_per_second;
         let first = [
@@ -279,10 +311,7 @@ impl AgentService for Ingest {
                 up_to_seq: record.last_seq,
                 max_rate_hint: rate,
             }),
-            collector_message::Kind::Config(v1::Config {
-                heartbeat_seconds: u32::try_from(inner.agents.heartbeat.as_secs()).unwrap_or(30),
-                ..Default::default()
-            }),
+            collector_message::Kind::Config(config),
         ];
         for kind in first {
             let _ = tx.send(Ok(CollectorMessage { kind: Some(kind) })).await;

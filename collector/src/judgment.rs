@@ -477,6 +477,15 @@ impl Judgment {
         })
     }
 
+    /// The hostname the engine knows for `host_id` (from its agents), without a store read.
+    pub fn hostname_of(&self, host_id: &str) -> Option<String> {
+        let mut st = self.lock();
+        if !st.hosts.contains_key(host_id) {
+            self.refresh_hosts(&mut st);
+        }
+        st.hostname(host_id)
+    }
+
     pub fn settings(&self) -> &JudgmentSettings {
         &self.settings
     }

@@ -15,8 +15,11 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::CollectorConfig;
 use crate::http::{ApiState, Authenticator, Principal};
-use crate::ingest::Ingest;
-use crate::judgment::Judgment;
+use crate::audit_log::{AuditEvent, AuditLog};
+use crate::incidents::Incident;
+use crate::ingest::{AgentConfigFn, Ingest};
+use crate::judgment::{Actor, AuditSink, Judgment, NoticeSink};
+use crate::notify::{IncidentNotice, NoticeEvent, Notifier};
 use crate::pki::Pki;
 use crate::store::Store;
 use crate::store::sled::SledStore;
@@ -100,6 +103,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_listening: impl FnOnce(ListenAddrs) + Send,
 ) -> Result<(), ServeError> {
+    serve_with(cfg, None, shutdown, on_listening).await
+}
+
+/// [`serve`] with the hook that builds each agent's `Config` ([`Ingest::with_agent_config`];
+/// `None`: the default, the heartbeat interval and no monitors).
+pub async fn serve_with(
+    cfg: CollectorConfig,
+    agent_config: Option<AgentConfigFn>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_listening: impl FnOnce(ListenAddrs) + Send,
+) -> Result<(), ServeError> {
     crate::tls::install_crypto_provider();
     let data_dir = cfg.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(|source| ServeError::Io {
@@ -160,11 +174,38 @@ pub async fn serve(
         cfg.limits.clone(),
         cfg.agents.clone(),
     );
+    let audit = Arc::new(
+        AuditLog::open(&data_dir, Arc::clone(&store))
+            .map_err(|e| ServeError::Judgment(format!("audit log: {e}")))?,
+    );
+    let notifier = Arc::new(
+        Notifier::new(Arc::clone(&store), cfg.notify.sinks.clone())
+            .map_err(|e| ServeError::Judgment(format!("notifier: {e}")))?
+            .with_max_attempts_age(cfg.notify.max_attempts_age)
+            .with_telemetry(Arc::clone(&telemetry)),
+    );
     let judgment = Arc::new(
-        Judgment::open(Arc::clone(&store), cfg.judgment_settings(), None, None)
-            .map_err(|e| ServeError::Judgment(e.to_string()))?,
+        Judgment::open(
+            Arc::clone(&store),
+            cfg.judgment_settings(),
+            Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn AuditSink>),
+            Some(Arc::new(NoticeAdapter(Arc::clone(&notifier))) as Arc<dyn NoticeSink>),
+        )
+        .map_err(|e| ServeError::Judgment(e.to_string()))?,
     );
     let judge_task = tokio::spawn(run_judgment(Arc::clone(&judgment)));
+    let (notify_stop_tx, notify_stop) = tokio::sync::oneshot::channel::<()>();
+    let notify_task = tokio::spawn(Arc::clone(&notifier).run(async move {
+        let _ = notify_stop.await;
+    }));
+    let agent_config = agent_config.unwrap_or_else(|| {
+        monitors_hook(
+            cfg.agents.heartbeat,
+            cfg.availability.monitors.clone(),
+            Arc::clone(&judgment),
+        )
+    });
+    let ingest = ingest.with_agent_config(agent_config);
     let (stop_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let mut grpc_stop = stop_tx.subscribe();
     let mut http_stop = stop_tx.subscribe();
@@ -187,7 +228,7 @@ pub async fn serve(
         auth: Arc::new(TokenAuth(Arc::clone(&tokens))),
         telemetry: Arc::clone(&telemetry),
         judgment: Some(Arc::clone(&judgment)),
-        audit: None,
+        audit: Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn crate::http::AuditReader>),
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;
@@ -204,6 +245,8 @@ pub async fn serve(
     let _ = stop_tx.send(());
     maintenance.abort();
     judge_task.abort();
+    let _ = notify_stop_tx.send(());
+    let _ = notify_task.await;
     let grpc_res = grpc_task.await;
     let http_res = http_task.await;
     store.flush()?;
@@ -241,6 +284,126 @@ async fn maintain(store: Arc<dyn Store>, absent_retention: Duration, metrics_ret
             Err(e) => tracing::error!(error = %e, "Store maintenance task failed."),
         }
     }
+}
+
+/// The audit log as the judgment engine's sink and the API's reader.
+struct AuditAdapter(Arc<AuditLog>);
+
+impl AuditSink for AuditAdapter {
+    fn append(
+        &self,
+        actor: &Actor,
+        action: &str,
+        object: &str,
+        why: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<(), String> {
+        self.0
+            .append(AuditEvent {
+                actor: actor.name.clone(),
+                role: actor.role.clone(),
+                action: action.to_owned(),
+                object: object.to_owned(),
+                why: why.map(str::to_owned),
+                details,
+            })
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl crate::http::AuditReader for AuditAdapter {
+    fn entries_json(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<serde_json::Value, String> {
+        let items = self.0.entries(after, limit).map_err(|e| e.to_string())?;
+        Ok(serde_json::json!({ "items": items }))
+    }
+
+    fn verify_json(&self) -> Result<serde_json::Value, String> {
+        let report = self.0.verify().map_err(|e| e.to_string())?;
+        serde_json::to_value(report).map_err(|e| e.to_string())
+    }
+}
+
+/// The notifier as the judgment engine's notice sink.
+struct NoticeAdapter(Arc<Notifier>);
+
+impl NoticeSink for NoticeAdapter {
+    fn notice_ops(
+        &self,
+        event: &str,
+        inc: &Incident,
+        now: std::time::SystemTime,
+    ) -> Vec<crate::store::RecordOp> {
+        let event = match event {
+            "opened" => NoticeEvent::Opened,
+            "resolved" => NoticeEvent::Resolved,
+            "closed" => NoticeEvent::Closed,
+            _ => NoticeEvent::Updated,
+        };
+        let summary = inc
+            .timeline
+            .last()
+            .map(|t| t.message.clone())
+            .unwrap_or_default();
+        let notice = IncidentNotice {
+            event,
+            number: inc.number.clone(),
+            title: inc.title.clone(),
+            category: inc.category.as_str().to_owned(),
+            priority: inc.priority,
+            impact: inc.impact,
+            urgency: inc.urgency,
+            state: inc.state.as_str().to_owned(),
+            ci_id: inc.ci_id.clone(),
+            host_id: inc.host_id.clone(),
+            hostname: inc.hostname.clone(),
+            started_at: inc.started_at,
+            resolved_at: inc.resolved_at,
+            summary,
+            timeline_len: inc.timeline.len() + inc.timeline_overflow as usize,
+        };
+        self.0.enqueue_ops(&notice, now)
+    }
+
+    fn wake(&self) {
+        self.0.wake();
+    }
+}
+
+/// The agents' `Config`: the heartbeat interval and the monitors whose selector matches
+/// the agent's host (by host id or hostname).
+fn monitors_hook(
+    heartbeat: Duration,
+    monitors: Vec<crate::availability::MonitorConfig>,
+    judgment: Arc<Judgment>,
+) -> AgentConfigFn {
+    use cmdb_proto::v1;
+    let heartbeat_seconds = u32::try_from(heartbeat.as_secs()).unwrap_or(30).max(1);
+    Arc::new(move |host: &str| {
+        let hostname = judgment.hostname_of(host);
+        let monitors = monitors
+            .iter()
+            .filter(|m| m.selector.may_match_host(host, hostname.as_deref()))
+            .map(|m| v1::MonitorSpec {
+                name: m.name.clone(),
+                kind: match m.kind.as_str() {
+                    "systemd_unit" => v1::MonitorKind::SystemdUnit,
+                    "process" => v1::MonitorKind::Process,
+                    _ => v1::MonitorKind::TcpPort,
+                } as i32,
+                target: m.target.clone(),
+            })
+            .collect();
+        v1::Config {
+            heartbeat_seconds,
+            monitors,
+            ..Default::default()
+        }
+    })
 }
 
 /// How often the judgment engine looks at the change feed when it is caught up.

@@ -10,6 +10,7 @@ use crate::model::{
     AgentInfo, AttrValue, Attrs, CollectorReport, CollectorState, HostIdentity, Inventory, Item,
     Relation,
 };
+use crate::monitor::{MonitorKind, MonitorSpec};
 use crate::v1;
 
 /// A protobuf message that does not describe a valid model value.
@@ -300,6 +301,51 @@ impl TryFrom<&v1::Inventory> for Inventory {
     }
 }
 
+// === monitors ===
+
+impl From<MonitorKind> for v1::MonitorKind {
+    fn from(k: MonitorKind) -> Self {
+        match k {
+            MonitorKind::SystemdUnit => v1::MonitorKind::SystemdUnit,
+            MonitorKind::Process => v1::MonitorKind::Process,
+            MonitorKind::TcpPort => v1::MonitorKind::TcpPort,
+        }
+    }
+}
+
+impl From<&MonitorSpec> for v1::MonitorSpec {
+    fn from(m: &MonitorSpec) -> Self {
+        v1::MonitorSpec {
+            name: m.name.clone(),
+            kind: v1::MonitorKind::from(m.kind) as i32,
+            target: m.target.clone(),
+        }
+    }
+}
+
+impl TryFrom<&v1::MonitorSpec> for MonitorSpec {
+    type Error = ConvertError;
+    /// Only the kind is checked here; [`MonitorSpec::check`] checks name and target.
+    fn try_from(m: &v1::MonitorSpec) -> Result<Self, ConvertError> {
+        let kind = match v1::MonitorKind::try_from(m.kind) {
+            Ok(v1::MonitorKind::SystemdUnit) => MonitorKind::SystemdUnit,
+            Ok(v1::MonitorKind::Process) => MonitorKind::Process,
+            Ok(v1::MonitorKind::TcpPort) => MonitorKind::TcpPort,
+            Ok(v1::MonitorKind::Unspecified) | Err(_) => {
+                return Err(ConvertError::UnknownEnum {
+                    field: "MonitorSpec.kind",
+                    value: m.kind,
+                });
+            }
+        };
+        Ok(MonitorSpec {
+            name: m.name.clone(),
+            kind,
+            target: m.target.clone(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,5 +412,35 @@ mod tests {
                 value: 99
             })
         );
+    }
+
+    #[test]
+    fn monitor_specs_round_trip_and_unknown_kinds_are_refused() {
+        for kind in [
+            MonitorKind::SystemdUnit,
+            MonitorKind::Process,
+            MonitorKind::TcpPort,
+        ] {
+            let m = MonitorSpec {
+                name: "web".into(),
+                kind,
+                target: "80".into(),
+            };
+            assert_eq!(MonitorSpec::try_from(&v1::MonitorSpec::from(&m)), Ok(m));
+        }
+        for kind in [0, 99] {
+            let p = v1::MonitorSpec {
+                name: "x".into(),
+                kind,
+                target: "1".into(),
+            };
+            assert_eq!(
+                MonitorSpec::try_from(&p),
+                Err(ConvertError::UnknownEnum {
+                    field: "MonitorSpec.kind",
+                    value: kind
+                })
+            );
+        }
     }
 }

@@ -2,13 +2,15 @@
 //! that agent and collector share.
 //!
 //! [`model`] holds the plain Rust inventory types whose JSON form is the inventory contract
-//! of DESIGN.md; [`convert`] is the one place where they are turned into protobuf messages
-//! and back. Nothing else converts between the two.
+//! of DESIGN.md; [`monitor`] the service-monitor specs both sides check alike; [`convert`] is
+//! the one place where they are turned into protobuf messages and back. Nothing else
+//! converts between the two.
 #![forbid(unsafe_code)]
 
 pub mod convert;
 pub mod identity;
 pub mod model;
+pub mod monitor;
 
 /// Generated protobuf and gRPC code for package `cmdb.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

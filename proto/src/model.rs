@@ -29,6 +29,9 @@ pub mod class {
     pub const KERNEL_MODULE: &str = "kernel_module";
     pub const FILE: &str = "file";
     pub const PROCESS: &str = "process";
+    /// A service monitor's result. Produced by the resident agent's monitor rounds, not by
+    /// discovery, so it is not in [`ALL`] (the classes `inventory --only` can select).
+    pub const MONITOR: &str = "monitor";
 
     /// Every class, in the order DESIGN.md lists them.
     pub const ALL: &[&str] = &[

@@ -485,3 +485,49 @@ proptest! {
         let _ = merge_changes(&c1, &c2);
     }
 }
+
+#[test]
+fn a_monitor_round_diffs_only_monitors_and_a_failed_one_removes_none() {
+    let monitor = |name: &str, status: &str| {
+        Item::new("monitor", name)
+            .with("kind", "tcp_port")
+            .with("status", status)
+    };
+    let base = inventory(
+        vec![
+            report("dpkg", OK, &["package"]),
+            report("monitor", OK, &["monitor"]),
+        ],
+        vec![
+            Item::new("package", "dpkg:bash:amd64"),
+            monitor("ssh", "up"),
+            monitor("web", "up"),
+        ],
+        vec![],
+    );
+    // A round: ssh went down, web left the set; packages were not looked at.
+    let round = inventory(
+        vec![report("monitor", OK, &["monitor"])],
+        vec![monitor("ssh", "down")],
+        vec![],
+    );
+    let r = diff(&base, &round);
+    let d = r.delta.unwrap();
+    assert_eq!(
+        kinds(&d),
+        vec![
+            (v1::ChangeKind::Changed as i32, "ssh".into()),
+            (v1::ChangeKind::Removed as i32, "web".into()),
+        ]
+    );
+    assert!(r.next_base.items.iter().any(|i| i.class == "package"));
+    // A round that could not run reports error and no items: nothing is removed.
+    let failed = inventory(
+        vec![report("monitor", CollectorState::Error, &["monitor"])],
+        vec![],
+        vec![],
+    );
+    let r = diff(&base, &failed);
+    assert!(r.delta.unwrap().changes.is_empty());
+    assert_eq!(r.next_base.items, base.items);
+}

@@ -37,7 +37,7 @@ pub use systemctl::{
 };
 
 /// The properties asked of `systemctl show`.
-const SHOW_PROPERTIES: &str = "Id,Description,LoadState,ActiveState,SubState,UnitFileState,MainPID,ExecStart,FragmentPath,User";
+pub const SHOW_PROPERTIES: &str = "Id,Description,LoadState,ActiveState,SubState,UnitFileState,MainPID,ExecStart,FragmentPath,User";
 
 pub struct ServiceCollector;
 

@@ -182,6 +182,41 @@ fn collect(root: &HostRoot) -> Outcome {
     out
 }
 
+/// TCP listeners on some ports, from /proc/net/tcp and tcp6 (the `tcp_port` monitors).
+#[derive(Debug, Default)]
+pub struct TcpListeners {
+    /// Port → the local addresses listening on it (wanted ports only).
+    pub by_port: BTreeMap<u16, BTreeSet<IpAddr>>,
+    /// Tables that exist but could not be read, with why; an absent tcp6 (IPv6 disabled)
+    /// is not listed.
+    pub unreadable: Vec<String>,
+    /// At least one table was read.
+    pub any_table: bool,
+}
+
+/// Which of `ports` have a TCP socket in LISTEN, IPv4 or IPv6. Malformed lines are skipped:
+/// a monitor reports a status, not the table's health (the `sockets` collector does that).
+pub fn tcp_listeners(root: &HostRoot, ports: &BTreeSet<u16>) -> TcpListeners {
+    let mut out = TcpListeners::default();
+    for (path, protocol, family) in TABLES {
+        if protocol != Protocol::Tcp {
+            continue;
+        }
+        let by_port = &mut out.by_port;
+        let keep = |e: SocketEntry| {
+            if e.state == STATE_LISTEN && ports.contains(&e.local_port) {
+                by_port.entry(e.local_port).or_default().insert(e.local);
+            }
+        };
+        match read_table(root, path, family, keep, |_| {}) {
+            Ok(()) => out.any_table = true,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => out.unreadable.push(e.to_string()),
+        }
+    }
+    out
+}
+
 /// Streams one table through [`proc_net::parse_line`], calling `keep` for each entry and
 /// `bad` for each malformed line, holding one line (at most [`MAX_LINE`] bytes) at a time.
 fn read_table(
@@ -293,7 +328,7 @@ fn resolve_owners(root: &HostRoot, sockets: &[Socket], out: &mut Outcome) -> Has
 }
 
 /// `0.0.0.0` / `[::1]`: the host part of a key.
-fn host_text(ip: &IpAddr) -> String {
+pub fn host_text(ip: &IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("[{v6}]"),

@@ -95,7 +95,8 @@ fn kill(child: &mut Child, signal: rustix::process::Signal) {
     }
 }
 
-/// A running collector with its data directory.
+/// A running collector with its data directory: the real binary, or (for tests that need a
+/// hook the binary does not expose) the library's `serve_with` on a thread of the test.
 pub struct Collector {
     pub dir: PathBuf,
     pub grpc_port: u16,
@@ -103,6 +104,7 @@ pub struct Collector {
     pub admin_token: String,
     pub extra_config: String,
     child: Option<Child>,
+    in_process: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Collector {
@@ -113,6 +115,48 @@ impl Collector {
 
     /// Like [`start`], with extra TOML appended to the config (e.g. "[limits]\n…").
     pub fn start_with(dir: &Path, extra_config: &str) -> Collector {
+        let mut c = Self::prepare(dir, extra_config);
+        c.restart();
+        c
+    }
+
+    /// The collector library serving in this process with `agent_config` as its Config hook.
+    /// `restart` is not available; `kill9` stops it (gracefully: there is no process to kill).
+    pub fn start_in_process(
+        dir: &Path,
+        agent_config: cmdb_collector::ingest::AgentConfigFn,
+    ) -> Collector {
+        let mut c = Self::prepare(dir, "");
+        let config = c.write_config();
+        let cfg = cmdb_collector::config::CollectorConfig::load(&config).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let stop = async move {
+                let _ = stop_rx.await;
+            };
+            let served = rt.block_on(cmdb_collector::serve::serve_with(
+                cfg,
+                Some(agent_config),
+                stop,
+                |_| {},
+            ));
+            if let Err(e) = served {
+                eprintln!("in-process collector failed: {e}");
+            }
+            // Streams still open must not hold the test up.
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        c.in_process = Some(stop_tx);
+        c.wait_healthy();
+        c
+    }
+
+    fn prepare(dir: &Path, extra_config: &str) -> Collector {
         std::fs::create_dir_all(dir).unwrap();
         run_ok(
             Command::new(bin("cmdb-collector"))
@@ -134,16 +178,15 @@ impl Collector {
         )
         .trim()
         .to_owned();
-        let mut c = Collector {
+        Collector {
             dir: dir.to_owned(),
             grpc_port: free_port(),
             http_port: free_port(),
             admin_token,
             extra_config: extra_config.to_owned(),
             child: None,
-        };
-        c.restart();
-        c
+            in_process: None,
+        }
     }
 
     pub fn grpc_url(&self) -> String {
@@ -161,18 +204,11 @@ impl Collector {
     /// (Re)starts the process on the same ports and data.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "collector already running");
-        let config = self.dir.join("collector.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\n{}",
-                self.dir.display().to_string(),
-                self.grpc_port,
-                self.http_port,
-                self.extra_config
-            ),
-        )
-        .unwrap();
+        assert!(
+            self.in_process.is_none(),
+            "an in-process collector cannot restart"
+        );
+        let config = self.write_config();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -187,6 +223,10 @@ impl Collector {
             .spawn()
             .unwrap();
         self.child = Some(child);
+        self.wait_healthy();
+    }
+
+    fn wait_healthy(&self) {
         let url = format!("{}/healthz", self.api());
         wait_for(Duration::from_secs(20), "collector /healthz", || {
             reqwest::blocking::get(&url)
@@ -195,11 +235,30 @@ impl Collector {
         });
     }
 
-    /// SIGKILL: no chance to flush or say goodbye.
+    fn write_config(&self) -> PathBuf {
+        let config = self.dir.join("collector.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{}\"\nhttp_listen = \"127.0.0.1:{}\"\n{}",
+                self.dir.display().to_string(),
+                self.grpc_port,
+                self.http_port,
+                self.extra_config
+            ),
+        )
+        .unwrap();
+        config
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye. (An in-process collector is told to stop.)
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             kill(&mut c, rustix::process::Signal::KILL);
             let _ = c.wait();
+        }
+        if let Some(stop) = self.in_process.take() {
+            let _ = stop.send(());
         }
     }
 
