@@ -37,6 +37,9 @@ pub struct BaselineItem {
     pub class: String,
     pub key: String,
     pub attrs: Attrs,
+    /// The CI's version when captured (or advanced): later versions are judged.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// A baseline.
@@ -206,6 +209,7 @@ pub fn items_of(live: &BTreeMap<String, CiRecord>) -> BTreeMap<String, BaselineI
                     class: ci.class.clone(),
                     key: ci.key.clone(),
                     attrs: ci.attrs.clone(),
+                    version: ci.version,
                 },
             )
         })

@@ -2,14 +2,15 @@
 //!
 //! An alert's dedup key is (host, class, key, kind). When one fires:
 //! 1. an open incident already holding that key takes it (a repeat, or a re-fire);
-//! 2. a resolved incident that held it and recovered within the flap window is reopened
-//!    (a flip); more than `flap_threshold` flips within the window mark it flapping, and a
-//!    flapping incident stays open until the key has been quiet for the window;
-//! 3. while the host is down (an open incident holds its firing `host_down` alert), its
+//! 2. while the host is down (an open incident holds its firing `host_down` alert), its
 //!    monitor alerts join that incident as suppressed: they open nothing;
-//! 4. a `host_down` alert joins an open availability incident of the host;
-//! 5. an open incident of the same host and category started within the grouping window
+//! 3. a `host_down` alert joins an open availability incident of the host;
+//! 4. an open incident of the same host and category started within the grouping window
 //!    takes it;
+//! 5. a resolved incident that held the key and recovered within the flap window is
+//!    reopened (a flip); more than `flap_threshold` flips within the window mark it
+//!    flapping, and a flapping incident stays open until the key has been quiet for the
+//!    window;
 //! 6. otherwise a new incident opens.
 //!
 //! A recovery ("resolved") always reaches the alert, suppressed or not; an incident whose
@@ -140,30 +141,7 @@ impl Correlator {
             }
             return (number, Effect::Updated);
         }
-        // 2. A recently auto-resolved incident holding the key: a flip.
-        let window = self.settings.flap_window;
-        if let Some(number) = self.find(&ev.host_id, |i| {
-            i.state == IncidentState::Resolved
-                && i.resolution.as_ref().is_some_and(|r| r.code == "recovered")
-                && has_key(i, &dedup)
-                && i.resolved_at
-                    .is_some_and(|r| ev.at.duration_since(r).unwrap_or_default() <= window)
-        }) {
-            if let Some(inc) = self.incidents.get_mut(&number) {
-                inc.state = if inc.assignee.is_some() {
-                    IncidentState::InProgress
-                } else {
-                    IncidentState::New
-                };
-                inc.resolved_at = None;
-                inc.resolution = None;
-                inc.log(ev.at, ACTOR, "reopened", format!("{} fired again", ev.summary));
-            }
-            self.refire(&number, &dedup, ev);
-            self.note_flip(&number, &dedup, ev.at);
-            return (number, Effect::Updated);
-        }
-        // 3. Topology suppression: the host is down.
+        // 2. Topology suppression: the host is down.
         if ev.kind == AlertKind::MonitorDown
             && let Some(number) = self.find(&ev.host_id, |i| {
                 i.state.is_open()
@@ -175,7 +153,7 @@ impl Correlator {
             self.attach(&number, ev, true);
             return (number, Effect::Updated);
         }
-        // 4. Host down joins the host's open availability incident.
+        // 3. Host down joins the host's open availability incident.
         if ev.kind == AlertKind::HostDown
             && let Some(number) = self.find(&ev.host_id, |i| {
                 i.state.is_open()
@@ -190,7 +168,7 @@ impl Correlator {
             }
             return (number, Effect::Updated);
         }
-        // 5. The grouping window.
+        // 4. The grouping window.
         let category = ev.kind.category();
         let grouping = self.settings.grouping_window;
         if let Some(number) = self.find(&ev.host_id, |i| {
@@ -211,6 +189,29 @@ impl Correlator {
                     inc.ci_id = crate::store::host_ci_id(&ev.host_id);
                 }
             }
+            return (number, Effect::Updated);
+        }
+        // 5. A recently auto-resolved incident holding the key: a flip.
+        let window = self.settings.flap_window;
+        if let Some(number) = self.find(&ev.host_id, |i| {
+            i.state == IncidentState::Resolved
+                && i.resolution.as_ref().is_some_and(|r| r.code == "recovered")
+                && has_key(i, &dedup)
+                && i.resolved_at
+                    .is_some_and(|r| ev.at.duration_since(r).unwrap_or_default() <= window)
+        }) {
+            if let Some(inc) = self.incidents.get_mut(&number) {
+                inc.state = if inc.assignee.is_some() {
+                    IncidentState::InProgress
+                } else {
+                    IncidentState::New
+                };
+                inc.resolved_at = None;
+                inc.resolution = None;
+                inc.log(ev.at, ACTOR, "reopened", format!("{} fired again", ev.summary));
+            }
+            self.refire(&number, &dedup, ev);
+            self.note_flip(&number, &dedup, ev.at);
             return (number, Effect::Updated);
         }
         // 6. A new incident.

@@ -249,8 +249,8 @@ struct State {
     changes: BTreeMap<String, ChangeRecord>,
     waivers: BTreeMap<String, Waiver>,
     baselines: BTreeMap<String, Baseline>,
-    /// Host id → commit its initial baseline was captured after.
-    baselined: HashMap<String, u64>,
+    /// Host id → (commit its initial baseline was captured after, that baseline's id).
+    baselined: HashMap<String, (u64, String)>,
     open_drift: HashMap<String, OpenDrift>,
     corr: Correlator,
     hosts: BTreeMap<String, HostInfo>,
@@ -407,7 +407,11 @@ impl State {
         let baselined = baselines
             .iter()
             .filter(|b| b.initial)
-            .filter_map(|b| b.host_id.clone().map(|h| (h, b.captured_commit)))
+            .filter_map(|b| {
+                b.host_id
+                    .clone()
+                    .map(|h| (h, (b.captured_commit, b.id.clone())))
+            })
             .collect();
         Ok(State {
             cursor,
@@ -576,10 +580,13 @@ impl Judgment {
         let cursor = st.cursor.clone();
         batch.put(C_JUDGMENT, "cursor", &cursor);
         // Hosts seen for the first time get their initial baseline before their entries
-        // are judged: everything up to this step's last commit is part of it.
+        // are judged: everything up to this step's last commit is part of it. The host CI
+        // alone (written when the agent is identified, before its first snapshot) does not
+        // count: a baseline of nothing would make the whole first inventory drift.
         if self.settings.initial_baselines {
             let new_hosts: BTreeSet<String> = entries
                 .iter()
+                .filter(|e| e.class != crate::store::HOST_CLASS)
                 .filter(|e| !st.baselined.contains_key(&e.host_id))
                 .map(|e| e.host_id.clone())
                 .collect();
@@ -659,7 +666,7 @@ impl Judgment {
             Some("first inventory of the host"),
             serde_json::json!({"host_id": host, "items": b.items.len(), "initial": true}),
         );
-        st.baselined.insert(host.to_owned(), commit);
+        st.baselined.insert(host.to_owned(), (commit, id.clone()));
         st.baselines.insert(id, b);
         Ok(())
     }
@@ -693,7 +700,18 @@ impl Judgment {
         }
         if self.settings.initial_baselines {
             match st.baselined.get(&e.host_id) {
-                Some(c) if e.pos.commit > *c => {}
+                Some((commit, baseline)) if e.pos.commit > *commit => {
+                    // Committed after the capture's feed position but already in the
+                    // captured live state (it landed while the capture read): not drift.
+                    let captured = st
+                        .baselines
+                        .get(baseline)
+                        .and_then(|b| b.items.get(&e.pos.ci_id))
+                        .is_some_and(|item| item.version >= e.version.version);
+                    if captured {
+                        return;
+                    }
+                }
                 _ => return,
             }
         }
@@ -1374,6 +1392,7 @@ impl Judgment {
                         class: c.class.clone(),
                         key: c.key.clone(),
                         attrs: c.attrs.clone(),
+                        version: c.version,
                     })
                 });
                 let covers = match &ci {

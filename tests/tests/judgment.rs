@@ -109,7 +109,7 @@ fn an_unauthorized_edit_opens_exactly_one_incident_with_the_matrix_priority() {
     let inc = wait_for(Duration::from_secs(5), "an incident within 5 s", || {
         incidents(&c, "category=unauthorized-change").into_iter().next()
     });
-    eprintln!("incident visible after {:?}", started.elapsed());
+    eprintln!("incident visible after {:?}: {inc}", started.elapsed());
     let ci = file_ci_id(&c, &host_id, "/etc/cmdb-test/f00.conf");
     assert_eq!(inc["ci_id"], ci.as_str());
     assert_eq!(inc["category"], "unauthorized-change");
@@ -136,11 +136,24 @@ fn an_unauthorized_edit_opens_exactly_one_incident_with_the_matrix_priority() {
     for i in 0..20 {
         std::fs::write(watched.join(format!("f{i:02}.conf")), format!("burst {i}\n")).unwrap();
     }
-    let burst = wait_for(Duration::from_secs(15), "one incident listing all 20", || {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let burst = loop {
         let open = incidents(&c, "open=true");
-        let inc = open.first()?;
-        (inc["alerts"].as_array()?.len() == 20).then(|| inc.clone())
-    });
+        if let Some(inc) = open.first()
+            && inc["alerts"].as_array().map(Vec::len) == Some(20)
+        {
+            break inc.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no incident listing all 20: {:?}",
+            incidents(&c, "")
+                .iter()
+                .map(|i| (i["number"].clone(), i["state"].clone(), i["alerts"].as_array().map(Vec::len)))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(incidents(&c, "open=true").len(), 1, "one burst is one incident");
     let mut keys: Vec<&str> = burst["alerts"]
         .as_array()
@@ -241,10 +254,20 @@ fn a_revert_resolves_the_incident_by_itself() {
     });
     std::fs::write(watched.join("f00.conf"), &original).unwrap();
     let number = inc["number"].as_str().unwrap();
-    let resolved = wait_for(Duration::from_secs(10), "auto-resolution", || {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resolved = loop {
         let i = c.call("GET", &format!("/api/v1/incidents/{number}"), None);
-        (i["state"] == "resolved").then_some(i)
-    });
+        if i["state"] == "resolved" {
+            break i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not resolved: {i}\ndrift: {}\nversions: {}",
+            c.call("GET", "/api/v1/drift", None),
+            c.call("GET", &format!("/api/v1/cis/{}", i["ci_id"].as_str().unwrap()), None)["versions"]
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(resolved["resolution"]["code"], "recovered");
     let drift = c.call("GET", "/api/v1/drift", None)["items"].clone();
     assert_eq!(drift[0]["open"], false);
