@@ -83,6 +83,8 @@ fn overlap(o: &Outage, from: SystemTime, to: SystemTime, now: SystemTime) -> Dur
 }
 
 /// The figures of one CI from its outages (all of them, any order).
+// The arguments are the figures' identity and period, each named at the call site.
+#[allow(clippy::too_many_arguments)]
 pub fn figures(
     ci_id: &str,
     host_id: &str,
@@ -183,12 +185,18 @@ impl MonitorConfig {
     pub fn validate(&self) -> Result<(), String> {
         if self.name.is_empty() || self.name.len() > 128 || self.name.chars().any(char::is_control)
         {
-            return Err(format!("monitor name {:?}: 1 to 128 printable bytes", self.name));
+            return Err(format!(
+                "monitor name {:?}: 1 to 128 printable bytes",
+                self.name
+            ));
         }
         match self.kind.as_str() {
             "systemd_unit" | "process" => {
                 if self.target.is_empty() || self.target.len() > 256 {
-                    return Err(format!("monitor {}: target must be 1 to 256 bytes", self.name));
+                    return Err(format!(
+                        "monitor {}: target must be 1 to 256 bytes",
+                        self.name
+                    ));
                 }
             }
             "tcp_port" => {
@@ -244,16 +252,38 @@ mod tests {
             outage(200, Some(300), true),
             outage(900, None, false),
         ];
-        let f = figures("ci-h", "host-1", "web-1", OutageSubject::Host, &os, t(0), t(1000), t(2000));
+        let f = figures(
+            "ci-h",
+            "host-1",
+            "web-1",
+            OutageSubject::Host,
+            &os,
+            t(0),
+            t(1000),
+            t(2000),
+        );
         assert_eq!(f.agreed_seconds, 900);
         assert_eq!(f.planned_downtime_seconds, 100);
         assert_eq!(f.unplanned_downtime_seconds, 150);
         assert_eq!(f.outages, 2);
         assert_eq!(f.planned_outages, 1);
-        assert!((f.availability_percent - 83.333).abs() < 0.001, "{}", f.availability_percent);
+        assert!(
+            (f.availability_percent - 83.333).abs() < 0.001,
+            "{}",
+            f.availability_percent
+        );
         assert_eq!(f.mtrs_seconds, Some(75.0));
         assert_eq!(f.mtbf_seconds, Some(375.0));
-        let none = figures("ci-x", "h", "x", OutageSubject::Host, &os, t(0), t(1000), t(2000));
+        let none = figures(
+            "ci-x",
+            "h",
+            "x",
+            OutageSubject::Host,
+            &os,
+            t(0),
+            t(1000),
+            t(2000),
+        );
         assert_eq!(none.availability_percent, 100.0);
         assert_eq!(none.mtbf_seconds, None);
     }

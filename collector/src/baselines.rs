@@ -359,7 +359,11 @@ mod tests {
         live.insert("p".into(), ci("p", "process", "z"));
         let d = diff(&b, &live, &p, SystemTime::UNIX_EPOCH);
         assert_eq!((d.unchanged, d.added, d.removed, d.changed), (1, 1, 1, 1));
-        let kinds: Vec<_> = d.entries.iter().map(|e| (e.ci_id.as_str(), e.kind)).collect();
+        let kinds: Vec<_> = d
+            .entries
+            .iter()
+            .map(|e| (e.ci_id.as_str(), e.kind))
+            .collect();
         assert_eq!(
             kinds,
             vec![

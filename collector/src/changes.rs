@@ -257,9 +257,9 @@ impl ChangeRecord {
                 .any(|e| e.matches(s.class, s.key, "*", None, None) || e.attribute == "*");
         }
         changed.iter().all(|c| {
-            self.expected.iter().any(|e| {
-                e.matches(s.class, s.key, &c.name, c.old.as_ref(), c.new.as_ref())
-            })
+            self.expected
+                .iter()
+                .any(|e| e.matches(s.class, s.key, &c.name, c.old.as_ref(), c.new.as_ref()))
         })
     }
 

@@ -516,7 +516,10 @@ impl CollectorConfig {
             return Err(invalid("agents.heartbeat", "must be positive"));
         }
         if cfg.availability.missed_heartbeats == 0 {
-            return Err(invalid("availability.missed_heartbeats", "must be at least 1"));
+            return Err(invalid(
+                "availability.missed_heartbeats",
+                "must be at least 1",
+            ));
         }
         if cfg.judgment.flap_window.is_zero() || cfg.judgment.flap_threshold == 0 {
             return Err(invalid(

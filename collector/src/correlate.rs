@@ -117,7 +117,8 @@ impl Correlator {
 
     /// Drops closed incidents from memory (they are history in the store).
     pub fn forget_closed(&mut self) {
-        self.incidents.retain(|_, i| i.state != IncidentState::Closed);
+        self.incidents
+            .retain(|_, i| i.state != IncidentState::Closed);
         let incidents = &self.incidents;
         self.by_host.retain(|_, set| {
             set.retain(|n| incidents.contains_key(n));
@@ -156,9 +157,7 @@ impl Correlator {
         // 3. Host down joins the host's open availability incident.
         if ev.kind == AlertKind::HostDown
             && let Some(number) = self.find(&ev.host_id, |i| {
-                i.state.is_open()
-                    && i.host_id == ev.host_id
-                    && i.category == Category::Availability
+                i.state.is_open() && i.host_id == ev.host_id && i.category == Category::Availability
             })
         {
             self.attach(&number, ev, false);
@@ -182,10 +181,7 @@ impl Correlator {
             if let Some(inc) = self.incidents.get_mut(&number) {
                 let n = inc.alerts.len() as u64 + inc.alerts_overflow;
                 if category == Category::UnauthorizedChange && n > 1 {
-                    inc.title = format!(
-                        "Unauthorized changes on {}: {n} CIs",
-                        display_host(ev)
-                    );
+                    inc.title = format!("Unauthorized changes on {}: {n} CIs", display_host(ev));
                     inc.ci_id = crate::store::host_ci_id(&ev.host_id);
                 }
             }
@@ -208,7 +204,12 @@ impl Correlator {
                 };
                 inc.resolved_at = None;
                 inc.resolution = None;
-                inc.log(ev.at, ACTOR, "reopened", format!("{} fired again", ev.summary));
+                inc.log(
+                    ev.at,
+                    ACTOR,
+                    "reopened",
+                    format!("{} fired again", ev.summary),
+                );
             }
             self.refire(&number, &dedup, ev);
             self.note_flip(&number, &dedup, ev.at);
@@ -308,8 +309,10 @@ impl Correlator {
                 }
             }
         }
-        self.flips
-            .retain(|_, v| v.back().is_some_and(|t| now.duration_since(*t).unwrap_or_default() < window));
+        self.flips.retain(|_, v| {
+            v.back()
+                .is_some_and(|t| now.duration_since(*t).unwrap_or_default() < window)
+        });
         resolved
     }
 
@@ -493,7 +496,10 @@ mod tests {
         let mut c = Correlator::default();
         let mut next = numbers();
         for i in 0..20 {
-            c.fire(&ev(AlertKind::Drift, "h1", &format!("/etc/f{i}"), i), &mut next);
+            c.fire(
+                &ev(AlertKind::Drift, "h1", &format!("/etc/f{i}"), i),
+                &mut next,
+            );
         }
         assert_eq!(c.incidents.len(), 1);
         let inc = c.incidents.values().next().unwrap();
@@ -515,7 +521,11 @@ mod tests {
         let (n2, e2) = c.fire(&ev(AlertKind::Drift, "h1", "/etc/a", 300), &mut next);
         assert_eq!((n2.as_str(), e2), (n.as_str(), Effect::Updated));
         assert_eq!(c.incidents[&n].alerts[0].count, 2);
-        let out = c.recover(&dedup_key("h1", "file", "/etc/a", AlertKind::Drift), t(400), "reverted");
+        let out = c.recover(
+            &dedup_key("h1", "file", "/etc/a", AlertKind::Drift),
+            t(400),
+            "reverted",
+        );
         assert_eq!(out, vec![(n.clone(), Effect::Resolved)]);
         assert_eq!(c.incidents[&n].state, IncidentState::Resolved);
     }
@@ -531,10 +541,18 @@ mod tests {
         assert_eq!(c.incidents.len(), 1);
         assert!(c.incidents[&n].alerts[1].suppressed);
         // The monitor recovers while suppressed: the recovery still reaches it.
-        c.recover(&dedup_key("h1", "monitor", "nginx", AlertKind::MonitorDown), t(1100), "up");
+        c.recover(
+            &dedup_key("h1", "monitor", "nginx", AlertKind::MonitorDown),
+            t(1100),
+            "up",
+        );
         assert!(!c.incidents[&n].alerts[1].firing);
         assert!(c.incidents[&n].state.is_open());
-        c.recover(&dedup_key("h1", "host", "h1", AlertKind::HostDown), t(1200), "back");
+        c.recover(
+            &dedup_key("h1", "host", "h1", AlertKind::HostDown),
+            t(1200),
+            "back",
+        );
         assert_eq!(c.incidents[&n].state, IncidentState::Resolved);
     }
 
@@ -555,7 +573,10 @@ mod tests {
         let key = dedup_key("h1", "monitor", "nginx", AlertKind::MonitorDown);
         let mut first = None;
         for i in 0..8u64 {
-            let (n, _) = c.fire(&ev(AlertKind::MonitorDown, "h1", "nginx", i * 20), &mut next);
+            let (n, _) = c.fire(
+                &ev(AlertKind::MonitorDown, "h1", "nginx", i * 20),
+                &mut next,
+            );
             first.get_or_insert(n.clone());
             assert_eq!(Some(&n), first.as_ref());
             c.recover(&key, t(i * 20 + 10), "up");
@@ -564,7 +585,10 @@ mod tests {
         assert_eq!(c.incidents.len(), 1);
         let inc = &c.incidents[&n];
         assert!(inc.flapping);
-        assert!(inc.state.is_open(), "a flapping incident does not resolve on recovery");
+        assert!(
+            inc.state.is_open(),
+            "a flapping incident does not resolve on recovery"
+        );
         assert!(c.tick(t(300)).is_empty());
         assert_eq!(c.tick(t(800)), vec![n.clone()]);
         assert_eq!(c.incidents[&n].state, IncidentState::Resolved);

@@ -76,7 +76,11 @@ impl FromStr for Category {
             "unauthorized-change" => Category::UnauthorizedChange,
             "security" => Category::Security,
             "identity" => Category::Identity,
-            other => return Err(IncidentError::Invalid(format!("unknown category {other:?}"))),
+            other => {
+                return Err(IncidentError::Invalid(format!(
+                    "unknown category {other:?}"
+                )));
+            }
         })
     }
 }

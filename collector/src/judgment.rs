@@ -35,12 +35,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::availability::{AvailabilityFigures, Outage, OutageSubject, figures};
 use crate::baselines::{
-    Baseline, BaselineDiff, BaselineError, BaselineItem, BaselineState, BaselineSummary,
-    Hostnames, diff, items_of, live_items,
+    Baseline, BaselineDiff, BaselineError, BaselineItem, BaselineState, BaselineSummary, Hostnames,
+    diff, items_of, live_items,
 };
 use crate::changes::{
-    self, ChangeError, ChangeImport, ChangeRecord, ChangeState, ChangeType, ChangeUpdate,
-    NewChange,
+    self, ChangeError, ChangeImport, ChangeRecord, ChangeState, ChangeType, ChangeUpdate, NewChange,
 };
 use crate::correlate::{AlertEvent, CorrelationSettings, Correlator, Effect, dedup_key};
 use crate::drift::{DeviationKind, DriftRecord, Verdict, deviation, judge, significant, states};
@@ -284,7 +283,9 @@ impl Batch {
                 value,
             }),
             // Our own types always serialise; a failure is a bug worth a loud log.
-            Err(e) => tracing::error!(collection, id, error = %e, "Cannot encode a judgment record."),
+            Err(e) => {
+                tracing::error!(collection, id, error = %e, "Cannot encode a judgment record.")
+            }
         }
     }
 
@@ -309,7 +310,14 @@ impl Batch {
         }
     }
 
-    fn audit(&mut self, actor: &Actor, action: &str, object: &str, why: Option<&str>, details: serde_json::Value) {
+    fn audit(
+        &mut self,
+        actor: &Actor,
+        action: &str,
+        object: &str,
+        why: Option<&str>,
+        details: serde_json::Value,
+    ) {
         self.audit.push((
             actor.clone(),
             action.to_owned(),
@@ -388,8 +396,9 @@ impl State {
         let waivers: Vec<Waiver> = load_all(store, C_WAIVER, |_| true)?;
         let baselines: Vec<Baseline> = load_all(store, C_BASELINE, |_| true)?;
         let open: Vec<OpenDrift> = load_all(store, C_OPEN_DRIFT, |_| true)?;
-        let incidents: Vec<Incident> =
-            load_all(store, C_INCIDENT, |i: &Incident| i.state != IncidentState::Closed)?;
+        let incidents: Vec<Incident> = load_all(store, C_INCIDENT, |i: &Incident| {
+            i.state != IncidentState::Closed
+        })?;
         let mut liveness = HashMap::new();
         let mut after: Option<String> = None;
         loop {
@@ -424,7 +433,10 @@ impl State {
             open_drift: open.into_iter().map(|o| (o.ci_id.clone(), o)).collect(),
             corr: Correlator::new(
                 settings.correlation,
-                incidents.into_iter().map(|i| (i.number.clone(), i)).collect(),
+                incidents
+                    .into_iter()
+                    .map(|i| (i.number.clone(), i))
+                    .collect(),
             ),
             hosts: BTreeMap::new(),
             liveness,
@@ -501,7 +513,12 @@ impl Judgment {
     /// Commits a step: audit entries first (a mutation that cannot be audited does not
     /// happen), then the records, then notifications are woken. On failure the state is
     /// reloaded from the store.
-    fn commit(&self, st: &mut State, mut batch: Batch, now: SystemTime) -> Result<(), JudgmentError> {
+    fn commit(
+        &self,
+        st: &mut State,
+        mut batch: Batch,
+        now: SystemTime,
+    ) -> Result<(), JudgmentError> {
         for id in std::mem::take(&mut batch.changes) {
             if let Some(c) = st.changes.get(&id) {
                 let c = c.clone();
@@ -1032,20 +1049,20 @@ impl Judgment {
                     hostname: a.hostname.clone(),
                 },
             );
-            let fresher = by_host
-                .get(&h)
-                .is_none_or(|b| a.last_seen > b.last_seen);
+            let fresher = by_host.get(&h).is_none_or(|b| a.last_seen > b.last_seen);
             if fresher {
                 by_host.insert(h, a);
             }
         }
         let limit = self.settings.heartbeat * self.settings.missed_heartbeats.max(1);
         for (host, a) in &by_host {
-            let Some(last_seen) = a.last_seen else { continue };
+            let Some(last_seen) = a.last_seen else {
+                continue;
+            };
             let graceful = !a.connected
-                && a.last_shutdown.as_ref().is_some_and(|s| {
-                    s.received_at + Duration::from_secs(5) >= last_seen
-                });
+                && a.last_shutdown
+                    .as_ref()
+                    .is_some_and(|s| s.received_at + Duration::from_secs(5) >= last_seen);
             let silent = now.duration_since(last_seen).unwrap_or_default();
             let down = st.liveness.get(host).cloned();
             match down {
@@ -1139,7 +1156,12 @@ impl Judgment {
             if let Some(inc) = st.corr.incidents.get_mut(&number) {
                 inc.state = IncidentState::Closed;
                 inc.closed_at = Some(now);
-                inc.log(now, ENGINE, "closed", "resolved long enough: closed automatically");
+                inc.log(
+                    now,
+                    ENGINE,
+                    "closed",
+                    "resolved long enough: closed automatically",
+                );
                 batch.touched.insert(number, "closed");
             }
         }
@@ -1269,11 +1291,17 @@ impl Judgment {
             .ok_or_else(|| JudgmentError::NotFound(format!("no change {id}")))
     }
 
-    pub fn create_change(&self, actor: &Actor, req: NewChange) -> Result<ChangeRecord, JudgmentError> {
+    pub fn create_change(
+        &self,
+        actor: &Actor,
+        req: NewChange,
+    ) -> Result<ChangeRecord, JudgmentError> {
         let now = SystemTime::now();
         let mut st = self.lock();
         if st.changes.len() >= MAX_CHANGES {
-            return Err(JudgmentError::Invalid(format!("at most {MAX_CHANGES} change records")));
+            return Err(JudgmentError::Invalid(format!(
+                "at most {MAX_CHANGES} change records"
+            )));
         }
         if req.state.is_some() {
             return Err(JudgmentError::Invalid(
@@ -1286,7 +1314,13 @@ impl Judgment {
         st.counters.change = counter;
         let mut batch = Batch::default();
         batch.put(C_CHANGE, &id, &c);
-        batch.audit(actor, "change.create", &id, None, serde_json::to_value(&c).unwrap_or_default());
+        batch.audit(
+            actor,
+            "change.create",
+            &id,
+            None,
+            serde_json::to_value(&c).unwrap_or_default(),
+        );
         st.changes.insert(id, c.clone());
         self.commit(&mut st, batch, now)?;
         Ok(c)
@@ -1479,7 +1513,11 @@ impl Judgment {
     // === baselines ===
 
     pub fn baselines(&self) -> Vec<BaselineSummary> {
-        self.lock().baselines.values().map(Baseline::summary).collect()
+        self.lock()
+            .baselines
+            .values()
+            .map(Baseline::summary)
+            .collect()
     }
 
     pub fn baseline(&self, id: &str) -> Result<Baseline, JudgmentError> {
@@ -1537,7 +1575,11 @@ impl Judgment {
     }
 
     /// Approves a pending baseline; approved baselines of the same scope are superseded.
-    pub fn approve_baseline(&self, actor: &Actor, id: &str) -> Result<BaselineSummary, JudgmentError> {
+    pub fn approve_baseline(
+        &self,
+        actor: &Actor,
+        id: &str,
+    ) -> Result<BaselineSummary, JudgmentError> {
         let now = SystemTime::now();
         let mut st = self.lock();
         let Some(b) = st.baselines.get(id).cloned() else {
@@ -1552,7 +1594,12 @@ impl Judgment {
         let mut batch = Batch::default();
         let scope_text: Vec<String> = b.scope.iter().map(ToString::to_string).collect();
         for other in st.baselines.values_mut() {
-            let same = other.scope.iter().map(ToString::to_string).collect::<Vec<_>>() == scope_text;
+            let same = other
+                .scope
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                == scope_text;
             if other.id != id && other.state == BaselineState::Approved && same {
                 other.state = BaselineState::Superseded;
                 batch.put(C_BASELINE, &other.id.clone(), &other.clone());
@@ -1564,7 +1611,13 @@ impl Judgment {
         b.approved_by = Some(actor.name.clone());
         let b = b.clone();
         batch.put(C_BASELINE, id, &b);
-        batch.audit(actor, "baseline.approve", id, None, serde_json::json!({"items": b.items.len()}));
+        batch.audit(
+            actor,
+            "baseline.approve",
+            id,
+            None,
+            serde_json::json!({"items": b.items.len()}),
+        );
         self.commit(&mut st, batch, now)?;
         Ok(b.summary())
     }
@@ -1629,14 +1682,19 @@ impl Judgment {
             )));
         }
         if req.expires_at <= now {
-            return Err(JudgmentError::Invalid("expires_at must be in the future".into()));
+            return Err(JudgmentError::Invalid(
+                "expires_at must be in the future".into(),
+            ));
         }
         if req.attributes.len() > 256 {
             return Err(JudgmentError::Invalid("at most 256 attributes".into()));
         }
         let mut st = self.lock();
         if st.waivers.len() >= policy::MAX_RULES {
-            return Err(JudgmentError::Invalid(format!("at most {} waivers", policy::MAX_RULES)));
+            return Err(JudgmentError::Invalid(format!(
+                "at most {} waivers",
+                policy::MAX_RULES
+            )));
         }
         let id = next(&mut st.counters.waiver, "WVR", 7);
         let w = Waiver {
@@ -1651,20 +1709,33 @@ impl Judgment {
         };
         let mut batch = Batch::default();
         batch.put(C_WAIVER, &id, &w);
-        batch.audit(actor, "waiver.create", &id, Some(&w.justification), serde_json::to_value(&w).unwrap_or_default());
+        batch.audit(
+            actor,
+            "waiver.create",
+            &id,
+            Some(&w.justification),
+            serde_json::to_value(&w).unwrap_or_default(),
+        );
         st.waivers.insert(id, w.clone());
         self.commit(&mut st, batch, now)?;
         Ok(w)
     }
 
-    pub fn revoke_waiver(&self, actor: &Actor, id: &str, why: Option<&str>) -> Result<Waiver, JudgmentError> {
+    pub fn revoke_waiver(
+        &self,
+        actor: &Actor,
+        id: &str,
+        why: Option<&str>,
+    ) -> Result<Waiver, JudgmentError> {
         let now = SystemTime::now();
         let mut st = self.lock();
         let Some(w) = st.waivers.get_mut(id) else {
             return Err(JudgmentError::NotFound(format!("no waiver {id}")));
         };
         if w.revoked {
-            return Err(JudgmentError::Conflict(format!("waiver {id} is already revoked")));
+            return Err(JudgmentError::Conflict(format!(
+                "waiver {id} is already revoked"
+            )));
         }
         w.revoked = true;
         let w = w.clone();
@@ -1689,7 +1760,13 @@ impl Judgment {
         let mut st = self.lock();
         let mut batch = Batch::default();
         batch.put(C_JUDGMENT, "policies", &p);
-        batch.audit(actor, "policy.set", "policies", None, serde_json::to_value(&p).unwrap_or_default());
+        batch.audit(
+            actor,
+            "policy.set",
+            "policies",
+            None,
+            serde_json::to_value(&p).unwrap_or_default(),
+        );
         st.policies = p.clone();
         self.commit(&mut st, batch, now)?;
         Ok(p)
@@ -1758,12 +1835,20 @@ impl Judgment {
         let mut batch = Batch::default();
         let (action_name, details, why) = match &action {
             IncidentAction::Acknowledge { note } => {
-                incidents::transition(&mut inc, IncidentState::Acknowledged, &actor.name, note.as_deref().unwrap_or(""), now)?;
+                incidents::transition(
+                    &mut inc,
+                    IncidentState::Acknowledged,
+                    &actor.name,
+                    note.as_deref().unwrap_or(""),
+                    now,
+                )?;
                 ("incident.acknowledge", serde_json::json!({}), note.clone())
             }
             IncidentAction::Assign { assignee } => {
                 if assignee.trim().is_empty() || assignee.len() > 256 {
-                    return Err(JudgmentError::Invalid("assignee must be 1 to 256 bytes".into()));
+                    return Err(JudgmentError::Invalid(
+                        "assignee must be 1 to 256 bytes".into(),
+                    ));
                 }
                 if !inc.state.is_open() {
                     return Err(JudgmentError::Conflict(format!(
@@ -1772,11 +1857,26 @@ impl Judgment {
                     )));
                 }
                 inc.assignee = Some(assignee.clone());
-                inc.log(now, &actor.name, "assigned", format!("assigned to {assignee}"));
+                inc.log(
+                    now,
+                    &actor.name,
+                    "assigned",
+                    format!("assigned to {assignee}"),
+                );
                 if inc.state != IncidentState::InProgress {
-                    incidents::transition(&mut inc, IncidentState::InProgress, &actor.name, "", now)?;
+                    incidents::transition(
+                        &mut inc,
+                        IncidentState::InProgress,
+                        &actor.name,
+                        "",
+                        now,
+                    )?;
                 }
-                ("incident.assign", serde_json::json!({"assignee": assignee}), None)
+                (
+                    "incident.assign",
+                    serde_json::json!({"assignee": assignee}),
+                    None,
+                )
             }
             IncidentAction::Resolve { note } => {
                 incidents::transition(&mut inc, IncidentState::Resolved, &actor.name, note, now)?;
@@ -1785,7 +1885,11 @@ impl Judgment {
                     note: note.clone(),
                     change_id: None,
                 });
-                ("incident.resolve", serde_json::json!({}), Some(note.clone()))
+                (
+                    "incident.resolve",
+                    serde_json::json!({}),
+                    Some(note.clone()),
+                )
             }
             IncidentAction::Reopen { note } => {
                 incidents::transition(&mut inc, IncidentState::InProgress, &actor.name, note, now)?;
@@ -1802,7 +1906,11 @@ impl Judgment {
                 }
                 if inc.resolution.is_none() || change_id.is_some() {
                     inc.resolution = Some(Resolution {
-                        code: if change_id.is_some() { "accepted".into() } else { "closed".into() },
+                        code: if change_id.is_some() {
+                            "accepted".into()
+                        } else {
+                            "closed".into()
+                        },
                         note: note.clone(),
                         change_id: change_id.clone(),
                     });
@@ -1846,7 +1954,10 @@ impl Judgment {
                 change.change_type
             )));
         }
-        if matches!(change.state, ChangeState::Draft | ChangeState::Cancelled | ChangeState::Failed) {
+        if matches!(
+            change.state,
+            ChangeState::Draft | ChangeState::Cancelled | ChangeState::Failed
+        ) {
             return Err(JudgmentError::Conflict(format!(
                 "change {change_id} is {}: it must be approved to accept drift",
                 change.state
@@ -2086,11 +2197,14 @@ impl DriftQuery {
             .as_deref()
             .is_none_or(|h| d.host_id == h || d.hostname.as_deref() == Some(h))
             && self.ci.as_deref().is_none_or(|c| d.ci_id == c)
-            && self.verdict.as_deref().is_none_or(|v| d.verdict.name() == v)
+            && self
+                .verdict
+                .as_deref()
+                .is_none_or(|v| d.verdict.name() == v)
             && self.open.is_none_or(|o| d.open == o)
-            && self.change.as_deref().is_none_or(|c| {
-                matches!(&d.verdict, Verdict::Authorized { change_id } if change_id == c)
-            })
+            && self.change.as_deref().is_none_or(
+                |c| matches!(&d.verdict, Verdict::Authorized { change_id } if change_id == c),
+            )
     }
 }
 

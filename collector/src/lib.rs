@@ -7,10 +7,10 @@
 //! certificates; [`tls`] builds both ends' rustls configurations.
 #![forbid(unsafe_code)]
 
+pub mod audit_log;
 pub mod availability;
 pub mod baselines;
 pub mod changes;
-pub mod audit_log;
 pub mod config;
 pub mod correlate;
 pub mod drift;

@@ -54,7 +54,12 @@ impl Default for AttributePolicies {
         let volatile: &[(&str, &[&str])] = &[
             (
                 "filesystem",
-                &["used_bytes", "available_bytes", "inodes_used", "inodes_free"],
+                &[
+                    "used_bytes",
+                    "available_bytes",
+                    "inodes_used",
+                    "inodes_free",
+                ],
             ),
             ("listening_port", &["pid", "user"]),
             (
@@ -66,7 +71,10 @@ impl Default for AttributePolicies {
             ("kernel_module", &["used_by", "refcount", "instances"]),
             ("network_interface", &["state", "speed_mbps", "duplex"]),
             ("file", &["mtime"]),
-            ("memory", &["free_bytes", "available_bytes", "swap_free_bytes"]),
+            (
+                "memory",
+                &["free_bytes", "available_bytes", "swap_free_bytes"],
+            ),
         ];
         for (class, attrs) in volatile {
             classes.insert(
@@ -192,8 +200,7 @@ pub fn validate_attribute_policies(p: &AttributePolicies) -> Result<(), PolicyEr
         if class.is_empty() || class.len() > 128 || class.chars().any(char::is_control) {
             return Err(PolicyError::Invalid(format!("bad class name {class:?}")));
         }
-        if cp.volatile.len() > 256 || cp.volatile.iter().any(|a| a.is_empty() || a.len() > 128)
-        {
+        if cp.volatile.len() > 256 || cp.volatile.iter().any(|a| a.is_empty() || a.len() > 128) {
             return Err(PolicyError::Invalid(format!(
                 "class {class}: at most 256 volatile attributes of 1 to 128 bytes"
             )));
@@ -234,7 +241,9 @@ pub struct DenyRule {
 /// Checks a deny list.
 pub fn validate_deny_rules(rules: &[DenyRule]) -> Result<(), PolicyError> {
     if rules.len() > MAX_RULES {
-        return Err(PolicyError::TooLarge(format!("at most {MAX_RULES} deny rules")));
+        return Err(PolicyError::TooLarge(format!(
+            "at most {MAX_RULES} deny rules"
+        )));
     }
     if let Some(r) = rules.iter().find(|r| r.reason.len() > MAX_TEXT_BYTES) {
         return Err(PolicyError::TooLarge(format!(
@@ -290,7 +299,10 @@ mod tests {
         assert!(w.covers(&s, &["sha256"], t0));
         assert!(w.covers(&s, &["sha256", "size"], t0));
         assert!(!w.covers(&s, &["sha256", "mode"], t0));
-        assert!(!w.covers(&s, &[], t0), "an addition is not an attribute change");
+        assert!(
+            !w.covers(&s, &[], t0),
+            "an addition is not an attribute change"
+        );
         assert!(!w.covers(&s, &["sha256"], t0 + Duration::from_secs(60)));
         assert!(!w.covers(&subject("file", "/etc/issue"), &["sha256"], t0));
     }
@@ -311,7 +323,10 @@ mod tests {
         ];
         validate_criticality(&rules).unwrap();
         assert_eq!(criticality(&rules, &subject("file", "/x"), (2, 2)), (1, 3));
-        assert_eq!(criticality(&rules, &subject("package", "x"), (2, 2)), (1, 2));
+        assert_eq!(
+            criticality(&rules, &subject("package", "x"), (2, 2)),
+            (1, 2)
+        );
         assert_eq!(criticality(&[], &subject("package", "x"), (2, 2)), (2, 2));
         let bad = vec![CriticalityRule {
             selector: "host=x".parse().unwrap(),

@@ -336,7 +336,10 @@ mod tests {
             assert_eq!(text.parse::<Selector>().unwrap_err(), want, "{text:?}");
         }
         let long = "class=x ".repeat(200);
-        assert_eq!(long.parse::<Selector>().unwrap_err(), SelectorError::TooLong);
+        assert_eq!(
+            long.parse::<Selector>().unwrap_err(),
+            SelectorError::TooLong
+        );
     }
 
     #[test]

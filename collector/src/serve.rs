@@ -13,9 +13,9 @@ use cmdb_proto::v1::agent_service_server::AgentServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::audit_log::{AuditEvent, AuditLog};
 use crate::config::CollectorConfig;
 use crate::http::{ApiState, Authenticator, Principal};
-use crate::audit_log::{AuditEvent, AuditLog};
 use crate::incidents::Incident;
 use crate::ingest::{AgentConfigFn, Ingest};
 use crate::judgment::{Actor, AuditSink, Judgment, NoticeSink};
@@ -313,11 +313,7 @@ impl AuditSink for AuditAdapter {
 }
 
 impl crate::http::AuditReader for AuditAdapter {
-    fn entries_json(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<serde_json::Value, String> {
+    fn entries_json(&self, after: Option<u64>, limit: usize) -> Result<serde_json::Value, String> {
         let items = self.0.entries(after, limit).map_err(|e| e.to_string())?;
         Ok(serde_json::json!({ "items": items }))
     }

@@ -24,7 +24,11 @@ fn host(dir: &Path, n: usize) -> (PathBuf, PathBuf) {
     let watched = root.join("etc/cmdb-test");
     std::fs::create_dir_all(&watched).unwrap();
     for i in 0..n {
-        std::fs::write(watched.join(format!("f{i:02}.conf")), format!("setting = {i}\n")).unwrap();
+        std::fs::write(
+            watched.join(format!("f{i:02}.conf")),
+            format!("setting = {i}\n"),
+        )
+        .unwrap();
     }
     (root, watched)
 }
@@ -55,7 +59,10 @@ fn in_secs(s: i64) -> String {
 /// exists (from then on, changes are judged).
 fn setup(dir: &Path, files: usize, collector_extra: &str) -> (Collector, Agent, String, PathBuf) {
     let (root, watched) = host(dir, files);
-    let c = Collector::start_with(&dir.join("collector"), &format!("{FAST_COLLECTOR}{collector_extra}"));
+    let c = Collector::start_with(
+        &dir.join("collector"),
+        &format!("{FAST_COLLECTOR}{collector_extra}"),
+    );
     let mut a = Agent::enroll(&c, &dir.join("agent"), &spec(&root));
     a.start();
     let host_id = wait_for(Duration::from_secs(30), "initial baseline", || {
@@ -107,13 +114,18 @@ fn an_unauthorized_edit_opens_exactly_one_incident_with_the_matrix_priority() {
     let started = Instant::now();
     std::fs::write(watched.join("f00.conf"), "setting = tampered\n").unwrap();
     let inc = wait_for(Duration::from_secs(5), "an incident within 5 s", || {
-        incidents(&c, "category=unauthorized-change").into_iter().next()
+        incidents(&c, "category=unauthorized-change")
+            .into_iter()
+            .next()
     });
     eprintln!("incident visible after {:?}: {inc}", started.elapsed());
     let ci = file_ci_id(&c, &host_id, "/etc/cmdb-test/f00.conf");
     assert_eq!(inc["ci_id"], ci.as_str());
     assert_eq!(inc["category"], "unauthorized-change");
-    assert_eq!((inc["impact"].as_u64(), inc["urgency"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(
+        (inc["impact"].as_u64(), inc["urgency"].as_u64()),
+        (Some(1), Some(2))
+    );
     assert_eq!(inc["priority"], 2);
     assert_eq!(inc["state"], "new");
     // Exactly one, and its drift record carries the evidence.
@@ -130,11 +142,19 @@ fn an_unauthorized_edit_opens_exactly_one_incident_with_the_matrix_priority() {
     // Restore it (the incident resolves), then a burst of 20 edits: one incident, 20 CIs.
     std::fs::write(watched.join("f00.conf"), "setting = 0\n").unwrap();
     wait_for(Duration::from_secs(10), "the revert resolves it", || {
-        let i = c.call("GET", &format!("/api/v1/incidents/{}", inc["number"].as_str().unwrap()), None);
+        let i = c.call(
+            "GET",
+            &format!("/api/v1/incidents/{}", inc["number"].as_str().unwrap()),
+            None,
+        );
         (i["state"] == "resolved").then_some(())
     });
     for i in 0..20 {
-        std::fs::write(watched.join(format!("f{i:02}.conf")), format!("burst {i}\n")).unwrap();
+        std::fs::write(
+            watched.join(format!("f{i:02}.conf")),
+            format!("burst {i}\n"),
+        )
+        .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(15);
     let burst = loop {
@@ -149,12 +169,20 @@ fn an_unauthorized_edit_opens_exactly_one_incident_with_the_matrix_priority() {
             "no incident listing all 20: {:?}",
             incidents(&c, "")
                 .iter()
-                .map(|i| (i["number"].clone(), i["state"].clone(), i["alerts"].as_array().map(Vec::len)))
+                .map(|i| (
+                    i["number"].clone(),
+                    i["state"].clone(),
+                    i["alerts"].as_array().map(Vec::len)
+                ))
                 .collect::<Vec<_>>()
         );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(incidents(&c, "open=true").len(), 1, "one burst is one incident");
+    assert_eq!(
+        incidents(&c, "open=true").len(),
+        1,
+        "one burst is one incident"
+    );
     let mut keys: Vec<&str> = burst["alerts"]
         .as_array()
         .unwrap()
@@ -211,7 +239,10 @@ fn an_approved_change_authorises_its_edits_and_advances_the_baseline_when_closed
     assert_eq!(drift[0]["change_id"], id.as_str());
     assert_eq!(drift[0]["ci_id"], ci.as_str());
     std::thread::sleep(Duration::from_secs(1));
-    assert!(incidents(&c, "").is_empty(), "an authorised change opens nothing");
+    assert!(
+        incidents(&c, "").is_empty(),
+        "an authorised change opens nothing"
+    );
 
     // Close it: implementing → implemented → closed; the initial baseline advances.
     for to in ["implementing", "implemented", "closed"] {
@@ -225,7 +256,10 @@ fn an_approved_change_authorises_its_edits_and_advances_the_baseline_when_closed
     let baselines = c.call("GET", "/api/v1/baselines", None);
     let initial = baselines["items"][0]["id"].as_str().unwrap().to_owned();
     let b = c.call("GET", &format!("/api/v1/baselines/{initial}"), None);
-    assert_eq!(b["items"][&ci]["attrs"]["sha256"], sha_now, "the baseline advanced");
+    assert_eq!(
+        b["items"][&ci]["attrs"]["sha256"], sha_now,
+        "the baseline advanced"
+    );
     assert!(b["advances"].as_u64().unwrap() >= 1);
     let diff = c.call("GET", &format!("/api/v1/baselines/{initial}/diff"), None);
     assert_eq!(diff["changed"], 0, "{diff}");
@@ -236,9 +270,11 @@ fn an_approved_change_authorises_its_edits_and_advances_the_baseline_when_closed
         (SystemTime::now() > end + Duration::from_secs(1)).then_some(())
     });
     std::fs::write(watched.join("f00.conf"), "setting = late\n").unwrap();
-    let inc = wait_for(Duration::from_secs(10), "an incident after the window", || {
-        incidents(&c, "").into_iter().next()
-    });
+    let inc = wait_for(
+        Duration::from_secs(10),
+        "an incident after the window",
+        || incidents(&c, "").into_iter().next(),
+    );
     assert_eq!(inc["category"], "unauthorized-change");
     assert_eq!(inc["ci_id"], ci.as_str());
 }
@@ -264,7 +300,11 @@ fn a_revert_resolves_the_incident_by_itself() {
             Instant::now() < deadline,
             "not resolved: {i}\ndrift: {}\nversions: {}",
             c.call("GET", "/api/v1/drift", None),
-            c.call("GET", &format!("/api/v1/cis/{}", i["ci_id"].as_str().unwrap()), None)["versions"]
+            c.call(
+                "GET",
+                &format!("/api/v1/cis/{}", i["ci_id"].as_str().unwrap()),
+                None
+            )["versions"]
         );
         std::thread::sleep(Duration::from_millis(100));
     };
@@ -293,8 +333,11 @@ fn a_revert_resolves_the_incident_by_itself() {
 fn sigkill_is_an_outage_and_a_graceful_stop_in_an_approved_window_is_planned() {
     let tmp = tempfile::tempdir().unwrap();
     let (c, mut a, host_id, _watched) = setup(tmp.path(), 1, "");
-    let host_ci = c.call("GET", &format!("/api/v1/cis?class=host&host={host_id}"), None)["items"][0]
-        ["id"]
+    let host_ci = c.call(
+        "GET",
+        &format!("/api/v1/cis?class=host&host={host_id}"),
+        None,
+    )["items"][0]["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -305,23 +348,40 @@ fn sigkill_is_an_outage_and_a_graceful_stop_in_an_approved_window_is_planned() {
         incidents(&c, "category=availability").into_iter().next()
     });
     let detected = SystemTime::now().duration_since(killed_at).unwrap();
-    assert!(detected >= Duration::from_secs(2), "not before the missed heartbeats: {detected:?}");
+    assert!(
+        detected >= Duration::from_secs(2),
+        "not before the missed heartbeats: {detected:?}"
+    );
     assert_eq!(inc["ci_id"], host_ci.as_str());
-    assert_eq!(inc["priority"], 2, "availability defaults to impact 2, urgency 1");
+    assert_eq!(
+        inc["priority"], 2,
+        "availability defaults to impact 2, urgency 1"
+    );
     std::thread::sleep(Duration::from_secs(3));
     a.start();
     let number = inc["number"].as_str().unwrap();
-    wait_for(Duration::from_secs(20), "resolved when the host is back", || {
-        let i = c.call("GET", &format!("/api/v1/incidents/{number}"), None);
-        (i["state"] == "resolved").then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "resolved when the host is back",
+        || {
+            let i = c.call("GET", &format!("/api/v1/incidents/{number}"), None);
+            (i["state"] == "resolved").then_some(())
+        },
+    );
     let restarted_at = SystemTime::now();
-    let report = c.call("GET", &format!("/api/v1/availability?ci={host_ci}&from={}", in_secs(-3600)), None);
+    let report = c.call(
+        "GET",
+        &format!("/api/v1/availability?ci={host_ci}&from={}", in_secs(-3600)),
+        None,
+    );
     let f = &report["items"][0];
     assert_eq!(f["outages"], 1, "{report}");
     let down = f["unplanned_downtime_seconds"].as_u64().unwrap();
     let real = restarted_at.duration_since(killed_at).unwrap().as_secs();
-    assert!(down >= 5 && down <= real + 2, "downtime {down}s, the agent was dead about {real}s");
+    assert!(
+        down >= 5 && down <= real + 2,
+        "downtime {down}s, the agent was dead about {real}s"
+    );
     assert!(f["availability_percent"].as_f64().unwrap() < 100.0);
     assert!(f["mtrs_seconds"].as_f64().is_some());
 
@@ -337,13 +397,26 @@ fn sigkill_is_an_outage_and_a_graceful_stop_in_an_approved_window_is_planned() {
         })),
     );
     let id = change["id"].as_str().unwrap();
-    c.call("POST", &format!("/api/v1/changes/{id}/transition"), Some(&json!({"to": "approved"})));
+    c.call(
+        "POST",
+        &format!("/api/v1/changes/{id}/transition"),
+        Some(&json!({"to": "approved"})),
+    );
     let before = incidents(&c, "").len();
     a.stop();
     std::thread::sleep(Duration::from_secs(6));
-    assert_eq!(incidents(&c, "").len(), before, "a planned stop opens nothing");
+    assert_eq!(
+        incidents(&c, "").len(),
+        before,
+        "a planned stop opens nothing"
+    );
     let outages = c.call("GET", "/api/v1/outages", None)["items"].clone();
-    let planned: Vec<&Value> = outages.as_array().unwrap().iter().filter(|o| o["planned"] == true).collect();
+    let planned: Vec<&Value> = outages
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["planned"] == true)
+        .collect();
     assert_eq!(planned.len(), 1, "{outages}");
     assert_eq!(planned[0]["change_id"], id);
     a.start();
@@ -354,9 +427,21 @@ fn sigkill_is_an_outage_and_a_graceful_stop_in_an_approved_window_is_planned() {
             .any(|o| o["planned"] == true && !o["end"].is_null())
             .then_some(())
     });
-    let report = c.call("GET", &format!("/api/v1/availability?ci={host_ci}&from={}", in_secs(-3600)), None);
-    assert_eq!(report["items"][0]["outages"], 1, "the planned stop is not an outage");
-    assert!(report["items"][0]["planned_downtime_seconds"].as_u64().unwrap() >= 5);
+    let report = c.call(
+        "GET",
+        &format!("/api/v1/availability?ci={host_ci}&from={}", in_secs(-3600)),
+        None,
+    );
+    assert_eq!(
+        report["items"][0]["outages"], 1,
+        "the planned stop is not an outage"
+    );
+    assert!(
+        report["items"][0]["planned_downtime_seconds"]
+            .as_u64()
+            .unwrap()
+            >= 5
+    );
 }
 
 #[test]
@@ -384,7 +469,10 @@ fn edits_that_keep_flipping_are_one_flapping_incident() {
     let all = incidents(&c, "");
     assert_eq!(all.len(), 1, "{all:?}");
     assert_eq!(all[0]["flapping"], true);
-    assert_ne!(all[0]["state"], "resolved", "a flapping incident stays open");
+    assert_ne!(
+        all[0]["state"], "resolved",
+        "a flapping incident stays open"
+    );
 }
 
 #[test]
@@ -398,7 +486,12 @@ fn a_clone_opens_an_identity_incident() {
         incidents(&c, "category=identity").into_iter().next()
     });
     assert_eq!(inc["host_id"], host_id.as_str());
-    assert!(inc["alerts"][0]["summary"].as_str().unwrap().contains(&clone.agent_id));
+    assert!(
+        inc["alerts"][0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains(&clone.agent_id)
+    );
 }
 
 #[test]
@@ -426,9 +519,17 @@ fn bad_requests_are_refused_and_change_nothing() {
     for (body, why) in cases {
         let (status, err) = c.send("POST", "/api/v1/changes", &c.admin_token, Some(&body));
         assert_eq!(status, 400, "{body}: {err}");
-        assert!(err["error"]["message"].as_str().unwrap().contains(why), "{why}: {err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(why),
+            "{why}: {err}"
+        );
     }
-    assert!(c.call("GET", "/api/v1/changes", None)["items"].as_array().unwrap().is_empty());
+    assert!(
+        c.call("GET", "/api/v1/changes", None)["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // Illegal transitions are 409 and leave the state alone.
     let change = c.call("POST", "/api/v1/changes", Some(&ok));
@@ -447,11 +548,22 @@ fn bad_requests_are_refused_and_change_nothing() {
         Some(&json!({"to": "finished"})),
     );
     assert_eq!(status, 400);
-    assert_eq!(c.call("GET", &format!("/api/v1/changes/{id}"), None)["state"], "draft");
+    assert_eq!(
+        c.call("GET", &format!("/api/v1/changes/{id}"), None)["state"],
+        "draft"
+    );
 
     // Unknown roles cannot be minted; unknown tokens are 401.
     let out = std::process::Command::new(common::bin("cmdb-collector"))
-        .args(["api-token", "create", "--name", "x", "--role", "overlord", "--data-dir"])
+        .args([
+            "api-token",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "overlord",
+            "--data-dir",
+        ])
         .arg(&c.dir)
         .output()
         .unwrap();
@@ -466,7 +578,12 @@ fn bad_requests_are_refused_and_change_nothing() {
         let (status, err) = c.send("POST", "/api/v1/waivers", &c.admin_token, Some(&body));
         assert_eq!(status, 400, "{err}");
     }
-    assert!(c.call("GET", "/api/v1/waivers", None)["items"].as_array().unwrap().is_empty());
+    assert!(
+        c.call("GET", "/api/v1/waivers", None)["items"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     // Policies with a bad level.
     let (status, _) = c.send(
         "PUT",

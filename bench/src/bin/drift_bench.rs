@@ -111,7 +111,10 @@ impl Store for FeedStore {
         Ok(self.feed[start..(start + limit).min(self.feed.len())].to_vec())
     }
     fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let r = self.records.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
+        let r = self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Backend("poisoned".into()))?;
         Ok(r.get(&(collection.to_owned(), id.to_owned())).cloned())
     }
     fn records(
@@ -120,7 +123,10 @@ impl Store for FeedStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let r = self.records.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
+        let r = self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Backend("poisoned".into()))?;
         Ok(r.iter()
             .filter(|((c, id), _)| c == collection && after.is_none_or(|a| id.as_str() > a))
             .take(limit)
@@ -128,7 +134,10 @@ impl Store for FeedStore {
             .collect())
     }
     fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        let mut r = self.records.lock().map_err(|_| StoreError::Backend("poisoned".into()))?;
+        let mut r = self
+            .records
+            .lock()
+            .map_err(|_| StoreError::Backend("poisoned".into()))?;
         let mut n = 0;
         for op in ops {
             match op {
@@ -149,7 +158,10 @@ impl Store for FeedStore {
                 }
             }
         }
-        *self.written.lock().map_err(|_| StoreError::Backend("poisoned".into()))? += n;
+        *self
+            .written
+            .lock()
+            .map_err(|_| StoreError::Backend("poisoned".into()))? += n;
         Ok(())
     }
 }
@@ -196,12 +208,18 @@ fn make_feed(n: usize, hosts: usize, at: SystemTime) -> Vec<FeedEntry> {
             new.insert("version".into(), s(&format!("1.{}", round + 1)));
             ("package", format!("dpkg:{name}:amd64"), old, new)
         } else if slot < 90 {
-            let old = attrs(&[("sha256", s(&format!("{round:064x}"))), ("size", AttrValue::Int(10))]);
+            let old = attrs(&[
+                ("sha256", s(&format!("{round:064x}"))),
+                ("size", AttrValue::Int(10)),
+            ]);
             let mut new = old.clone();
             new.insert("sha256".into(), s(&format!("{:064x}", round + 1)));
             ("file", format!("/etc/motd.d/{slot}"), old, new)
         } else {
-            let old = attrs(&[("sha256", s(&format!("{round:064x}"))), ("size", AttrValue::Int(10))]);
+            let old = attrs(&[
+                ("sha256", s(&format!("{round:064x}"))),
+                ("size", AttrValue::Int(10)),
+            ]);
             let mut new = old.clone();
             new.insert("sha256".into(), s(&format!("{:064x}", round + 1)));
             ("file", format!("/etc/app/{slot}.conf"), old, new)
@@ -314,7 +332,10 @@ fn run_once(feed: Vec<FeedEntry>) -> Result<(usize, Duration, usize, u64)> {
             ..Default::default()
         })?
         .len();
-    let written = *store.written.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let written = *store
+        .written
+        .lock()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
     Ok((n, elapsed, incidents, written))
 }
 
@@ -336,6 +357,10 @@ fn main() -> Result<()> {
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);
-    println!("median: {:.0} versions/s over {} runs", rates[rates.len() / 2], rates.len());
+    println!(
+        "median: {:.0} versions/s over {} runs",
+        rates[rates.len() / 2],
+        rates.len()
+    );
     Ok(())
 }

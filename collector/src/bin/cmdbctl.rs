@@ -1,10 +1,12 @@
 //! cmdbctl: the collector's HTTP API from the shell, as aligned tables or as the API's JSON.
 //!
-//! Owns argument parsing ([`cli`]), the HTTP client ([`client`]) and the table views
-//! ([`render`], [`table`]). Read-only, like the API it drives. Exit codes: 0 ok, 1 API or
-//! HTTP error (the message is the API's JSON error message), 64 usage (bad arguments, no URL
-//! or token, an https:// URL, an unreadable quickstart.json). A closed stdout (`| head`)
-//! ends the program quietly with 0. docs/API.md lists the commands.
+//! Owns argument parsing ([`cli`], [`times`]), the requests of the judgment commands
+//! ([`requests`]), the HTTP client ([`client`]) and the table views ([`render`],
+//! [`render_judgment`], [`table`]). Exit codes: 0 ok, 1 API or HTTP error (the message is
+//! the API's JSON error message) and an audit log that fails `audit-log verify`, 64 usage
+//! (bad arguments, no URL or token, an https:// URL, an unreadable quickstart.json or input
+//! file). A closed stdout (`| head`) ends the program quietly with 0. docs/API.md lists the
+//! commands.
 #![forbid(unsafe_code)]
 
 // A binary's root resolves `mod x;` beside itself (src/bin/x.rs), where cargo would take
@@ -13,16 +15,26 @@
 mod cli;
 #[path = "cmdbctl/client.rs"]
 mod client;
+#[cfg(test)]
+#[path = "cmdbctl/judgment_tests.rs"]
+mod judgment_tests;
 #[path = "cmdbctl/render.rs"]
 mod render;
+#[path = "cmdbctl/render_judgment.rs"]
+mod render_judgment;
+#[path = "cmdbctl/requests.rs"]
+mod requests;
 #[path = "cmdbctl/table.rs"]
 mod table;
 #[cfg(test)]
 #[path = "cmdbctl/tests.rs"]
 mod tests;
+#[path = "cmdbctl/times.rs"]
+mod times;
 
 use std::io::Write;
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 use clap::Parser;
 use cmdb_collector::http::json::{CiDetail, List, Page, RelationView};
@@ -31,7 +43,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::cli::{CisArgs, Command, Format, Settings};
-use crate::client::{Api, ClientError, segment};
+use crate::client::{Api, ClientError};
+use crate::requests::View;
 
 /// Exit code for usage errors (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
@@ -52,6 +65,15 @@ enum RunError {
     /// Writing the output failed.
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    /// `audit-log verify` found the chain broken (after printing the report).
+    #[error("the audit log does not verify: {0}")]
+    Unverified(String),
+}
+
+impl From<requests::Invalid> for RunError {
+    fn from(e: requests::Invalid) -> Self {
+        RunError::Usage(e.0)
+    }
 }
 
 fn main() -> ExitCode {
@@ -81,9 +103,9 @@ fn main() -> ExitCode {
 }
 
 /// 0 for success and for a closed stdout, 64 for usage errors, 1 for everything else.
-fn exit_code(result: &Result<(), RunError>) -> u8 {
+fn exit_code<T>(result: &Result<T, RunError>) -> u8 {
     match result {
-        Ok(()) => 0,
+        Ok(_) => 0,
         Err(RunError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
         Err(RunError::Usage(_)) => EXIT_USAGE,
         Err(_) => EXIT_API,
@@ -96,8 +118,13 @@ fn complain(msg: &str) {
 }
 
 fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
+    let now = SystemTime::now();
+    let judged = requests::build(&s.command, now)?;
     let api = Api::new(&s.base_url, &s.token)?;
     let json = s.format == Format::Json;
+    if let Some((req, view)) = judged {
+        return run_judgment(&api, req, view, json, now, out);
+    }
     match &s.command {
         Command::Agents => {
             let v = api.get("/api/v1/agents", &[])?;
@@ -151,8 +178,66 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
             let list: List<CloneRecord> = decode(v)?;
             out.write_all(render::clones(&list.items).as_bytes())?;
         }
+        // Built by `requests` and handled above.
+        Command::Changes(_)
+        | Command::Change(_)
+        | Command::Baselines
+        | Command::Baseline(_)
+        | Command::Drift(_)
+        | Command::Waivers
+        | Command::Waiver(_)
+        | Command::Policies(_)
+        | Command::Incidents(_)
+        | Command::Incident(_)
+        | Command::Availability(_)
+        | Command::Outages(_)
+        | Command::AuditLog(_) => {}
     }
     Ok(())
+}
+
+/// A judgment command: send its request, show the answer, and for `audit-log verify` fail
+/// after showing a report whose chain does not hold.
+fn run_judgment(
+    api: &Api,
+    req: requests::Request,
+    view: View,
+    json: bool,
+    now: SystemTime,
+    out: &mut dyn Write,
+) -> Result<(), RunError> {
+    let v = api.send(req.method, &req.path, &req.query, req.body.as_ref())?;
+    let verdict = match view {
+        View::AuditVerify => {
+            let report: render_judgment::VerifyReport = decode(v.clone())?;
+            (!report.holds())
+                .then(|| format!("{} problems (ok: {})", report.problems.len(), report.ok))
+        }
+        _ => None,
+    };
+    let shown = if json {
+        print_json(out, &v)
+    } else {
+        render_judgment::render(view, v, now)
+            .map_err(|e| {
+                RunError::from(ClientError::Decode {
+                    url: req.path.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .and_then(|shown| {
+                out.write_all(shown.text.as_bytes())?;
+                if let Some(hint) = shown.hint {
+                    complain(&hint);
+                }
+                Ok(())
+            })
+    };
+    // A broken chain outranks a closed stdout (`verify | head` still exits 1).
+    match verdict {
+        Some(why) => Err(RunError::Unverified(why)),
+        None => shown,
+    }
 }
 
 /// `cis`: one page, or with `--all` every page merged into one `{"items", "next_after": null}`.
@@ -204,10 +289,7 @@ fn list_cis(api: &Api, args: &CisArgs) -> Result<Value, RunError> {
 
 /// An id for a URL path; `.` and `..` would be resolved away by the URL itself.
 fn path_id(id: &str) -> Result<String, RunError> {
-    if id.is_empty() || id == "." || id == ".." {
-        return Err(RunError::Usage(format!("{id:?} is not an id")));
-    }
-    Ok(segment(id))
+    Ok(requests::path_id(id)?)
 }
 
 fn decode<T: DeserializeOwned>(v: Value) -> Result<T, RunError> {

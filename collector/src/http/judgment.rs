@@ -30,8 +30,7 @@ use crate::changes::{ChangeImport, ChangeRecord, ChangeState, ChangeUpdate, NewC
 use crate::drift::DriftRecord;
 use crate::incidents::Incident;
 use crate::judgment::{
-    Actor, DriftQuery, IncidentAction, IncidentQuery, Judgment, JudgmentError, NewWaiver,
-    Policies,
+    Actor, DriftQuery, IncidentAction, IncidentQuery, Judgment, JudgmentError, NewWaiver, Policies,
 };
 use crate::policy::Waiver;
 
@@ -55,7 +54,10 @@ pub fn routes() -> Router<ApiState> {
         )
         .route("/api/v1/changes/{id}", get(get_change).patch(update_change))
         .route("/api/v1/changes/{id}/transition", post(transition_change))
-        .route("/api/v1/baselines", get(list_baselines).post(capture_baseline))
+        .route(
+            "/api/v1/baselines",
+            get(list_baselines).post(capture_baseline),
+        )
         .route("/api/v1/baselines/{id}", get(get_baseline))
         .route("/api/v1/baselines/{id}/approve", post(approve_baseline))
         .route("/api/v1/baselines/{id}/diff", get(diff_baseline))
@@ -254,7 +256,9 @@ async fn update_change(
     let a = actor(&p, WRITERS, "update change records")?;
     let id = path_id(id)?;
     let Json(u) = body?;
-    Ok(Json(blocking(&state, move |j| j.update_change(&a, &id, u)).await?))
+    Ok(Json(
+        blocking(&state, move |j| j.update_change(&a, &id, u)).await?,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -273,7 +277,9 @@ async fn transition_change(
 ) -> ApiResult<ChangeRecord> {
     let id = path_id(id)?;
     let Json(b) = body?;
-    let to: ChangeState = b.to.parse().map_err(|e: crate::changes::ChangeError| ApiError::bad_request(e.to_string()))?;
+    let to: ChangeState =
+        b.to.parse()
+            .map_err(|e: crate::changes::ChangeError| ApiError::bad_request(e.to_string()))?;
     let a = if to == ChangeState::Approved {
         actor(&p, MANAGERS, "approve change records")?
     } else {
@@ -283,7 +289,10 @@ async fn transition_change(
         return Err(ApiError::bad_request("note is longer than 4096 bytes"));
     }
     Ok(Json(
-        blocking(&state, move |j| j.transition_change(&a, &id, to, b.note.as_deref())).await?,
+        blocking(&state, move |j| {
+            j.transition_change(&a, &id, to, b.note.as_deref())
+        })
+        .await?,
     ))
 }
 
@@ -326,7 +335,9 @@ async fn approve_baseline(
 ) -> ApiResult<BaselineSummary> {
     let a = actor(&p, MANAGERS, "approve baselines")?;
     let id = path_id(id)?;
-    Ok(Json(blocking(&state, move |j| j.approve_baseline(&a, &id)).await?))
+    Ok(Json(
+        blocking(&state, move |j| j.approve_baseline(&a, &id)).await?,
+    ))
 }
 
 async fn diff_baseline(
@@ -427,7 +438,9 @@ async fn put_policies(
 ) -> ApiResult<Policies> {
     let a = actor(&p, ADMINS, "change policies")?;
     let Json(pol) = body?;
-    Ok(Json(blocking(&state, move |j| j.set_policies(&a, pol)).await?))
+    Ok(Json(
+        blocking(&state, move |j| j.set_policies(&a, pol)).await?,
+    ))
 }
 
 // === incidents ===
@@ -448,10 +461,14 @@ async fn list_incidents(
 ) -> ApiResult<Items<Incident>> {
     let Query(q) = q?;
     let query = IncidentQuery {
-        state: opt_parse("state", q.state, |s| s.parse().map_err(|e: crate::incidents::IncidentError| e.to_string()))?,
+        state: opt_parse("state", q.state, |s| {
+            s.parse()
+                .map_err(|e: crate::incidents::IncidentError| e.to_string())
+        })?,
         open: opt_parse("open", q.open, parse_bool)?,
         category: opt_parse("category", q.category, |s| {
-            s.parse().map_err(|e: crate::incidents::IncidentError| e.to_string())
+            s.parse()
+                .map_err(|e: crate::incidents::IncidentError| e.to_string())
         })?,
         host: opt("host", q.host)?,
         limit: limit(q.limit)?,
@@ -506,7 +523,10 @@ struct RangeParams {
     ci: Option<String>,
 }
 
-fn range(q_from: Option<String>, q_to: Option<String>) -> Result<(SystemTime, SystemTime), ApiError> {
+fn range(
+    q_from: Option<String>,
+    q_to: Option<String>,
+) -> Result<(SystemTime, SystemTime), ApiError> {
     let now = SystemTime::now();
     let to = opt_time("to", q_to)?.unwrap_or(now);
     let from = opt_time("from", q_from)?.unwrap_or(to - Duration::from_secs(30 * 24 * 3600));
@@ -514,7 +534,9 @@ fn range(q_from: Option<String>, q_to: Option<String>) -> Result<(SystemTime, Sy
         return Err(ApiError::bad_request("invalid to: must be after from"));
     }
     if to.duration_since(from).unwrap_or_default() > MAX_AVAILABILITY_RANGE {
-        return Err(ApiError::bad_request("invalid from: the range is longer than 400 days"));
+        return Err(ApiError::bad_request(
+            "invalid from: the range is longer than 400 days",
+        ));
     }
     Ok((from, to))
 }
@@ -546,7 +568,9 @@ async fn outages(
 ) -> ApiResult<Items<Outage>> {
     let Query(q) = q?;
     if q.ci.is_some() {
-        return Err(ApiError::bad_request("unknown parameter ci (use /availability?ci=)"));
+        return Err(ApiError::bad_request(
+            "unknown parameter ci (use /availability?ci=)",
+        ));
     }
     let (from, to) = range(q.from, q.to)?;
     Ok(items(blocking(&state, move |j| j.outages(from, to)).await?))
@@ -567,7 +591,8 @@ async fn audit_entries(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = q?;
     let after = opt_parse("after", q.after, |s| {
-        s.parse::<u64>().map_err(|_| format!("{s:?} is not a sequence number"))
+        s.parse::<u64>()
+            .map_err(|_| format!("{s:?} is not a sequence number"))
     })?;
     let limit = limit(q.limit)?;
     let log = state

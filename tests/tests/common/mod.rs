@@ -306,7 +306,15 @@ impl Collector {
     pub fn api_token(&self, name: &str, role: &str) -> String {
         run_ok(
             Command::new(bin("cmdb-collector"))
-                .args(["api-token", "create", "--name", name, "--role", role, "--data-dir"])
+                .args([
+                    "api-token",
+                    "create",
+                    "--name",
+                    name,
+                    "--role",
+                    role,
+                    "--data-dir",
+                ])
                 .arg(&self.dir),
         )
         .trim()
@@ -338,7 +346,10 @@ impl Collector {
     /// A request that must succeed (2xx); returns the JSON answer.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let (status, v) = self.send(method, path, &self.admin_token, body);
-        assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path}: {status} {v}"
+        );
         v
     }
 

@@ -9,8 +9,11 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use cmdb_collector::changes::ExpectedChange;
 use reqwest::Url;
 use serde::Deserialize;
+
+use crate::times::{self, TimeArg};
 
 /// Largest quickstart.json read.
 const MAX_QUICKSTART_BYTES: u64 = 64 * 1024;
@@ -65,6 +68,401 @@ pub enum Command {
     Relations { id: String },
     /// List clone records (two live agents claiming one host).
     Clones,
+    /// The forward schedule of change: change records by window start.
+    Changes(ChangesArgs),
+    /// Show, create, update, move or import change records.
+    #[command(subcommand)]
+    Change(ChangeCommand),
+    /// List baselines.
+    Baselines,
+    /// Show, capture, approve or diff a baseline.
+    #[command(subcommand)]
+    Baseline(BaselineCommand),
+    /// List drift records (judged CI changes), oldest first.
+    Drift(DriftArgs),
+    /// List waivers.
+    Waivers,
+    /// Grant or revoke a waiver.
+    #[command(subcommand)]
+    Waiver(WaiverCommand),
+    /// Show or replace the drift and incident policies.
+    #[command(subcommand)]
+    Policies(PoliciesCommand),
+    /// List incidents, newest first.
+    Incidents(IncidentsArgs),
+    /// Show an incident or act on it.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
+    /// Availability figures per CI over a period.
+    Availability(AvailabilityArgs),
+    /// Outages overlapping a period.
+    Outages(RangeArgs),
+    /// List the audit log, or verify its hash chain (`audit-log verify`).
+    AuditLog(AuditLogArgs),
+}
+
+/// A page size of the judgment lists.
+fn limit_arg() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(1..=i64::from(MAX_LIMIT))
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct ChangesArgs {
+    /// Only changes whose window ends after this (RFC 3339, now, +2h, -30m).
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub from: Option<TimeArg>,
+    /// Only changes whose window starts before this.
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub to: Option<TimeArg>,
+    /// Only changes in this state.
+    #[arg(long, value_parser = CHANGE_STATES)]
+    pub state: Option<String>,
+}
+
+const CHANGE_STATES: [&str; 7] = [
+    "draft",
+    "approved",
+    "implementing",
+    "implemented",
+    "closed",
+    "failed",
+    "cancelled",
+];
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum ChangeCommand {
+    /// Show one change record with its expected changes and history.
+    Show { id: String },
+    /// Create a change record (standard changes start approved, others as drafts).
+    Create(ChangeCreateArgs),
+    /// Edit a draft or approved change (editing an approved change's scope, window,
+    /// expectations or outage flag sends it back to draft).
+    Update(ChangeUpdateArgs),
+    /// Approve a draft: draft → approved (change managers and admins).
+    Approve(TransitionArgs),
+    /// Start an approved change: approved → implementing.
+    Implement(TransitionArgs),
+    /// Finish implementing: implementing → implemented.
+    Complete(TransitionArgs),
+    /// Close an approved or implemented change (advances the baselines its evidence
+    /// touched).
+    Close(TransitionArgs),
+    /// Mark an implementing or implemented change failed.
+    Fail(TransitionArgs),
+    /// Cancel a draft or approved change.
+    Cancel(TransitionArgs),
+    /// Import an ITSM export, {"changes": [...]}, all or nothing ("-" reads stdin).
+    Import { file: PathBuf },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ChangeTypeArg {
+    Normal,
+    Standard,
+    Emergency,
+}
+
+#[derive(Debug, PartialEq, Eq, Args)]
+pub struct ChangeCreateArgs {
+    /// What the change does (up to 512 bytes).
+    #[arg(long)]
+    pub title: String,
+    /// Standard changes are pre-approved; emergency ones may later accept drift.
+    #[arg(long = "type", value_enum, value_name = "TYPE")]
+    pub change_type: ChangeTypeArg,
+    /// A CI selector such as "host=web-* class=package" (repeat for OR).
+    #[arg(long, value_name = "SELECTOR", required = true)]
+    pub scope: Vec<String>,
+    /// Window start (RFC 3339, now, +2h, -30m).
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub start: TimeArg,
+    /// Window end.
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub end: TimeArg,
+    /// An expected change, class=…,key=…,attribute=…,old=…,new=… (globs; any part may be
+    /// left out; repeatable).
+    #[arg(long, value_name = "PATTERN", value_parser = expected_change)]
+    pub expect: Vec<ExpectedChange>,
+    /// The change takes its CIs down: a graceful shutdown in the window is planned
+    /// downtime.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub outage_expected: Option<bool>,
+    /// Longer text (up to 8 KiB).
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq, Args)]
+pub struct ChangeUpdateArgs {
+    pub id: String,
+    #[arg(long)]
+    pub title: Option<String>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// Replaces the scope (repeat for OR).
+    #[arg(long, value_name = "SELECTOR")]
+    pub scope: Vec<String>,
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub start: Option<TimeArg>,
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub end: Option<TimeArg>,
+    /// Replaces the expected changes (repeatable).
+    #[arg(long, value_name = "PATTERN", value_parser = expected_change, conflicts_with = "clear_expect")]
+    pub expect: Vec<ExpectedChange>,
+    /// Removes every expected change (the change then covers any change in its scope).
+    #[arg(long)]
+    pub clear_expect: bool,
+    /// --outage-expected or --outage-expected=false.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pub outage_expected: Option<bool>,
+}
+
+#[derive(Debug, PartialEq, Eq, Args)]
+pub struct TransitionArgs {
+    pub id: String,
+    /// Why (recorded in the audit log).
+    #[arg(long)]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum BaselineCommand {
+    /// Show a baseline (with --items, every CI it holds).
+    Show {
+        id: String,
+        #[arg(long)]
+        items: bool,
+    },
+    /// Capture a baseline of the live CIs in scope (pending until approved).
+    Capture {
+        #[arg(long)]
+        name: String,
+        /// A CI selector (repeat for OR).
+        #[arg(long, value_name = "SELECTOR", required = true)]
+        scope: Vec<String>,
+    },
+    /// Approve a pending baseline (change managers and admins).
+    Approve { id: String },
+    /// Compare a baseline with live state.
+    Diff { id: String },
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct DriftArgs {
+    /// A host id or an exact hostname.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// A CI id.
+    #[arg(long, value_name = "ID")]
+    pub ci: Option<String>,
+    #[arg(long, value_parser = ["authorized", "accepted", "unauthorized"])]
+    pub verdict: Option<String>,
+    /// Only open (unresolved) drift, or with --open=false only resolved drift.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub open: Option<bool>,
+    /// Only drift authorised by this change record.
+    #[arg(long, value_name = "ID")]
+    pub change: Option<String>,
+    /// Most records (1-1000; the API's default is 100).
+    #[arg(long, value_parser = limit_arg())]
+    pub limit: Option<u16>,
+    /// Start after this drift id.
+    #[arg(long, value_name = "ID")]
+    pub after: Option<String>,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum WaiverCommand {
+    /// Accept deviations of the CIs in scope until the waiver expires (change managers
+    /// and admins).
+    Create {
+        /// A CI selector (repeat for OR).
+        #[arg(long, value_name = "SELECTOR", required = true)]
+        scope: Vec<String>,
+        /// Only these attributes (repeatable; none = every attribute, additions and
+        /// removals).
+        #[arg(long = "attribute", value_name = "NAME")]
+        attributes: Vec<String>,
+        /// Why the deviation is acceptable (required; recorded in the audit log).
+        #[arg(long)]
+        justification: String,
+        /// A duration from now (7d, 12h) or a time (RFC 3339, +2h).
+        #[arg(long, value_name = "WHEN", value_parser = times::expiry)]
+        expires: TimeArg,
+    },
+    /// Withdraw a waiver before it expires.
+    Revoke {
+        id: String,
+        /// Why (recorded in the audit log).
+        #[arg(long)]
+        note: Option<String>,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum PoliciesCommand {
+    /// The attribute policies, criticality rules and deny list in force.
+    Show,
+    /// Replace all three with a JSON file shaped like `policies show --format json`
+    /// (admins; "-" reads stdin).
+    Set { file: PathBuf },
+}
+
+const INCIDENT_STATES: [&str; 5] = ["new", "acknowledged", "in_progress", "resolved", "closed"];
+const CATEGORIES: [&str; 5] = [
+    "availability",
+    "capacity",
+    "unauthorized-change",
+    "security",
+    "identity",
+];
+
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct IncidentsArgs {
+    #[arg(long, value_parser = INCIDENT_STATES)]
+    pub state: Option<String>,
+    /// Only open incidents (new, acknowledged, in progress); --open=false for the others.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub open: Option<bool>,
+    #[arg(long, value_parser = CATEGORIES)]
+    pub category: Option<String>,
+    /// A host id or an exact hostname.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Most incidents (1-1000; the API's default is 100).
+    #[arg(long, value_parser = limit_arg())]
+    pub limit: Option<u16>,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum IncidentCommand {
+    /// Show an incident with its alerts and timeline.
+    Show { number: String },
+    /// Acknowledge a new incident.
+    Ack {
+        number: String,
+        #[arg(long)]
+        note: Option<String>,
+    },
+    /// Assign an open incident (and move it to in_progress).
+    Assign { number: String, assignee: String },
+    /// Resolve an open incident.
+    Resolve {
+        number: String,
+        #[arg(long)]
+        note: String,
+    },
+    /// Reopen a resolved incident (in_progress).
+    Reopen {
+        number: String,
+        #[arg(long)]
+        note: String,
+    },
+    /// Close an incident; with --change, a retroactive emergency change accepts its drift
+    /// into the baseline (change managers and admins).
+    Close {
+        number: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long, value_name = "CHANGE_ID")]
+        change: Option<String>,
+    },
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct RangeArgs {
+    /// Period start (RFC 3339, now, -30d; default: 30 days before --to).
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub from: Option<TimeArg>,
+    /// Period end (default: now).
+    #[arg(long, value_name = "TIME", value_parser = times::time, allow_hyphen_values = true)]
+    pub to: Option<TimeArg>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+pub struct AvailabilityArgs {
+    #[command(flatten)]
+    pub range: RangeArgs,
+    /// Only this CI.
+    #[arg(long, value_name = "ID")]
+    pub ci: Option<String>,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AuditLogArgs {
+    #[command(subcommand)]
+    pub command: Option<AuditLogCommand>,
+    /// Entries after this sequence number.
+    #[arg(long, value_name = "SEQ")]
+    pub after: Option<u64>,
+    /// Most entries (1-1000; the API's default is 100).
+    #[arg(long, value_parser = limit_arg())]
+    pub limit: Option<u16>,
+}
+
+#[derive(Debug, PartialEq, Eq, Subcommand)]
+pub enum AuditLogCommand {
+    /// Check the hash chain; exits 1 and lists each problem when it does not hold
+    /// (auditors and admins).
+    Verify,
+}
+
+/// `--expect class=…,key=…,attribute=…,old=…,new=…`. A comma starts a new part only
+/// when a word and `=` follow it (`,new=`), so values may contain other commas; a word
+/// that is not a part name is refused rather than read as part of the previous value.
+pub fn expected_change(s: &str) -> Result<ExpectedChange, String> {
+    const PARTS: [&str; 5] = ["class", "key", "attribute", "old", "new"];
+    let part_name = |p: &str| {
+        p.split_once('=')
+            .map(|(name, _)| name)
+            .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphabetic() || c == '_'))
+            .map(str::to_owned)
+    };
+    let mut parts: Vec<String> = Vec::new();
+    for piece in s.split(',') {
+        match parts.last_mut() {
+            Some(last) if part_name(piece).is_none() => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => parts.push(piece.to_owned()),
+        }
+    }
+    let mut e = ExpectedChange {
+        class: "*".into(),
+        key: "*".into(),
+        attribute: "*".into(),
+        old: None,
+        new: None,
+    };
+    let mut seen: Vec<&str> = Vec::new();
+    for part in &parts {
+        let Some((name, value)) = part
+            .split_once('=')
+            .filter(|(name, _)| PARTS.contains(name))
+        else {
+            return Err(format!(
+                "{part:?} is not one of class=, key=, attribute=, old=, new="
+            ));
+        };
+        if seen.contains(&name) {
+            return Err(format!("{name}= given twice"));
+        }
+        if value.is_empty() {
+            return Err(format!("{name}= needs a pattern"));
+        }
+        let value = value.to_owned();
+        match name {
+            "class" => e.class = value,
+            "key" => e.key = value,
+            "attribute" => e.attribute = value,
+            "old" => e.old = Some(value),
+            _ => e.new = Some(value),
+        }
+        seen.push(name);
+    }
+    Ok(e)
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Args)]

@@ -1,5 +1,6 @@
-//! The HTTP side of cmdbctl: authenticated GETs against the collector's API, answers read
-//! within a size bound, API errors turned into their JSON message.
+//! The HTTP side of cmdbctl: authenticated requests to the collector's API (JSON bodies
+//! out, JSON answers in, read within a size bound), API errors turned into their JSON
+//! message.
 //!
 //! Never follows redirects and never uses a proxy from the environment: the bearer token
 //! goes to the URL the operator gave and nowhere else.
@@ -8,6 +9,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use cmdb_collector::http::json::ErrorBody;
+use reqwest::Method;
 use serde_json::Value;
 
 /// Largest response read (a page of 1000 CIs, a long version history).
@@ -76,19 +78,38 @@ impl Api {
 
     /// GET `path` (starting with `/`, segments already encoded) with `query`; the JSON body.
     pub fn get(&self, path: &str, query: &[(&str, String)]) -> Result<Value, ClientError> {
+        self.send(Method::GET, path, query, None)
+    }
+
+    /// `method` on `path` with `query` and an optional JSON `body`; the JSON answer.
+    pub fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base_url);
         let transport = |e: reqwest::Error| ClientError::Transport {
             url: url.clone(),
             reason: chain(&e),
         };
-        let resp = self
+        let mut req = self
             .http
-            .get(&url)
+            .request(method, &url)
             .query(query)
             .bearer_auth(&self.token)
-            .header(reqwest::header::ACCEPT, "application/json")
-            .send()
-            .map_err(transport)?;
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+                url: url.clone(),
+                reason: format!("cannot encode the request: {e}"),
+            })?;
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        let resp = req.send().map_err(transport)?;
         let status = resp.status();
         let mut body = Vec::new();
         resp.take(MAX_RESPONSE_BYTES + 1)

@@ -1,4 +1,5 @@
-//! Table views of the API's answers, one function per command. Each returns the whole text,
+//! Table views of the CMDB answers (agents, CIs, relations, clones), one function per
+//! command; `render_judgment` has the judgment views. Each returns the whole text,
 //! so the views are tested without a terminal or a server.
 
 use std::collections::BTreeSet;
@@ -10,21 +11,21 @@ use cmdb_proto::model::{AttrValue, Attrs};
 
 use crate::table::Table;
 
-fn when(t: SystemTime) -> String {
+pub fn when(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn opt_when(t: Option<SystemTime>) -> String {
+pub fn opt_when(t: Option<SystemTime>) -> String {
     t.map_or_else(|| "never".to_owned(), when)
 }
 
-fn opt(s: Option<&str>) -> &str {
+pub fn opt(s: Option<&str>) -> &str {
     s.unwrap_or("-")
 }
 
 /// An attribute value as shown in tables: `null` spelled out (an empty cell means "no such
 /// attribute"), lists comma-separated.
-fn value(v: &AttrValue) -> String {
+pub fn value(v: &AttrValue) -> String {
     match v {
         AttrValue::Null => "null".to_owned(),
         other => other.to_string(),

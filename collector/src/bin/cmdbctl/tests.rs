@@ -1,9 +1,13 @@
 //! cmdbctl against the real router over loopback HTTP, backed by a small in-memory store:
 //! the client, the server and the JSON between them agree. (The end-to-end tests in
-//! `tests/` drive the binary against a real collector.)
+//! `tests/` drive the binary against a real collector.) `judgment_tests` reuses the store
+//! and the server with a judgment engine behind the router.
 
 use std::collections::{BTreeMap, HashMap};
+<<<<<<< HEAD
 use std::ops::Bound;
+=======
+>>>>>>> i4-cli
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,13 +27,18 @@ use crate::cli::Settings;
 
 const TOKEN: &str = "tok";
 
-struct MemStore {
+pub(crate) struct MemStore {
     agents: Vec<AgentRecord>,
     cis: Vec<CiRecord>,
     versions: HashMap<String, Vec<CiVersion>>,
     relations: Vec<RelationRecord>,
+<<<<<<< HEAD
     /// collection → id → value
     records: Mutex<Records>,
+=======
+    /// The judgment engine's records: (collection, id) → value.
+    records: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+>>>>>>> i4-cli
 }
 
 type Records = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
@@ -39,6 +48,53 @@ fn unsupported<T>() -> Result<T, StoreError> {
 }
 
 impl Store for MemStore {
+<<<<<<< HEAD
+=======
+    fn feed(
+        &self,
+        _after: Option<&cmdb_collector::store::FeedPos>,
+        _limit: usize,
+    ) -> Result<Vec<cmdb_collector::store::FeedEntry>, StoreError> {
+        Ok(Vec::new())
+    }
+    fn record(&self, c: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let records = self.records.lock().unwrap();
+        Ok(records.get(&(c.to_owned(), id.to_owned())).cloned())
+    }
+    fn records(
+        &self,
+        c: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let records = self.records.lock().unwrap();
+        Ok(records
+            .iter()
+            .filter(|((col, id), _)| col == c && after.is_none_or(|a| id.as_str() > a))
+            .take(limit)
+            .map(|((_, id), v)| (id.clone(), v.clone()))
+            .collect())
+    }
+    fn write_records(&self, ops: &[cmdb_collector::store::RecordOp]) -> Result<(), StoreError> {
+        use cmdb_collector::store::RecordOp;
+        let mut records = self.records.lock().unwrap();
+        for op in ops {
+            match op {
+                RecordOp::Put {
+                    collection,
+                    id,
+                    value,
+                } => {
+                    records.insert(((*collection).to_owned(), id.clone()), value.clone());
+                }
+                RecordOp::Delete { collection, id } => {
+                    records.remove(&((*collection).to_owned(), id.clone()));
+                }
+            }
+        }
+        Ok(())
+    }
+>>>>>>> i4-cli
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.agents.iter().find(|a| a.agent_id == id).cloned())
     }
@@ -72,6 +128,7 @@ impl Store for MemStore {
             .iter()
             .filter(|c| f.include_absent || c.state == CiState::Present)
             .filter(|c| f.class.as_ref().is_none_or(|k| *k == c.class))
+            .filter(|c| f.host.as_ref().is_none_or(|h| *h == c.host_id))
             .filter(|c| f.after.as_ref().is_none_or(|a| c.id > *a))
             .cloned()
             .collect();
@@ -173,7 +230,7 @@ fn t(secs: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(1_790_000_000 + secs)
 }
 
-fn store() -> MemStore {
+pub(crate) fn store() -> MemStore {
     let ci = |n: u32, class: &str, key: &str, state| CiRecord {
         id: format!("ci-{n:016x}"),
         host_id: "host-a1".into(),
@@ -267,7 +324,7 @@ fn store() -> MemStore {
 }
 
 /// The router on 127.0.0.1, served from a thread of its own until dropped.
-struct Server {
+pub(crate) struct Server {
     url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -275,17 +332,21 @@ struct Server {
 
 impl Server {
     fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = ApiState {
+        Self::serve(router(ApiState {
             store: Arc::new(store()),
             auth: Arc::new(OneToken),
             telemetry: Arc::new(Telemetry::new()),
             judgment: None,
             audit: None,
-        };
+        }))
+    }
+
+    /// Serves `app` until dropped.
+    pub(crate) fn serve(app: axum::Router) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -293,7 +354,7 @@ impl Server {
                 .unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                axum::serve(listener, router(state))
+                axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stopped.await;
                     })
@@ -308,7 +369,7 @@ impl Server {
         }
     }
 
-    fn settings(&self, format: Format, command: Command) -> Settings {
+    pub(crate) fn settings(&self, format: Format, command: Command) -> Settings {
         Settings {
             base_url: self.url.clone(),
             token: TOKEN.into(),
@@ -329,7 +390,7 @@ impl Drop for Server {
     }
 }
 
-fn output(s: &Settings) -> Result<String, RunError> {
+pub(crate) fn output(s: &Settings) -> Result<String, RunError> {
     let mut out = Vec::new();
     run(s, &mut out)?;
     Ok(String::from_utf8(out).unwrap())
@@ -431,7 +492,7 @@ fn errors_map_to_exit_codes() {
     ));
     let e = r.map(|_| ()).unwrap_err();
     assert_eq!(e.to_string(), "no CI ci-nope (HTTP 404, not_found)");
-    assert_eq!(exit_code(&Err(e)), 1);
+    assert_eq!(exit_code::<()>(&Err(e)), 1);
 
     let mut s = server.settings(Format::Table, Command::Agents);
     s.token = "wrong".into();
@@ -445,9 +506,9 @@ fn errors_map_to_exit_codes() {
     let e = output(&server.settings(Format::Table, Command::Agent { id: "..".into() }))
         .map(|_| ())
         .unwrap_err();
-    assert_eq!(exit_code(&Err(e)), 64);
+    assert_eq!(exit_code::<()>(&Err(e)), 64);
 
     let broken = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-    assert_eq!(exit_code(&Err(RunError::Output(broken))), 0);
+    assert_eq!(exit_code::<()>(&Err(RunError::Output(broken))), 0);
     assert_eq!(exit_code(&Ok(())), 0);
 }
