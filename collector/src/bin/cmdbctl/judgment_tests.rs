@@ -202,6 +202,7 @@ fn incident_record() -> Incident {
             suppressed: false,
             count: 1,
             drift_ids: vec!["DRF0000000001".into()],
+            drift_ids_overflow: 0,
         }],
         alerts_overflow: 0,
         timeline: vec![

@@ -4,10 +4,7 @@
 //! and the server with a judgment engine behind the router.
 
 use std::collections::{BTreeMap, HashMap};
-<<<<<<< HEAD
 use std::ops::Bound;
-=======
->>>>>>> i4-cli
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -32,13 +29,8 @@ pub(crate) struct MemStore {
     cis: Vec<CiRecord>,
     versions: HashMap<String, Vec<CiVersion>>,
     relations: Vec<RelationRecord>,
-<<<<<<< HEAD
     /// collection → id → value
     records: Mutex<Records>,
-=======
-    /// The judgment engine's records: (collection, id) → value.
-    records: Mutex<BTreeMap<(String, String), Vec<u8>>>,
->>>>>>> i4-cli
 }
 
 type Records = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
@@ -48,53 +40,6 @@ fn unsupported<T>() -> Result<T, StoreError> {
 }
 
 impl Store for MemStore {
-<<<<<<< HEAD
-=======
-    fn feed(
-        &self,
-        _after: Option<&cmdb_collector::store::FeedPos>,
-        _limit: usize,
-    ) -> Result<Vec<cmdb_collector::store::FeedEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn record(&self, c: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let records = self.records.lock().unwrap();
-        Ok(records.get(&(c.to_owned(), id.to_owned())).cloned())
-    }
-    fn records(
-        &self,
-        c: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let records = self.records.lock().unwrap();
-        Ok(records
-            .iter()
-            .filter(|((col, id), _)| col == c && after.is_none_or(|a| id.as_str() > a))
-            .take(limit)
-            .map(|((_, id), v)| (id.clone(), v.clone()))
-            .collect())
-    }
-    fn write_records(&self, ops: &[cmdb_collector::store::RecordOp]) -> Result<(), StoreError> {
-        use cmdb_collector::store::RecordOp;
-        let mut records = self.records.lock().unwrap();
-        for op in ops {
-            match op {
-                RecordOp::Put {
-                    collection,
-                    id,
-                    value,
-                } => {
-                    records.insert(((*collection).to_owned(), id.clone()), value.clone());
-                }
-                RecordOp::Delete { collection, id } => {
-                    records.remove(&((*collection).to_owned(), id.clone()));
-                }
-            }
-        }
-        Ok(())
-    }
->>>>>>> i4-cli
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         Ok(self.agents.iter().find(|a| a.agent_id == id).cloned())
     }
