@@ -24,7 +24,7 @@ pub const MAX_IMPORT: usize = 10_000;
 /// Longest title; descriptions may be up to 16 times longer.
 pub const MAX_TITLE_BYTES: usize = 512;
 /// Most drift records attached to one change as evidence (more are counted, not listed).
-pub const MAX_EVIDENCE: usize = 10_000;
+pub const MAX_EVIDENCE: usize = 1_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,7 +20,7 @@ pub const MAX_TIMELINE: usize = 1000;
 pub const MAX_ALERTS: usize = 5000;
 /// Most drift record ids listed per alert (later ones are counted; the drift list by CI
 /// has them all).
-pub const MAX_DRIFT_IDS: usize = 100;
+pub const MAX_DRIFT_IDS: usize = 20;
 
 /// ITIL priority from impact and urgency (1 high … 3 low): (1,1)→1; (1,2),(2,1)→2;
 /// (1,3),(2,2),(3,1)→3; (2,3),(3,2)→4; (3,3)→5. Out-of-range inputs are clamped.

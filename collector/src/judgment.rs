@@ -54,6 +54,8 @@ use crate::store::{FeedEntry, FeedPos, RecordOp, Store, StoreError, host_ci_id};
 pub const FEED_BATCH: usize = 2000;
 /// Most incidents, drift records or outages one list returns.
 pub const MAX_LIST: usize = 1000;
+/// Most drift record ids an open drift keeps (the drift list by CI has them all).
+pub const MAX_OPEN_DRIFT_IDS: usize = 100;
 /// Most change records and waivers kept (older final ones should be archived first).
 pub const MAX_CHANGES: usize = 100_000;
 
@@ -272,11 +274,15 @@ struct Batch {
     audit: Vec<(Actor, String, String, Option<String>, serde_json::Value)>,
     /// Change records that gained evidence (written once per step, not per entry).
     changes: BTreeSet<String>,
+    /// CIs whose open drift grew (written once per step).
+    open_drift: BTreeSet<String>,
 }
 
 impl Batch {
     fn put<T: Serialize>(&mut self, collection: &'static str, id: &str, value: &T) {
-        match serde_json::to_vec(value) {
+        // Most records are a few hundred bytes: one allocation instead of a growth series.
+        let mut buf = Vec::with_capacity(768);
+        match serde_json::to_writer(&mut buf, value).map(|()| buf) {
             Ok(value) => self.ops.push(RecordOp::Put {
                 collection,
                 id: id.to_owned(),
@@ -519,6 +525,13 @@ impl Judgment {
         mut batch: Batch,
         now: SystemTime,
     ) -> Result<(), JudgmentError> {
+        for ci in std::mem::take(&mut batch.open_drift) {
+            // Resolved in the same step: its delete is already in the batch.
+            if let Some(od) = st.open_drift.get(&ci) {
+                let od = od.clone();
+                batch.put(C_OPEN_DRIFT, &ci, &od);
+            }
+        }
         for id in std::mem::take(&mut batch.changes) {
             if let Some(c) = st.changes.get(&id) {
                 let c = c.clone();
@@ -786,11 +799,10 @@ impl Judgment {
                         baseline: old.map(|a| significant(&st.policies.attributes, &e.class, a)),
                         drift_ids: Vec::new(),
                     });
-                if od.drift_ids.len() < 1000 {
+                if od.drift_ids.len() < MAX_OPEN_DRIFT_IDS {
                     od.drift_ids.push(id.clone());
                 }
-                let od = od.clone();
-                batch.put(C_OPEN_DRIFT, &od.ci_id, &od);
+                batch.open_drift.insert(e.pos.ci_id.clone());
                 let (impact, urgency) = criticality(
                     &st.policies.criticality,
                     &subject,
@@ -1375,7 +1387,14 @@ impl Judgment {
         });
         let mut batch = Batch::default();
         if to == ChangeState::Closed {
-            let advanced = self.advance_baselines(&mut st, &c.evidence, &c.id, &mut batch)?;
+            // The listed evidence, or (when it overflowed the list) every drift record the
+            // change authorised: a full scan of the drift records, once, at closing.
+            let evidence = if c.evidence_overflow == 0 {
+                c.evidence.clone()
+            } else {
+                self.drift_ids_authorized_by(&c.id)?
+            };
+            let advanced = self.advance_baselines(&mut st, &evidence, &c.id, &mut batch)?;
             batch.audit(
                 &Actor::engine(),
                 "baseline.advance",
@@ -1661,6 +1680,24 @@ impl Judgment {
             }
             if !full {
                 break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every drift record authorised by `change_id` (a full scan of the drift records).
+    fn drift_ids_authorized_by(&self, change_id: &str) -> Result<Vec<String>, JudgmentError> {
+        let mut out = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.store.records(C_DRIFT, after.as_deref(), 1000)?;
+            let Some((last, _)) = page.last() else { break };
+            after = Some(last.clone());
+            for (id, bytes) in page {
+                let d: DriftRecord = decode(C_DRIFT, &id, &bytes)?;
+                if matches!(&d.verdict, Verdict::Authorized { change_id: c } if c == change_id) {
+                    out.push(id);
+                }
             }
         }
         Ok(out)

@@ -220,22 +220,27 @@ impl Glob {
 }
 
 fn glob_match(pattern: &[u8], subject: &str) -> bool {
-    // Work on chars so that `?` is one character, not one byte.
+    // ASCII (the common case: hostnames, classes, paths, package keys) matches bytes
+    // without allocating; otherwise chars, so that `?` is one character, not one byte.
+    if pattern.is_ascii() && subject.is_ascii() {
+        return wildcard(pattern, subject.as_bytes());
+    }
     let p: Vec<char> = String::from_utf8_lossy(pattern).chars().collect();
     let s: Vec<char> = subject.chars().collect();
+    wildcard(&p, &s)
+}
+
+/// `*`/`?` matching with one backtrack point.
+fn wildcard<T: Copy + PartialEq + Wild>(p: &[T], s: &[T]) -> bool {
     let (mut pi, mut si) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while si < s.len() {
         match p.get(pi) {
-            Some('*') => {
+            Some(c) if c.is_star() => {
                 star = Some((pi, si));
                 pi += 1;
             }
-            Some('?') => {
-                pi += 1;
-                si += 1;
-            }
-            Some(c) if *c == s[si] => {
+            Some(c) if c.is_any() || *c == s[si] => {
                 pi += 1;
                 si += 1;
             }
@@ -249,7 +254,30 @@ fn glob_match(pattern: &[u8], subject: &str) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|c| *c == '*')
+    p[pi..].iter().all(|c| c.is_star())
+}
+
+trait Wild {
+    fn is_star(&self) -> bool;
+    fn is_any(&self) -> bool;
+}
+
+impl Wild for u8 {
+    fn is_star(&self) -> bool {
+        *self == b'*'
+    }
+    fn is_any(&self) -> bool {
+        *self == b'?'
+    }
+}
+
+impl Wild for char {
+    fn is_star(&self) -> bool {
+        *self == '*'
+    }
+    fn is_any(&self) -> bool {
+        *self == '?'
+    }
 }
 
 /// A time window `[start, end)`.
