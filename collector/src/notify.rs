@@ -423,13 +423,20 @@ impl Notifier {
                 continue;
             }
             for (id, raw) in batch {
-                self.deliver(sink, id, raw).await;
+                self.deliver(sink, id, raw, &mut last_count).await;
             }
         }
     }
 
-    /// Sends one entry until it is delivered or dead-lettered.
-    async fn deliver(&self, sink: &Sink, id: String, raw: Vec<u8>) {
+    /// Sends one entry until it is delivered or dead-lettered. `last_count` is when the
+    /// sink's queue was last counted in full (see [`Notifier::recount_pending`]).
+    async fn deliver(
+        &self,
+        sink: &Sink,
+        id: String,
+        raw: Vec<u8>,
+        last_count: &mut Option<Instant>,
+    ) {
         let mut entry: OutboxEntry = match serde_json::from_slice(&raw) {
             Ok(e) => e,
             Err(e) => {
@@ -505,9 +512,28 @@ impl Notifier {
                             tracing::warn!(id = %id, error = %e, "An outbox entry could not be re-encoded.");
                         }
                     }
+                    self.recount_pending(sink, last_count).await;
                 }
             }
         }
+    }
+
+    /// Counts what `sink` has queued while its oldest entry keeps failing: the worker reads
+    /// no new batch until that entry is delivered, so without this the pending gauge would
+    /// stand still during the very outage it is there to show. Recounts after every failed
+    /// attempt while the gauge is below a batch (one store read), at most every
+    /// [`RECOUNT_EVERY`] above.
+    async fn recount_pending(&self, sink: &Sink, last_count: &mut Option<Instant>) {
+        let small = sink.pending.load(Ordering::Relaxed) < BATCH as u64;
+        if !small && last_count.is_some_and(|t| t.elapsed() < RECOUNT_EVERY) {
+            return;
+        }
+        let prefix = sink.prefix.clone();
+        if let Ok(n) = self.blocking(move |s| count_prefix(s, &prefix)).await {
+            sink.pending.store(n, Ordering::Relaxed);
+            self.report_pending();
+        }
+        *last_count = Some(Instant::now());
     }
 
     /// One POST. Ok(status) for a 2xx answer; otherwise the reason, for the entry.
