@@ -35,8 +35,10 @@
 //!   in commit order (under the lock that serialises its writes), or a later notice of an
 //!   incident may overtake an earlier one that was committed after it.
 //! - **Retries**: exponential backoff with full jitter per entry, uniform in
-//!   [0, min(5 min, 1 s · 2^(attempts−1))]; a network error, a timeout (per sink, default
-//!   10 s) and any non-2xx answer all count as failures. Redirects are not followed.
+//!   [0, min(5 min, 1 s · 2^(attempts−1))] by default (`[notify] backoff_initial` and
+//!   `backoff_max` in collector.toml, [`Notifier::with_backoff`]); a network error, a
+//!   timeout (per sink, default 10 s) and any non-2xx answer all count as failures.
+//!   Redirects are not followed.
 //! - **Dead letters.** An entry that fails an attempt when it has been queued for
 //!   `max_attempts_age` (default 24 h) or longer moves to collection [`DEAD_LETTERS`]
 //!   (`"notify_dead"`, a [`DeadLetter`]) in one atomic write with its delete, and is logged at
