@@ -211,6 +211,13 @@ pub struct NotifySettings {
     /// dead letters (and logged at ERROR). Default "24h".
     #[serde(default = "default_max_attempts_age", with = "duration")]
     pub max_attempts_age: Duration,
+    /// Upper bound of the first retry delay; it doubles with every failed attempt (full
+    /// jitter: the delay is uniform between zero and the bound). Default "1s".
+    #[serde(default = "default_backoff_initial", with = "duration")]
+    pub backoff_initial: Duration,
+    /// The retry delay's bound stops doubling here. Default "5m".
+    #[serde(default = "default_backoff_max", with = "duration")]
+    pub backoff_max: Duration,
 }
 
 impl Default for NotifySettings {
@@ -218,6 +225,8 @@ impl Default for NotifySettings {
         NotifySettings {
             sinks: Vec::new(),
             max_attempts_age: default_max_attempts_age(),
+            backoff_initial: default_backoff_initial(),
+            backoff_max: default_backoff_max(),
         }
     }
 }
@@ -440,6 +449,12 @@ fn default_heartbeat() -> Duration {
 fn default_max_attempts_age() -> Duration {
     Duration::from_secs(24 * 3600)
 }
+fn default_backoff_initial() -> Duration {
+    crate::notify::INITIAL_BACKOFF
+}
+fn default_backoff_max() -> Duration {
+    crate::notify::MAX_BACKOFF
+}
 fn default_min_priority() -> u8 {
     5
 }
@@ -544,6 +559,15 @@ impl CollectorConfig {
         if cfg.notify.max_attempts_age.is_zero() {
             return Err(invalid("notify.max_attempts_age", "must be positive"));
         }
+        if cfg.notify.backoff_initial.is_zero() {
+            return Err(invalid("notify.backoff_initial", "must be positive"));
+        }
+        if cfg.notify.backoff_max < cfg.notify.backoff_initial {
+            return Err(invalid(
+                "notify.backoff_max",
+                "must be at least notify.backoff_initial",
+            ));
+        }
         validate_sinks(&cfg.notify.sinks).map_err(|e| ConfigError::Invalid {
             path: path.to_owned(),
             field: e.field,
@@ -601,6 +625,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.notify.max_attempts_age, Duration::from_secs(24 * 3600));
+        assert_eq!(cfg.notify.backoff_initial, Duration::from_secs(1));
+        assert_eq!(cfg.notify.backoff_max, Duration::from_secs(300));
         let [hook, snow] = cfg.notify.sinks.as_slice() else {
             panic!("two sinks expected")
         };
@@ -661,6 +687,17 @@ mod tests {
         assert!(e.contains(":4:") && e.contains("xml"), "{e}");
         let e = err("[notify]\nmax_attempts_age = \"0s\"\n");
         assert!(e.contains("notify.max_attempts_age"), "{e}");
+        let e = err("[notify]\nbackoff_initial = \"0s\"\n");
+        assert!(e.contains("notify.backoff_initial"), "{e}");
+        let e = err("[notify]\nbackoff_initial = \"2s\"\nbackoff_max = \"1s\"\n");
+        assert!(e.contains("notify.backoff_max"), "{e}");
+        let ok = CollectorConfig::parse(
+            "[notify]\nbackoff_initial = \"100ms\"\nbackoff_max = \"2s\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(ok.notify.backoff_initial, Duration::from_millis(100));
+        assert_eq!(ok.notify.backoff_max, Duration::from_secs(2));
         let e = err(&sink("colour = \"red\"\n"));
         assert!(e.contains("colour"), "{e}");
     }

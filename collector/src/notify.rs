@@ -35,8 +35,10 @@
 //!   in commit order (under the lock that serialises its writes), or a later notice of an
 //!   incident may overtake an earlier one that was committed after it.
 //! - **Retries**: exponential backoff with full jitter per entry, uniform in
-//!   [0, min(5 min, 1 s · 2^(attempts−1))]; a network error, a timeout (per sink, default
-//!   10 s) and any non-2xx answer all count as failures. Redirects are not followed.
+//!   [0, min(5 min, 1 s · 2^(attempts−1))] by default (`[notify] backoff_initial` and
+//!   `backoff_max` in collector.toml, [`Notifier::with_backoff`]); a network error, a
+//!   timeout (per sink, default 10 s) and any non-2xx answer all count as failures.
+//!   Redirects are not followed.
 //! - **Dead letters.** An entry that fails an attempt when it has been queued for
 //!   `max_attempts_age` (default 24 h) or longer moves to collection [`DEAD_LETTERS`]
 //!   (`"notify_dead"`, a [`DeadLetter`]) in one atomic write with its delete, and is logged at
@@ -423,13 +425,20 @@ impl Notifier {
                 continue;
             }
             for (id, raw) in batch {
-                self.deliver(sink, id, raw).await;
+                self.deliver(sink, id, raw, &mut last_count).await;
             }
         }
     }
 
-    /// Sends one entry until it is delivered or dead-lettered.
-    async fn deliver(&self, sink: &Sink, id: String, raw: Vec<u8>) {
+    /// Sends one entry until it is delivered or dead-lettered. `last_count` is when the
+    /// sink's queue was last counted in full (see [`Notifier::recount_pending`]).
+    async fn deliver(
+        &self,
+        sink: &Sink,
+        id: String,
+        raw: Vec<u8>,
+        last_count: &mut Option<Instant>,
+    ) {
         let mut entry: OutboxEntry = match serde_json::from_slice(&raw) {
             Ok(e) => e,
             Err(e) => {
@@ -505,9 +514,28 @@ impl Notifier {
                             tracing::warn!(id = %id, error = %e, "An outbox entry could not be re-encoded.");
                         }
                     }
+                    self.recount_pending(sink, last_count).await;
                 }
             }
         }
+    }
+
+    /// Counts what `sink` has queued while its oldest entry keeps failing: the worker reads
+    /// no new batch until that entry is delivered, so without this the pending gauge would
+    /// stand still during the very outage it is there to show. Recounts after every failed
+    /// attempt while the gauge is below a batch (one store read), at most every
+    /// [`RECOUNT_EVERY`] above.
+    async fn recount_pending(&self, sink: &Sink, last_count: &mut Option<Instant>) {
+        let small = sink.pending.load(Ordering::Relaxed) < BATCH as u64;
+        if !small && last_count.is_some_and(|t| t.elapsed() < RECOUNT_EVERY) {
+            return;
+        }
+        let prefix = sink.prefix.clone();
+        if let Ok(n) = self.blocking(move |s| count_prefix(s, &prefix)).await {
+            sink.pending.store(n, Ordering::Relaxed);
+            self.report_pending();
+        }
+        *last_count = Some(Instant::now());
     }
 
     /// One POST. Ok(status) for a 2xx answer; otherwise the reason, for the entry.

@@ -182,6 +182,7 @@ pub async fn serve_with(
         Notifier::new(Arc::clone(&store), cfg.notify.sinks.clone())
             .map_err(|e| ServeError::Judgment(format!("notifier: {e}")))?
             .with_max_attempts_age(cfg.notify.max_attempts_age)
+            .with_backoff(cfg.notify.backoff_initial, cfg.notify.backoff_max)
             .with_telemetry(Arc::clone(&telemetry)),
     );
     let judgment = Arc::new(

@@ -521,6 +521,32 @@ async fn an_unreachable_sink_is_retried_until_it_listens() {
 }
 
 #[tokio::test]
+async fn the_pending_gauge_grows_while_the_oldest_entry_keeps_failing() {
+    let (url, rx) = receiver(&[], 503).await;
+    let store = Arc::new(MemoryRecords::default());
+    let n = Arc::new(notifier(&store, vec![sink("hook", &url, SinkFormat::Json)]));
+    enqueue(
+        &n,
+        &store,
+        &notice(NoticeEvent::Opened, "INC1", "availability", 1),
+    );
+    let (tx, task) = start(&n);
+    wait_for("a failed attempt", || !rx.got().is_empty()).await;
+    wait_for("one pending", || metric(&n, "cmdb_notify_pending") == "1").await;
+    // Queued while the worker retries the first entry: the gauge shows the backlog grow.
+    for number in ["INC2", "INC3"] {
+        enqueue(
+            &n,
+            &store,
+            &notice(NoticeEvent::Opened, number, "availability", 1),
+        );
+    }
+    wait_for("three pending", || metric(&n, "cmdb_notify_pending") == "3").await;
+    stop(tx, task).await;
+    assert!(rx.accepted().is_empty());
+}
+
+#[tokio::test]
 async fn a_pending_entry_survives_a_restart() {
     let addr = closed_port().await;
     let url = format!("http://{addr}/hook");

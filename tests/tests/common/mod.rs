@@ -17,7 +17,27 @@ pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
+        let mut build = Command::new(cargo);
+        // Cargo sets the package's variables for the test process (CARGO_PKG_NAME,
+        // CARGO_MANIFEST_DIR, …); ring's build script reruns when they change, so
+        // inheriting them would rebuild the TLS stack here and again for the next
+        // `cargo test`.
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("CARGO_PKG_")
+                || key_text.starts_with("CARGO_MANIFEST_")
+                || [
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_BIN_NAME",
+                ]
+                .contains(&key_text.as_ref())
+            {
+                build.env_remove(&key);
+            }
+        }
+        let status = build
             .args([
                 "build",
                 "--quiet",
@@ -259,6 +279,27 @@ impl Collector {
         }
         if let Some(stop) = self.in_process.take() {
             let _ = stop.send(());
+        }
+    }
+
+    /// SIGTERM and wait (bounded) for a graceful exit; `restart` brings it back.
+    pub fn stop(&mut self) {
+        assert!(
+            self.in_process.is_none(),
+            "an in-process collector cannot stop and restart"
+        );
+        if let Some(mut c) = self.child.take() {
+            kill(&mut c, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            kill(&mut c, rustix::process::Signal::KILL);
+            let _ = c.wait();
+            panic!("collector did not stop within 15 s of SIGTERM");
         }
     }
 
