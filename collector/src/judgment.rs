@@ -341,6 +341,9 @@ pub struct Judgment {
     audit: Option<Arc<dyn AuditSink>>,
     notices: Option<Arc<dyn NoticeSink>>,
     state: Mutex<State>,
+    /// When this engine started: silence is counted from here at the earliest, so a
+    /// collector that was down itself does not declare every host down on restart.
+    started: SystemTime,
 }
 
 fn decode<T: DeserializeOwned>(
@@ -496,6 +499,7 @@ impl Judgment {
             audit,
             notices,
             state: Mutex::new(state),
+            started: SystemTime::now(),
         })
     }
 
@@ -1075,7 +1079,9 @@ impl Judgment {
                 && a.last_shutdown
                     .as_ref()
                     .is_some_and(|s| s.received_at + Duration::from_secs(5) >= last_seen);
-            let silent = now.duration_since(last_seen).unwrap_or_default();
+            let silent = now
+                .duration_since(last_seen.max(self.started))
+                .unwrap_or_default();
             let down = st.liveness.get(host).cloned();
             match down {
                 None => {
