@@ -44,8 +44,7 @@ mod tests;
 use json::{CiDetail, CiRef, Direction, ErrorBody, ErrorDetail, Health, HostMetrics, List, Page};
 use query::{CisParams, MetricsParams};
 
-/// Largest request body accepted (there are no write endpoints yet; this is the guard for
-/// when there are).
+/// Largest request body accepted (change imports have their own, larger bound).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Requests handled at once; further ones wait (and count against their timeout).
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
