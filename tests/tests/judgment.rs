@@ -639,3 +639,87 @@ fn a_collector_killed_mid_stream_judges_every_version_exactly_once() {
     assert_eq!(all[0]["number"], inc["number"]);
     assert_eq!(all[0]["alerts"].as_array().unwrap().len(), 3);
 }
+
+#[test]
+fn a_retroactive_emergency_change_accepts_the_drift_into_the_baseline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _a, host_id, watched) = setup(tmp.path(), 2, "");
+    std::fs::write(watched.join("f00.conf"), "hotfix\n").unwrap();
+    let inc = wait_for(Duration::from_secs(10), "an incident", || {
+        incidents(&c, "").into_iter().next()
+    });
+    let number = inc["number"].as_str().unwrap();
+    let ci = inc["ci_id"].as_str().unwrap().to_owned();
+    // A normal change cannot accept drift retroactively; an emergency one can.
+    let mk = |ty: &str| {
+        let ch = c.call(
+            "POST",
+            "/api/v1/changes",
+            Some(&json!({"title": "Night hotfix", "type": ty,
+                         "scope": [format!("host={host_id}")],
+                         "window_start": in_secs(-600), "window_end": in_secs(60)})),
+        );
+        let id = ch["id"].as_str().unwrap().to_owned();
+        c.call(
+            "POST",
+            &format!("/api/v1/changes/{id}/transition"),
+            Some(&json!({"to": "approved"})),
+        );
+        id
+    };
+    let normal = mk("normal");
+    let (status, err) = c.send(
+        "POST",
+        &format!("/api/v1/incidents/{number}/actions"),
+        &c.admin_token,
+        Some(&json!({"action": "close", "note": "hotfix", "change_id": normal})),
+    );
+    assert_eq!(status, 400, "{err}");
+    let emergency = mk("emergency");
+    let closed = c.call(
+        "POST",
+        &format!("/api/v1/incidents/{number}/actions"),
+        Some(&json!({"action": "close", "note": "hotfix at night", "change_id": emergency})),
+    );
+    assert_eq!(closed["state"], "closed");
+    assert_eq!(closed["resolution"]["code"], "accepted");
+    assert_eq!(closed["resolution"]["change_id"], emergency.as_str());
+    let drift = c.call("GET", &format!("/api/v1/drift?ci={ci}"), None)["items"][0].clone();
+    assert_eq!(drift["verdict"], "authorized");
+    assert_eq!(drift["change_id"], emergency.as_str());
+    assert_eq!(drift["open"], false);
+    let change = c.call("GET", &format!("/api/v1/changes/{emergency}"), None);
+    assert_eq!(change["evidence"][0], drift["id"]);
+    // The baseline took the hotfix: its diff against live state is clean.
+    let initial = c.call("GET", "/api/v1/baselines", None)["items"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let diff = c.call("GET", &format!("/api/v1/baselines/{initial}/diff"), None);
+    assert_eq!(diff["changed"], 0, "{diff}");
+}
+
+#[test]
+fn deny_listed_cis_open_a_security_incident_while_present() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (c, _a, _host, watched) = setup(tmp.path(), 1, "");
+    let mut policies = c.call("GET", "/api/v1/policies", None);
+    policies["deny"] = json!([{"selector": "class=file key=/etc/cmdb-test/backdoor*",
+                               "reason": "known implant"}]);
+    c.call("PUT", "/api/v1/policies", Some(&policies));
+    std::fs::write(watched.join("backdoor.conf"), "x\n").unwrap();
+    let sec = wait_for(Duration::from_secs(10), "a security incident", || {
+        incidents(&c, "category=security").into_iter().next()
+    });
+    assert!(sec["title"].as_str().unwrap().contains("backdoor"), "{sec}");
+    assert_eq!(
+        sec["priority"], 2,
+        "security defaults to impact 2, urgency 1"
+    );
+    std::fs::remove_file(watched.join("backdoor.conf")).unwrap();
+    let number = sec["number"].as_str().unwrap();
+    wait_for(Duration::from_secs(10), "resolved when removed", || {
+        let i = c.call("GET", &format!("/api/v1/incidents/{number}"), None);
+        (i["state"] == "resolved").then_some(())
+    });
+}

@@ -112,7 +112,10 @@ impl Store for FeedStore {
             .lock()
             .map_err(|_| StoreError::Backend("poisoned".into()))?;
         // Entries up to `after` were handed out before: they are gone.
-        while feed.front().is_some_and(|e| after.is_some_and(|a| &e.pos <= a)) {
+        while feed
+            .front()
+            .is_some_and(|e| after.is_some_and(|a| &e.pos <= a))
+        {
             feed.pop_front();
         }
         let n = limit.min(feed.len());
