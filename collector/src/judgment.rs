@@ -587,15 +587,20 @@ impl Judgment {
             }
             Err(e) => {
                 tracing::error!(error = %e, "A judgment step failed to commit; reloading state from the store.");
-                match State::load(self.store.as_ref(), &self.settings) {
-                    Ok(mut fresh) => {
-                        fresh.hosts = std::mem::take(&mut st.hosts);
-                        *st = fresh;
-                    }
-                    Err(e2) => tracing::error!(error = %e2, "Reloading judgment state failed."),
-                }
+                self.reload(st);
                 Err(e)
             }
+        }
+    }
+
+    /// Replaces the in-memory state with the store's (after a step that could not commit).
+    fn reload(&self, st: &mut State) {
+        match State::load(self.store.as_ref(), &self.settings) {
+            Ok(mut fresh) => {
+                fresh.hosts = std::mem::take(&mut st.hosts);
+                *st = fresh;
+            }
+            Err(e) => tracing::error!(error = %e, "Reloading judgment state failed."),
         }
     }
 
@@ -998,32 +1003,87 @@ impl Judgment {
         };
         let at = e.version.observed_at;
         if present {
-            let (impact, urgency) = criticality(
-                &st.policies.criticality,
-                s,
-                AlertKind::Denied.category().default_criticality(),
-            );
-            let ev = AlertEvent {
-                kind: AlertKind::Denied,
-                host_id: e.host_id.clone(),
-                hostname,
-                ci_id: e.pos.ci_id.clone(),
-                class: e.class.clone(),
-                key: e.key.clone(),
-                summary: format!("{} {} is denied: {}", e.class, e.key, rule.reason),
-                at,
-                impact,
-                urgency,
-                drift_id: None,
-            };
-            let (number, effect) = fire(st, &ev);
-            batch.touch(&number, effect);
+            let reason = rule.reason.clone();
+            fire_denied(st, s, hostname, &reason, at, batch);
         } else {
             let dedup = dedup_key(&e.host_id, &e.class, &e.key, AlertKind::Denied);
             for (number, effect) in st.corr.recover(&dedup, at, "removed") {
                 batch.touch(&number, effect);
             }
         }
+    }
+
+    /// A changed deny list applies to what is already there: present CIs it now matches
+    /// fire (repeats join their open incident), denied alerts it no longer matches recover.
+    fn reapply_deny_list(
+        &self,
+        st: &mut State,
+        now: SystemTime,
+        batch: &mut Batch,
+    ) -> Result<(), JudgmentError> {
+        self.refresh_hosts(st);
+        let hosts = st.hostnames();
+        let scope: Vec<Selector> = st
+            .policies
+            .deny
+            .iter()
+            .map(|r| r.selector.clone())
+            .collect();
+        if !scope.is_empty() {
+            let live = live_items(self.store.as_ref(), &scope, &hosts)?;
+            for ci in live.values() {
+                let hostname = st.hostname(&ci.host_id);
+                let s = Subject {
+                    host_id: &ci.host_id,
+                    hostname: hostname.as_deref(),
+                    class: &ci.class,
+                    key: &ci.key,
+                    ci_id: &ci.id,
+                };
+                let Some(reason) = st
+                    .policies
+                    .deny
+                    .iter()
+                    .find(|r| r.selector.matches(&s))
+                    .map(|r| r.reason.clone())
+                else {
+                    continue;
+                };
+                fire_denied(st, &s, hostname.clone(), &reason, now, batch);
+            }
+        }
+        let firing: Vec<(String, String, String, String, String)> = st
+            .corr
+            .incidents
+            .values()
+            .flat_map(|i| i.alerts.iter())
+            .filter(|a| a.kind == AlertKind::Denied && a.firing)
+            .map(|a| {
+                (
+                    a.dedup.clone(),
+                    a.host_id.clone(),
+                    a.class.clone(),
+                    a.key.clone(),
+                    a.ci_id.clone(),
+                )
+            })
+            .collect();
+        for (dedup, host_id, class, key, ci_id) in firing {
+            let hostname = st.hostname(&host_id);
+            let s = Subject {
+                host_id: &host_id,
+                hostname: hostname.as_deref(),
+                class: &class,
+                key: &key,
+                ci_id: &ci_id,
+            };
+            if !st.policies.deny.iter().any(|r| r.selector.matches(&s)) {
+                for (number, effect) in st.corr.recover(&dedup, now, "no longer denied") {
+                    batch.touch(&number, effect);
+                }
+            }
+        }
+        Ok(())
     }
 
     // === availability and periodic work ===
@@ -1400,7 +1460,14 @@ impl Judgment {
             } else {
                 self.drift_ids_authorized_by(&c.id)?
             };
-            let advanced = self.advance_baselines(&mut st, &evidence, &c.id, &mut batch)?;
+            // It changes baselines in memory as it goes: a failure midway reloads.
+            let advanced = match self.advance_baselines(&mut st, &evidence, &c.id, &mut batch) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.reload(&mut st);
+                    return Err(e);
+                }
+            };
             batch.audit(
                 &Actor::engine(),
                 "baseline.advance",
@@ -1810,7 +1877,12 @@ impl Judgment {
             None,
             serde_json::to_value(&p).unwrap_or_default(),
         );
+        let deny_changed = st.policies.deny != p.deny;
         st.policies = p.clone();
+        if deny_changed && let Err(e) = self.reapply_deny_list(&mut st, now, &mut batch) {
+            self.reload(&mut st);
+            return Err(e);
+        }
         self.commit(&mut st, batch, now)?;
         Ok(p)
     }
@@ -1940,8 +2012,14 @@ impl Judgment {
                 ("incident.reopen", serde_json::json!({}), Some(note.clone()))
             }
             IncidentAction::Close { note, change_id } => {
-                if let Some(cid) = change_id {
-                    self.accept_by_change(&mut st, &mut inc, cid, actor, now, &mut batch)?;
+                if let Some(cid) = change_id
+                    && let Err(e) =
+                        self.accept_by_change(&mut st, &mut inc, cid, actor, now, &mut batch)
+                {
+                    // Refused midway (a CI outside the change's scope, a store error):
+                    // nothing of it may stay in memory.
+                    self.reload(&mut st);
+                    return Err(e);
                 }
                 incidents::transition(&mut inc, IncidentState::Closed, &actor.name, note, now)?;
                 if inc.resolved_at.is_none() {
@@ -2136,6 +2214,37 @@ impl Judgment {
             o.start < to && o.end.is_none_or(|e| e > from)
         })
     }
+}
+
+/// Raises the security alert of a deny-listed CI.
+fn fire_denied(
+    st: &mut State,
+    s: &Subject<'_>,
+    hostname: Option<String>,
+    reason: &str,
+    at: SystemTime,
+    batch: &mut Batch,
+) {
+    let (impact, urgency) = criticality(
+        &st.policies.criticality,
+        s,
+        AlertKind::Denied.category().default_criticality(),
+    );
+    let ev = AlertEvent {
+        kind: AlertKind::Denied,
+        host_id: s.host_id.to_owned(),
+        hostname,
+        ci_id: s.ci_id.to_owned(),
+        class: s.class.to_owned(),
+        key: s.key.to_owned(),
+        summary: format!("{} {} is denied: {reason}", s.class, s.key),
+        at,
+        impact,
+        urgency,
+        drift_id: None,
+    };
+    let (number, effect) = fire(st, &ev);
+    batch.touch(&number, effect);
 }
 
 fn fire(st: &mut State, ev: &AlertEvent) -> (String, Effect) {

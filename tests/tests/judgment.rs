@@ -702,24 +702,47 @@ fn a_retroactive_emergency_change_accepts_the_drift_into_the_baseline() {
 #[test]
 fn deny_listed_cis_open_a_security_incident_while_present() {
     let tmp = tempfile::tempdir().unwrap();
-    let (c, _a, _host, watched) = setup(tmp.path(), 1, "");
+    let (c, _a, host_id, watched) = setup(tmp.path(), 1, "");
+    // Already there when the rule arrives: the new deny list applies to it at once.
+    std::fs::write(watched.join("backdoor1.conf"), "x\n").unwrap();
+    wait_for(Duration::from_secs(10), "the file CI", || {
+        c.cis(&format!("class=file&host={host_id}"))
+            .iter()
+            .any(|ci| ci["key"] == "/etc/cmdb-test/backdoor1.conf")
+            .then_some(())
+    });
     let mut policies = c.call("GET", "/api/v1/policies", None);
     policies["deny"] = json!([{"selector": "class=file key=/etc/cmdb-test/backdoor*",
                                "reason": "known implant"}]);
     c.call("PUT", "/api/v1/policies", Some(&policies));
-    std::fs::write(watched.join("backdoor.conf"), "x\n").unwrap();
     let sec = wait_for(Duration::from_secs(10), "a security incident", || {
         incidents(&c, "category=security").into_iter().next()
     });
-    assert!(sec["title"].as_str().unwrap().contains("backdoor"), "{sec}");
+    assert!(
+        sec["title"].as_str().unwrap().contains("backdoor1"),
+        "{sec}"
+    );
     assert_eq!(
         sec["priority"], 2,
         "security defaults to impact 2, urgency 1"
     );
-    std::fs::remove_file(watched.join("backdoor.conf")).unwrap();
+    std::fs::remove_file(watched.join("backdoor1.conf")).unwrap();
     let number = sec["number"].as_str().unwrap();
     wait_for(Duration::from_secs(10), "resolved when removed", || {
         let i = c.call("GET", &format!("/api/v1/incidents/{number}"), None);
         (i["state"] == "resolved").then_some(())
+    });
+    // A new one arriving later is caught as it arrives.
+    std::fs::write(watched.join("backdoor2.conf"), "y\n").unwrap();
+    wait_for(Duration::from_secs(10), "the second one flagged", || {
+        incidents(&c, "category=security&open=true")
+            .iter()
+            .any(|i| {
+                i["alerts"].as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|a| a["key"] == "/etc/cmdb-test/backdoor2.conf")
+                })
+            })
+            .then_some(())
     });
 }
