@@ -731,7 +731,7 @@ impl Judgment {
         };
         let at = e.version.observed_at;
         if e.class == "monitor" {
-            self.judge_monitor(st, e, new, hostname.clone(), now, batch);
+            self.judge_monitor(st, e, new, hostname.clone(), batch);
         }
         self.judge_deny(st, e, &subject, new.is_some(), hostname.clone(), batch);
         if st.policies.attributes.ignored(&e.class) {
@@ -875,7 +875,6 @@ impl Judgment {
         e: &FeedEntry,
         new: Option<&Attrs>,
         hostname: Option<String>,
-        now: SystemTime,
         batch: &mut Batch,
     ) {
         let status = new
@@ -954,7 +953,6 @@ impl Judgment {
                 for (number, effect) in st.corr.recover(&dedup, at, &format!("monitor {status}")) {
                     batch.touch(&number, effect);
                 }
-                let _ = now;
             }
             _ => {}
         }
@@ -1349,11 +1347,9 @@ impl Judgment {
             .changes
             .values()
             .filter(|c| state.is_none_or(|s| c.state == s))
+            // Overlapping [from, to): ends after `from` and starts before `to`.
             .filter(|c| {
-                c.window.overlaps(
-                    from.unwrap_or(SystemTime::UNIX_EPOCH),
-                    to.unwrap_or(SystemTime::UNIX_EPOCH + Duration::from_secs(u32::MAX as u64 * 4)),
-                )
+                from.is_none_or(|f| c.window.end > f) && to.is_none_or(|t| c.window.start < t)
             })
             .cloned()
             .collect();

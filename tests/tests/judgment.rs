@@ -553,6 +553,37 @@ fn bad_requests_are_refused_and_change_nothing() {
         "draft"
     );
 
+    // The forward schedule of change: windows overlapping [from, to).
+    let mut later = ok.clone();
+    later["title"] = json!("later");
+    later["window_start"] = json!(in_secs(7200));
+    later["window_end"] = json!(in_secs(9000));
+    let later_id = c.call("POST", "/api/v1/changes", Some(&later))["id"].clone();
+    let ids = |q: &str| -> Vec<Value> {
+        c.call("GET", &format!("/api/v1/changes?{q}"), None)["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["id"].clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(&format!("from={}&to={}", in_secs(-10), in_secs(3600))),
+        vec![json!(id)]
+    );
+    assert_eq!(
+        ids(&format!("from={}", in_secs(3600))),
+        vec![later_id.clone()]
+    );
+    assert_eq!(ids(""), vec![json!(id), later_id]);
+    let (status, _) = c.send(
+        "GET",
+        &format!("/api/v1/changes?from={}&to={}", in_secs(60), in_secs(0)),
+        &c.admin_token,
+        None,
+    );
+    assert_eq!(status, 400, "a schedule that ends before it starts");
+
     // Unknown roles cannot be minted; unknown tokens are 401.
     let out = std::process::Command::new(common::bin("cmdb-collector"))
         .args([
