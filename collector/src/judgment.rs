@@ -18,6 +18,9 @@
 //!   did not commit.
 //! - Every mutation is appended to the audit log: API mutations with the principal, the
 //!   engine's own (incidents opened/resolved, baselines captured/advanced) as `collector`.
+//!   The entry is written before the records: a mutation that cannot be audited does not
+//!   happen; one whose record write then fails stays in the log as an attempt (the log
+//!   may say a little more than the store, never less).
 //!
 //! # What it keeps in memory
 //! Change records, waivers, baselines (with their items), policies, open drift per CI,
