@@ -69,6 +69,10 @@ enum Cmd {
         /// Skip the decode-and-drop comparison.
         #[arg(long)]
         skip_drop: bool,
+        /// Seconds of traffic before measuring starts (default: 2 for `changes`, 0 for
+        /// `fleet`, whose measured window then includes every agent's connect).
+        #[arg(long)]
+        warmup: Option<u64>,
     },
     /// Serve the decode-and-drop AgentService (used by `run`).
     DropServer {
@@ -549,14 +553,10 @@ async fn drive(
     scenario: Scenario,
     seconds: u64,
     changes: usize,
+    warmup: Duration,
 ) -> Figures {
     let n = agents.len();
     let start_at = Instant::now();
-    let warmup = if scenario == Scenario::Changes {
-        Duration::from_secs(2)
-    } else {
-        Duration::ZERO
-    };
     let run = Arc::new(Run {
         scenario,
         changes,
@@ -612,7 +612,10 @@ async fn run_bench(
     changes: usize,
     collector_bin: PathBuf,
     skip_drop: bool,
+    warmup: Option<u64>,
 ) -> anyhow::Result<()> {
+    let warmup =
+        Duration::from_secs(warmup.unwrap_or(if scenario == Scenario::Changes { 2 } else { 0 }));
     let me = std::env::current_exe()?;
     let work = std::env::temp_dir().join(format!("cmdb-fleet-{}", std::process::id()));
     let data = work.join("collector");
@@ -679,7 +682,7 @@ async fn run_bench(
             )
         })
         .collect();
-    let ours = drive(&url, &ca, agents, scenario, seconds, changes).await;
+    let ours = drive(&url, &ca, agents, scenario, seconds, changes, warmup).await;
     let rss = peak_rss_mib(collector.0.id());
     drop(collector);
 
@@ -689,12 +692,13 @@ async fn run_bench(
         "metrics batches/s"
     };
     println!(
-        "scenario {:?}: {n} agents, {seconds} s measured",
+        "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up",
         if scenario == Scenario::Changes {
             "changes"
         } else {
             "fleet"
-        }
+        },
+        warmup.as_secs()
     );
     println!("| server | {unit} | ack p50 ms | ack p99 ms | peak RSS MiB | failed streams |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -723,7 +727,7 @@ async fn run_bench(
             })
             .collect();
         let url = format!("https://127.0.0.1:{port}");
-        let upper = drive(&url, &ca, agents, scenario, seconds, changes).await;
+        let upper = drive(&url, &ca, agents, scenario, seconds, changes, warmup).await;
         let drss = peak_rss_mib(dropper.0.id());
         println!(
             "| decode-and-drop (upper bound) | {:.0} | {:.2} | {:.2} | {drss:.0} | {} |",
@@ -755,6 +759,7 @@ fn main() -> anyhow::Result<()> {
             changes,
             collector_bin,
             skip_drop,
+            warmup,
         } => {
             let bin = match collector_bin {
                 Some(b) => b,
@@ -764,7 +769,7 @@ fn main() -> anyhow::Result<()> {
                     .context("no directory for this executable")?,
             };
             rt.block_on(run_bench(
-                scenario, agents, seconds, changes, bin, skip_drop,
+                scenario, agents, seconds, changes, bin, skip_drop, warmup,
             ))
         }
     }
