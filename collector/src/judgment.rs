@@ -367,21 +367,30 @@ fn load_all<T: DeserializeOwned>(
     collection: &'static str,
     mut keep: impl FnMut(&T) -> bool,
 ) -> Result<Vec<T>, JudgmentError> {
+    Ok(load_pairs(store, collection, |_, v| keep(v))?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect())
+}
+
+/// Every record of a collection with its id, decoded, in id order. Pages until the store
+/// returns an empty page (a short page need not be the last).
+fn load_pairs<T: DeserializeOwned>(
+    store: &dyn Store,
+    collection: &'static str,
+    mut keep: impl FnMut(&str, &T) -> bool,
+) -> Result<Vec<(String, T)>, JudgmentError> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     loop {
         let page = store.records(collection, after.as_deref(), 1000)?;
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
-        let full = page.len() == 1000;
         for (id, bytes) in page {
             let v: T = decode(collection, &id, &bytes)?;
-            if keep(&v) {
-                out.push(v);
+            if keep(&id, &v) {
+                out.push((id, v));
             }
-        }
-        if !full {
-            break;
         }
     }
     Ok(out)
@@ -411,20 +420,10 @@ impl State {
         let incidents: Vec<Incident> = load_all(store, C_INCIDENT, |i: &Incident| {
             i.state != IncidentState::Closed
         })?;
-        let mut liveness = HashMap::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = store.records(C_LIVENESS, after.as_deref(), 1000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            let full = page.len() == 1000;
-            for (id, bytes) in page {
-                liveness.insert(id.clone(), decode(C_LIVENESS, &id, &bytes)?);
-            }
-            if !full {
-                break;
-            }
-        }
+        let liveness: HashMap<String, Liveness> =
+            load_pairs(store, C_LIVENESS, |_, _: &Liveness| true)?
+                .into_iter()
+                .collect();
         let baselined = baselines
             .iter()
             .filter(|b| b.initial)
@@ -1759,20 +1758,12 @@ impl Judgment {
 
     /// Every drift record authorised by `change_id` (a full scan of the drift records).
     fn drift_ids_authorized_by(&self, change_id: &str) -> Result<Vec<String>, JudgmentError> {
-        let mut out = Vec::new();
-        let mut after: Option<String> = None;
-        loop {
-            let page = self.store.records(C_DRIFT, after.as_deref(), 1000)?;
-            let Some((last, _)) = page.last() else { break };
-            after = Some(last.clone());
-            for (id, bytes) in page {
-                let d: DriftRecord = decode(C_DRIFT, &id, &bytes)?;
-                if matches!(&d.verdict, Verdict::Authorized { change_id: c } if c == change_id) {
-                    out.push(id);
-                }
-            }
-        }
-        Ok(out)
+        let pairs = load_pairs(
+            self.store.as_ref(),
+            C_DRIFT,
+            |_, d: &DriftRecord| matches!(&d.verdict, Verdict::Authorized { change_id: c } if c == change_id),
+        )?;
+        Ok(pairs.into_iter().map(|(id, _)| id).collect())
     }
 
     // === waivers ===

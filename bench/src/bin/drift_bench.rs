@@ -14,7 +14,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +21,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use cmdb_collector::changes::{ChangeState, ChangeType, NewChange};
 use cmdb_collector::judgment::{Actor, Judgment, JudgmentSettings, NewWaiver};
+use cmdb_collector::store::record_map::RecordMap;
 use cmdb_collector::store::{
     AgentRecord, ApplyOutcome, ChangeKind, CiFilter, CiRecord, CiState, CiVersion, CloneRecord,
     FeedEntry, FeedPos, HostId, MetricRecord, RecordOp, RelationRecord, Store, StoreError,
@@ -47,7 +47,7 @@ struct Args {
 /// it) and is the engine's.
 struct FeedStore {
     feed: Mutex<std::collections::VecDeque<FeedEntry>>,
-    records: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    records: RecordMap,
     written: Mutex<u64>,
 }
 
@@ -122,11 +122,7 @@ impl Store for FeedStore {
         Ok(feed.drain(..n).collect())
     }
     fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let r = self
-            .records
-            .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))?;
-        Ok(r.get(&(collection.to_owned(), id.to_owned())).cloned())
+        self.records.get(collection, id)
     }
     fn records(
         &self,
@@ -134,46 +130,36 @@ impl Store for FeedStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let r = self
-            .records
-            .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))?;
-        Ok(r.iter()
-            .filter(|((c, id), _)| c == collection && after.is_none_or(|a| id.as_str() > a))
-            .take(limit)
-            .map(|((_, id), v)| (id.clone(), v.clone()))
-            .collect())
+        self.records.list(collection, after, limit)
     }
     fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        let mut r = self
-            .records
-            .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))?;
-        let mut n = 0;
-        for op in ops {
-            match op {
-                RecordOp::Put {
-                    collection,
-                    id,
-                    value,
-                } => {
-                    n += value.len() as u64;
-                    // Drift records are the bulk; keeping them all would measure memory
-                    // growth, not the engine. Keep the rest (incidents, changes, open drift).
-                    if *collection != "drift" {
-                        r.insert(((*collection).to_owned(), id.clone()), value.clone());
-                    }
-                }
-                RecordOp::Delete { collection, id } => {
-                    r.remove(&((*collection).to_owned(), id.clone()));
-                }
-            }
-        }
+        let bytes: u64 = ops
+            .iter()
+            .map(|op| match op {
+                RecordOp::Put { value, .. } => value.len() as u64,
+                RecordOp::Delete { .. } => 0,
+            })
+            .sum();
         *self
             .written
             .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))? += n;
-        Ok(())
+            .map_err(|_| StoreError::Backend("poisoned".into()))? += bytes;
+        // Drift records are the bulk; keeping them all would measure memory growth, not
+        // the engine. Keep the rest (incidents, changes, open drift).
+        let kept: Vec<RecordOp> = ops
+            .iter()
+            .filter(|op| {
+                !matches!(
+                    op,
+                    RecordOp::Put {
+                        collection: "drift",
+                        ..
+                    }
+                )
+            })
+            .cloned()
+            .collect();
+        self.records.write(&kept)
     }
 }
 
@@ -268,7 +254,7 @@ fn run_once(feed: Vec<FeedEntry>) -> Result<(usize, Duration, Duration, usize, u
     let n = feed.len();
     let store = Arc::new(FeedStore {
         feed: Mutex::new(feed.into()),
-        records: Mutex::new(BTreeMap::new()),
+        records: RecordMap::default(),
         written: Mutex::new(0),
     });
     let settings = JudgmentSettings {

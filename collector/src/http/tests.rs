@@ -2,8 +2,7 @@
 //! middleware stack with `tower::ServiceExt::oneshot`, no socket.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -14,10 +13,10 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use super::*;
+use crate::store::record_map::RecordMap;
 use crate::store::{
     AgentRecord, ApplyOutcome, ChangeKind, CiFilter, CiRecord, CiState, CiVersion, CloneRecord,
     FeedEntry, FeedPos, HostId, MetricRecord, MetricSummary, RecordOp, RelationRecord,
-    check_collection, check_record_op,
 };
 
 const TOKEN: &str = "s3cret-token";
@@ -42,10 +41,8 @@ struct FakeStore {
     /// Every read takes this long (a slow disk).
     delay: Duration,
     /// collection → id → value
-    records: Mutex<Records>,
+    records: RecordMap,
 }
-
-type Records = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 impl FakeStore {
     fn check(&self) -> Result<(), StoreError> {
@@ -168,9 +165,7 @@ impl Store for FakeStore {
     }
     fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.check()?;
-        check_collection(collection)?;
-        let records = self.records.lock().unwrap();
-        Ok(records.get(collection).and_then(|c| c.get(id)).cloned())
+        self.records.get(collection, id)
     }
     fn records(
         &self,
@@ -179,43 +174,11 @@ impl Store for FakeStore {
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         self.check()?;
-        check_collection(collection)?;
-        let records = self.records.lock().unwrap();
-        let Some(c) = records.get(collection) else {
-            return Ok(Vec::new());
-        };
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(c.range::<str, _>((from, Bound::Unbounded))
-            .take(limit)
-            .map(|(id, v)| (id.clone(), v.clone()))
-            .collect())
+        self.records.list(collection, after, limit)
     }
     fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
         self.check()?;
-        for op in ops {
-            check_record_op(op)?;
-        }
-        let mut records = self.records.lock().unwrap();
-        for op in ops {
-            match op {
-                RecordOp::Put {
-                    collection,
-                    id,
-                    value,
-                } => {
-                    records
-                        .entry((*collection).to_owned())
-                        .or_default()
-                        .insert(id.clone(), value.clone());
-                }
-                RecordOp::Delete { collection, id } => {
-                    if let Some(c) = records.get_mut(*collection) {
-                        c.remove(id);
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.records.write(ops)
     }
 }
 
@@ -393,7 +356,7 @@ fn fixture(fail: Failure) -> FakeStore {
         }],
         fail,
         delay: Duration::ZERO,
-        records: Mutex::default(),
+        records: RecordMap::default(),
     }
 }
 

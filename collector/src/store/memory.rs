@@ -4,24 +4,22 @@
 //! that they never depend on a backend. `fail_writes` makes `write_records` fail, to
 //! exercise a failing store.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
 
 use cmdb_proto::model::HostIdentity;
 use cmdb_proto::v1;
 
+use super::record_map::RecordMap;
 use super::{
     AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiVersion, CloneRecord, FeedEntry, FeedPos,
-    HostId, MAX_RECORD_BYTES, MAX_RECORD_ID_BYTES, MetricRecord, RecordOp, RelationRecord, Store,
-    StoreError,
+    HostId, MetricRecord, RecordOp, RelationRecord, Store, StoreError,
 };
 
 /// Records keyed by (collection, id).
 #[derive(Default)]
 pub struct MemoryRecords {
-    records: Mutex<BTreeMap<(String, String), Vec<u8>>>,
+    records: RecordMap,
     /// When set, `write_records` fails and writes nothing.
     pub fail_writes: AtomicBool,
 }
@@ -35,12 +33,7 @@ fn unsupported<T>() -> Result<T, StoreError> {
 impl MemoryRecords {
     /// Every record of `collection`, in id order.
     pub fn all(&self, collection: &str) -> Vec<(String, Vec<u8>)> {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        records
-            .iter()
-            .filter(|((c, _), _)| c == collection)
-            .map(|((_, id), v)| (id.clone(), v.clone()))
-            .collect()
+        self.records.all(collection)
     }
 }
 
@@ -100,10 +93,7 @@ impl Store for MemoryRecords {
     }
 
     fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(records
-            .get(&(collection.to_owned(), id.to_owned()))
-            .cloned())
+        self.records.get(collection, id)
     }
 
     fn records(
@@ -112,50 +102,13 @@ impl Store for MemoryRecords {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(records
-            .range((collection.to_owned(), String::new())..)
-            .take_while(|((c, _), _)| c == collection)
-            .filter(|((_, id), _)| after.is_none_or(|a| id.as_str() > a))
-            .take(limit)
-            .map(|((_, id), v)| (id.clone(), v.clone()))
-            .collect())
+        self.records.list(collection, after, limit)
     }
 
     fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
         if self.fail_writes.load(Ordering::SeqCst) {
             return Err(StoreError::Backend("injected write failure".into()));
         }
-        for op in ops {
-            let (RecordOp::Put { id, .. } | RecordOp::Delete { id, .. }) = op;
-            if id.len() > MAX_RECORD_ID_BYTES {
-                return Err(StoreError::Backend(format!(
-                    "record id over {MAX_RECORD_ID_BYTES} bytes"
-                )));
-            }
-            if let RecordOp::Put { value, .. } = op
-                && value.len() > MAX_RECORD_BYTES
-            {
-                return Err(StoreError::Backend(format!(
-                    "record over {MAX_RECORD_BYTES} bytes"
-                )));
-            }
-        }
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        for op in ops {
-            match op {
-                RecordOp::Put {
-                    collection,
-                    id,
-                    value,
-                } => {
-                    records.insert(((*collection).to_owned(), id.clone()), value.clone());
-                }
-                RecordOp::Delete { collection, id } => {
-                    records.remove(&((*collection).to_owned(), id.clone()));
-                }
-            }
-        }
-        Ok(())
+        self.records.write(ops)
     }
 }

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 pub mod identify;
 #[cfg(test)]
 pub mod memory;
+pub mod record_map;
 pub mod sled;
 
 /// The class of host CIs (key = host id).

@@ -3,16 +3,15 @@
 //! `tests/` drive the binary against a real collector.) `judgment_tests` reuses the store
 //! and the server with a judgment engine behind the router.
 
-use std::collections::{BTreeMap, HashMap};
-use std::ops::Bound;
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use cmdb_collector::http::{ApiState, Authenticator, Principal, router};
+use cmdb_collector::store::record_map::RecordMap;
 use cmdb_collector::store::{
     AgentRecord, ApplyOutcome, ChangeKind, CiFilter, CiRecord, CiState, CiVersion, CloneRecord,
     FeedEntry, FeedPos, HostId, MetricRecord, RecordOp, RelationRecord, Store, StoreError,
-    check_collection, check_record_op,
 };
 use cmdb_collector::telemetry::Telemetry;
 use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
@@ -30,10 +29,8 @@ pub(crate) struct MemStore {
     versions: HashMap<String, Vec<CiVersion>>,
     relations: Vec<RelationRecord>,
     /// collection → id → value
-    records: Mutex<Records>,
+    records: RecordMap,
 }
-
-type Records = BTreeMap<String, BTreeMap<String, Vec<u8>>>;
 
 fn unsupported<T>() -> Result<T, StoreError> {
     Err(StoreError::Backend("read-only test store".into()))
@@ -111,9 +108,7 @@ impl Store for MemStore {
         Ok(Vec::new())
     }
     fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        check_collection(collection)?;
-        let records = self.records.lock().unwrap();
-        Ok(records.get(collection).and_then(|c| c.get(id)).cloned())
+        self.records.get(collection, id)
     }
     fn records(
         &self,
@@ -121,42 +116,10 @@ impl Store for MemStore {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        check_collection(collection)?;
-        let records = self.records.lock().unwrap();
-        let Some(c) = records.get(collection) else {
-            return Ok(Vec::new());
-        };
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        Ok(c.range::<str, _>((from, Bound::Unbounded))
-            .take(limit)
-            .map(|(id, v)| (id.clone(), v.clone()))
-            .collect())
+        self.records.list(collection, after, limit)
     }
     fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        for op in ops {
-            check_record_op(op)?;
-        }
-        let mut records = self.records.lock().unwrap();
-        for op in ops {
-            match op {
-                RecordOp::Put {
-                    collection,
-                    id,
-                    value,
-                } => {
-                    records
-                        .entry((*collection).to_owned())
-                        .or_default()
-                        .insert(id.clone(), value.clone());
-                }
-                RecordOp::Delete { collection, id } => {
-                    if let Some(c) = records.get_mut(*collection) {
-                        c.remove(id);
-                    }
-                }
-            }
-        }
-        Ok(())
+        self.records.write(ops)
     }
 }
 
@@ -264,7 +227,7 @@ pub(crate) fn store() -> MemStore {
         cis,
         versions,
         relations,
-        records: Mutex::default(),
+        records: RecordMap::default(),
     }
 }
 
