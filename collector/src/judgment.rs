@@ -1336,6 +1336,85 @@ impl Judgment {
         tracing::info!(host, "Host is up again.");
     }
 
+    // === alerts raised outside the engine ===
+
+    /// Files alerts raised by modules that judge on their own schedule (capacity forecasts,
+    /// license deny lists): each goes through correlation like the engine's own (dedup key
+    /// (host, class, key, kind), grouping, flapping), with the impact and urgency of the
+    /// kind's category adjusted by the criticality policy. Firing a key that is already
+    /// firing only updates its incident, so callers may re-raise on every run. Returns the
+    /// incident number of each alert, in order. One commit for all of them.
+    pub fn raise_alerts(&self, alerts: &[ExternalAlert]) -> Result<Vec<String>, JudgmentError> {
+        let mut st = self.lock();
+        let mut batch = Batch::default();
+        let mut numbers = Vec::with_capacity(alerts.len());
+        let mut now = SystemTime::UNIX_EPOCH;
+        for a in alerts {
+            if !st.hosts.contains_key(&a.host_id) {
+                self.refresh_hosts(&mut st);
+            }
+            let hostname = st.hostname(&a.host_id);
+            let s = Subject {
+                host_id: &a.host_id,
+                hostname: hostname.as_deref(),
+                class: &a.class,
+                key: &a.key,
+                ci_id: &a.ci_id,
+            };
+            let (impact, urgency) = criticality(
+                &st.policies.criticality,
+                &s,
+                a.kind.category().default_criticality(),
+            );
+            let ev = AlertEvent {
+                kind: a.kind,
+                host_id: a.host_id.clone(),
+                hostname,
+                ci_id: a.ci_id.clone(),
+                class: a.class.clone(),
+                key: a.key.clone(),
+                summary: a.summary.clone(),
+                at: a.at,
+                impact,
+                urgency,
+                drift_id: None,
+            };
+            let (number, effect) = fire(&mut st, &ev);
+            batch.touch(&number, effect);
+            numbers.push(number);
+            now = now.max(a.at);
+        }
+        if batch.touched.is_empty() {
+            return Ok(numbers);
+        }
+        self.commit(&mut st, batch, now)?;
+        Ok(numbers)
+    }
+
+    /// Files the recovery of alerts raised with [`Judgment::raise_alerts`]: each
+    /// `(host_id, class, key, kind)` stops firing, and an incident whose alerts have all
+    /// recovered resolves ("resolved" propagates to every incident holding the key). Keys
+    /// that are not firing are ignored. One commit for all of them.
+    pub fn clear_alerts(
+        &self,
+        keys: &[(String, String, String, AlertKind)],
+        at: SystemTime,
+        why: &str,
+    ) -> Result<(), JudgmentError> {
+        let mut st = self.lock();
+        let mut batch = Batch::default();
+        for (host, class, key, kind) in keys {
+            let dedup = dedup_key(host, class, key, *kind);
+            for (number, effect) in st.corr.recover(&dedup, at, why) {
+                batch.touch(&number, effect);
+            }
+        }
+        if batch.touched.is_empty() {
+            return Ok(());
+        }
+        self.commit(&mut st, batch, at)
+    }
+
     // === change records ===
 
     pub fn changes(
@@ -2283,6 +2362,23 @@ fn drift_summary(d: &DriftRecord) -> String {
     format!("{} {} {what}", d.class, d.key)
 }
 
+/// An alert from outside the engine, for [`Judgment::raise_alerts`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExternalAlert {
+    /// Its category (capacity, security, …) follows from the kind.
+    pub kind: AlertKind,
+    pub host_id: String,
+    /// The CI the alert is about (the host's CI for host-wide alerts).
+    pub ci_id: String,
+    /// The dedup key is (host_id, class, key, kind): the same four clear the alert.
+    pub class: String,
+    pub key: String,
+    /// One line for the incident's timeline and title.
+    pub summary: String,
+    /// When it was observed (an incident's start is its first alert's).
+    pub at: SystemTime,
+}
+
 /// A waiver request.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -2370,5 +2466,70 @@ impl IncidentQuery {
                 .host
                 .as_deref()
                 .is_none_or(|h| i.host_id == h || i.hostname.as_deref() == Some(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::store::sled::SledStore;
+
+    #[test]
+    fn external_alerts_open_update_and_resolve_one_incident() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 16 << 20).unwrap());
+        let j = Judgment::open(store, JudgmentSettings::default(), None, None).unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let alert = ExternalAlert {
+            kind: AlertKind::Capacity,
+            host_id: "h1".into(),
+            ci_id: host_ci_id("h1"),
+            class: "filesystem".into(),
+            key: "/var".into(),
+            summary: "/var full in 5 days".into(),
+            at,
+        };
+        let first = j.raise_alerts(std::slice::from_ref(&alert)).unwrap();
+        // Re-raising the firing key lands on the same incident.
+        let again = j
+            .raise_alerts(&[ExternalAlert {
+                at: at + Duration::from_secs(3600),
+                ..alert.clone()
+            }])
+            .unwrap();
+        assert_eq!(first, again);
+        let inc = j.incident(&first[0]).unwrap();
+        assert_eq!(inc.category, incidents::Category::Capacity);
+        assert!(inc.state.is_open());
+        // Clearing an unknown key does nothing; clearing the key resolves the incident.
+        j.clear_alerts(
+            &[(
+                "h2".into(),
+                "filesystem".into(),
+                "/var".into(),
+                AlertKind::Capacity,
+            )],
+            at,
+            "x",
+        )
+        .unwrap();
+        assert!(j.incident(&first[0]).unwrap().state.is_open());
+        j.clear_alerts(
+            &[(
+                "h1".into(),
+                "filesystem".into(),
+                "/var".into(),
+                AlertKind::Capacity,
+            )],
+            at + Duration::from_secs(7200),
+            "forecast no longer at risk",
+        )
+        .unwrap();
+        assert_eq!(
+            j.incident(&first[0]).unwrap().state,
+            IncidentState::Resolved
+        );
     }
 }
