@@ -14,6 +14,9 @@
 //!   waiting included), page sizes (`limit` ≤ 1000), metric ranges (≤ 24 h), token and id
 //!   lengths.
 //!
+//! The web console ([`crate::console`]) is served at `/` and `/console/…` without a token:
+//! its assets hold no CMDB data, and the page calls this API with the token it is given.
+//!
 //! Writes go through the judgment engine ([`judgment`] routes), role-checked; the CI data
 //! itself is written only by ingest.
 
@@ -135,6 +138,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .route("/api/v1/cis/{id}", get(get_ci))
         .route("/api/v1/cis/{id}/relations", get(ci_relations))
         .route("/api/v1/clones", get(list_clones))
+        .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/hosts/{id}/metrics", get(host_metrics))
         .merge(judgment::routes())
         .route_layer(middleware::from_fn_with_state(
@@ -145,6 +149,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .merge(api)
+        .merge(crate::console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // The slot is taken inside the timed future, so waiting for it counts against the
@@ -259,6 +264,11 @@ type ApiResult<T> = Result<axum::Json<T>, ApiError>;
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+/// The JSON 404 of an unknown route, for routers outside the API (the console's assets).
+pub(crate) fn not_found_response() -> Response {
+    ApiError::not_found("no such route").into_response()
 }
 
 async fn method_not_allowed() -> ApiError {
@@ -503,6 +513,14 @@ async fn ci_relations(
         Some(items) => Ok(axum::Json(List { items })),
         None => Err(ApiError::not_found(format!("no CI {id}"))),
     }
+}
+
+/// Who the token belongs to: the console shows the name and offers only what the role may do.
+async fn whoami(axum::Extension(p): axum::Extension<Principal>) -> axum::Json<json::WhoAmI> {
+    axum::Json(json::WhoAmI {
+        name: p.name,
+        role: p.role,
+    })
 }
 
 async fn list_clones(State(state): State<ApiState>) -> ApiResult<List<crate::store::CloneRecord>> {

@@ -12,6 +12,7 @@ pub mod availability;
 pub mod baselines;
 pub mod changes;
 pub mod config;
+pub mod console;
 pub mod correlate;
 pub mod drift;
 pub mod http;

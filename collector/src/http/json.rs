@@ -18,6 +18,14 @@ pub struct Health {
     pub status: String,
 }
 
+/// `GET /api/v1/whoami`: the principal of the bearer token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    /// viewer, operator, change-manager, auditor or admin.
+    pub role: String,
+}
+
 /// A list that is always complete: `{"items": [...]}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct List<T> {

@@ -855,3 +855,37 @@ async fn slow_requests_time_out_and_queue_behind_the_limit() {
     let late = if a.status == StatusCode::OK { b } else { a };
     assert_eq!(late.error_code(), "unavailable");
 }
+
+// === whoami and the console ===
+
+#[tokio::test]
+async fn whoami_names_the_tokens_principal_and_needs_a_token() {
+    let app = app();
+    let r = get(&app, "/api/v1/whoami").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json(), json!({"name": "admin", "role": "admin"}));
+    assert_eq!(
+        get_anon(&app, "/api/v1/whoami").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn the_console_is_served_at_the_root_without_a_token() {
+    let app = app();
+    let r = get_anon(&app, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'self'")
+    );
+    assert!(String::from_utf8_lossy(&r.body).contains("/console/app.js"));
+    // The API is untouched: still bearer-only, unknown routes still a JSON 404.
+    assert_eq!(
+        get_anon(&app, "/api/v1/cis").await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(get_anon(&app, "/nope").await.status, StatusCode::NOT_FOUND);
+}
