@@ -213,6 +213,7 @@ function showLogin(message) {
     } catch (e) {
       sessionStorage.removeItem(TOKEN_KEY);
       me = null;
+      input.value = '';
       err.replaceChildren(errorBox(e.status === 401 ? 'That token is not valid.' : e));
       return;
     }
@@ -536,7 +537,7 @@ async function changes(out, _arg, params) {
     { t: 'Scope', v: (c) => (c.scope || []).map((s) => h('div', { class: 'mono' }, s)) },
     { t: 'Evidence', num: true, v: (c) => (c.evidence || []).length + (c.evidence_overflow || 0) },
     { t: '', v: (c) => [
-      c.state === 'draft' && can(MANAGERS) ? action('Approve', () => transition(c, 'approved')) : null,
+      c.state === 'draft' && can(MANAGERS) ? action('Approve', () => transition(c, 'approved'), { class: 'approve' }) : null,
       CHANGE_NEXT[c.state] && can(WRITERS) ? action(CHANGE_VERB[CHANGE_NEXT[c.state]], () => transition(c, CHANGE_NEXT[c.state]), { class: 'secondary' }) : null,
     ] },
   ], list, 'No change records in this period.'));
@@ -619,7 +620,7 @@ async function baselines(out) {
     { t: 'Approved', v: (b) => (b.approved_by ? `${fmtTime(b.approved_at)} by ${b.approved_by}` : '—') },
     { t: 'Scope', v: (b) => (b.scope || []).map((s) => h('div', { class: 'mono' }, s)) },
     { t: '', v: (b) => [link('#/baseline/' + enc(b.id), 'diff'), ' ',
-      b.state === 'pending' && can(MANAGERS) ? action('Approve', () => api(`/api/v1/baselines/${enc(b.id)}/approve`, { method: 'POST' })) : null] },
+      b.state === 'pending' && can(MANAGERS) ? action('Approve', () => api(`/api/v1/baselines/${enc(b.id)}/approve`, { method: 'POST' }), { class: 'approve' }) : null] },
   ], list, 'No baselines yet: a host\'s first inventory becomes one.'));
   if (can(WRITERS)) {
     out.appendChild(h('h2', {}, 'Capture a baseline'));
