@@ -520,7 +520,8 @@ async function changes(out, _arg, params) {
   const end = Math.min(from.getTime() + 90 * DAY,
     Math.max(Date.now() + 7 * DAY, ...list.map((c) => Date.parse(c.window.end))));
   out.appendChild(Charts.timeline({
-    title: 'Change windows (last 7 days and ahead)', from: from.getTime(), to: end,
+    title: 'Change windows (last 7 days and ahead)', from: from.getTime(), to: end, now: Date.now(),
+    empty: 'no change window in this period',
     rows: list.slice(0, 40).map((c) => ({
       label: `${c.id} ${c.title}`,
       segments: [{ start: Date.parse(c.window.start), end: Date.parse(c.window.end),
@@ -780,7 +781,7 @@ async function download(path, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 10e3);
 }
 
-async function audit(out) {
+async function audit(out, _arg, params) {
   out.appendChild(h('h1', {}, 'Configuration audit'));
   const runs = await optional('/api/v1/audit/runs');
   if (!runs) out.appendChild(notAvailable('Configuration audit'));
@@ -815,7 +816,8 @@ async function audit(out) {
     });
     out.appendChild(h('div', { class: 'toolbar' }, verify, result));
   }
-  const log = await optional('/api/v1/audit-log?limit=50');
+  const after = Number(params.get('after')) || 0;
+  const log = await optional(`/api/v1/audit-log?limit=50${after ? '&after=' + after : ''}`);
   if (log) {
     out.appendChild(table([
       { t: 'Seq', num: true, v: (e) => e.seq },
@@ -824,7 +826,8 @@ async function audit(out) {
       { t: 'Action', v: (e) => e.action },
       { t: 'Object', v: (e) => fmtVal(e.object ?? e.target ?? '') },
       { t: 'Why', v: (e) => e.why || '—' },
-    ], log.items, 'The audit log is empty.'));
+    ], log.items, after ? 'No further entries.' : 'The audit log is empty.'));
+    if (log.items.length === 50) out.appendChild(h('p', {}, link(`#/audit?after=${log.items[49].seq}`, 'Next entries →')));
   }
 }
 

@@ -27,8 +27,11 @@
     const raw = (hi - lo) / count;
     const mag = Math.pow(10, Math.floor(Math.log10(raw)));
     const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
-    const out = [];
-    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(v);
+    // From the step at or below lo to the first step at or above hi, so every value is inside.
+    const out = [Math.floor(lo / step) * step];
+    while (out[out.length - 1] < hi - step * 1e-9 && out.length < 50) {
+      out.push(Math.round((out[out.length - 1] + step) / step) * step);
+    }
     return out;
   }
 
@@ -44,14 +47,16 @@
 
   function fmtDate(ms, span) {
     const iso = new Date(ms).toISOString();
-    return span > 2 * 86400e3 ? iso.slice(5, 10) : iso.slice(11, 16);
+    if (span > 6 * 86400e3) return iso.slice(5, 10);
+    if (span > 86400e3) return `${iso.slice(5, 10)} ${iso.slice(11, 13)}h`;
+    return iso.slice(11, 16);
   }
 
   // A time-series line chart.
   // opts: {title, series: [{name, points: [[ms, value]], dashed}], threshold, unit, width, height}
   function line(opts) {
     const W = opts.width || 760, H = opts.height || 280;
-    const m = { l: 56, r: 16, t: 28, b: 40 };
+    const m = { l: 56, r: 16, t: 36, b: 40 };
     const s = svg(W, H, opts.title);
     const all = opts.series.flatMap((x) => x.points);
     if (all.length === 0) {
@@ -73,7 +78,8 @@
     const n = 6;
     for (let i = 0; i <= n; i++) {
       const t = x0 + ((x1 - x0) * i) / n;
-      s.appendChild(el('text', { x: px(t), y: H - m.b + 16, 'text-anchor': 'middle' }, fmtDate(t, x1 - x0)));
+      const anchor = i === 0 ? 'start' : i === n ? 'end' : 'middle';
+      s.appendChild(el('text', { x: px(t), y: H - m.b + 16, 'text-anchor': anchor }, fmtDate(t, x1 - x0)));
     }
     s.appendChild(el('line', { x1: m.l, x2: m.l, y1: m.t, y2: H - m.b, class: 'axis' }));
     s.appendChild(el('line', { x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b, class: 'axis' }));
@@ -108,7 +114,7 @@
       return s;
     }
     const totals = opts.bars.map((b) => b.values.reduce((a, v) => a + v, 0));
-    const yt = ticks(0, Math.max(1, ...totals), 4);
+    const yt = ticks(0, Math.max(4, ...totals), 4); // counts: whole-number ticks
     const top = yt[yt.length - 1];
     const py = (v) => H - m.b - (v / top) * (H - m.t - m.b);
     for (const v of yt) {
@@ -159,7 +165,15 @@
     });
     for (let i = 0; i <= 6; i++) {
       const t = opts.from + (span * i) / 6;
-      s.appendChild(el('text', { x: px(t), y: H - 10, 'text-anchor': 'middle' }, fmtDate(t, span)));
+      const anchor = i === 0 ? 'start' : i === 6 ? 'end' : 'middle';
+      s.appendChild(el('text', { x: px(t), y: H - 10, 'text-anchor': anchor }, fmtDate(t, span)));
+    }
+    if (opts.now != null && opts.now > opts.from && opts.now < opts.to) {
+      s.appendChild(el('line', { x1: px(opts.now), x2: px(opts.now), y1: m.t, y2: H - m.b, class: 'threshold' }));
+      s.appendChild(el('text', { x: px(opts.now) + 3, y: m.t - 2 }, 'now'));
+    }
+    if (opts.rows.length === 0) {
+      s.appendChild(el('text', { x: m.l + 8, y: m.t + 15 }, opts.empty || 'nothing in this period'));
     }
     return s;
   }

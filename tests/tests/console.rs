@@ -14,7 +14,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{Agent, AgentSpec, Collector, copy_tree, fixtures, free_port, wait_for};
 use serde_json::{Value, json};
@@ -509,4 +509,165 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
     b.wait_text(&["approved", "by test-admin"]);
     assert!(b.find_all("button.approve").is_empty());
     b.screenshot("18-baseline-approved");
+}
+
+/// Answers of the routes other parts of the collector add (capacity, licenses, audit, CMDB
+/// health, fleet, impact), shaped as docs/API.md promises: the console's pages for them are
+/// checked against these even on a collector that does not serve them yet. Matched by
+/// substring of the request path, first match wins.
+fn contract_fixtures() -> Value {
+    let now = SystemTime::now();
+    let t = |offset_h: i64| {
+        let at = if offset_h >= 0 {
+            now + Duration::from_secs(offset_h as u64 * 3600)
+        } else {
+            now - Duration::from_secs((-offset_h) as u64 * 3600)
+        };
+        humantime::format_rfc3339_seconds(at).to_string()
+    };
+    let points: Vec<Value> = (0..48)
+        .map(|i| {
+            let v = 70.0 + f64::from(i32::try_from(i).unwrap()) * 0.2;
+            json!({"t": t(i - 48), "min": v - 1.0, "avg": v, "max": v + 2.0, "p95": v + 1.5})
+        })
+        .collect();
+    json!([
+        ["/api/v1/fleet", {
+            "summary": {"agents": 2, "up": 1, "down": 1, "versions": {"0.2.0": 1, "0.1.0": 1}},
+            "items": [
+                {"agent_id": "agt-a", "host_id": "host-a", "hostname": "web-1", "version": "0.2.0",
+                 "last_seen": t(0), "up": true, "outbox_events": 0, "outbox_bytes": 0,
+                 "collectors": [], "failures": 0},
+                {"agent_id": "agt-b", "host_id": "host-b", "hostname": "db-1", "version": "0.1.0",
+                 "last_seen": t(-30), "up": false, "outbox_events": 1200, "outbox_bytes": 5_000_000,
+                 "collectors": [{"name": "rpm", "status": "timeout", "message": "rpm -qa took 30s"}],
+                 "failures": 3}]}],
+        ["/api/v1/capacity/forecast", {"items": [
+            {"host_id": "host-a", "hostname": "web-1", "resource": "filesystem:/var",
+             "status": "at_risk", "current": 79.4, "threshold": 90.0, "slope_per_day": 4.8,
+             "exhaustion_at": t(53), "days_to_threshold": 2.2, "confidence": 0.93, "incident": null},
+            {"host_id": "host-a", "hostname": "web-1", "resource": "cpu", "status": "ok",
+             "current": 12.0, "threshold": 95.0, "slope_per_day": 0.0, "exhaustion_at": null,
+             "days_to_threshold": null, "confidence": 0.4, "incident": null}]}],
+        ["/api/v1/capacity", {"items": [
+            {"host_id": "host-a", "hostname": "web-1", "resource": "filesystem:/var",
+             "unit": "percent", "capacity": null, "tier": "hour", "points": points}]}],
+        ["/api/v1/licenses/position", {"items": [
+            {"vendor": "Oracle", "product": "Database", "edition": "Enterprise",
+             "metric": "per-core", "entitled": 8, "consumed": 16, "balance": -8,
+             "status": "shortfall", "hosts": [{"host_id": "host-b", "hostname": "db-1"}],
+             "expiring": []},
+            {"vendor": "Canonical", "product": "Ubuntu Pro", "edition": null,
+             "metric": "per-host", "entitled": 10, "consumed": 2, "balance": 8,
+             "status": "surplus", "hosts": [], "expiring": []}]}],
+        ["/api/v1/licenses/software", {"items": [
+            {"vendor": "Oracle", "product": "Database", "edition": "Enterprise",
+             "versions": ["19.3.0"], "installs": 1, "hosts": 1, "cores": 16}]}],
+        ["/api/v1/audit/runs/RUN0001", {
+            "id": "RUN0001", "started_at": t(-1), "finished_at": t(-1),
+            "summary": {"missing": 1, "unregistered": 2, "mismatched": 0, "registered": 40, "live": 41},
+            "deficiencies": [{"id": "DEF0001", "kind": "missing", "class": "host",
+                              "key": "old-db-7", "state": "open"}]}],
+        ["/api/v1/audit/runs", {"items": [
+            {"id": "RUN0001", "started_at": t(-1), "finished_at": t(-1),
+             "summary": {"missing": 1, "unregistered": 2, "mismatched": 0, "registered": 40, "live": 41}}]}],
+        ["/api/v1/cmdb-health/failing", {"items": [
+            {"ci_id": "ci-h1", "class": "host", "key": "host-z", "host_id": "host-z",
+             "reason": "no owner attribute"}]}],
+        ["/api/v1/cmdb-health", {"kpis": [
+            {"kpi": "completeness", "class": "host", "healthy": 9, "total": 10, "ratio": 0.9},
+            {"kpi": "correctness", "class": "package", "healthy": 480, "total": 500, "ratio": 0.96}]}],
+        ["/api/v1/cis/ci-root/impact", {"root": "ci-root", "nodes": [
+            {"id": "ci-root", "class": "host", "key": "host-a", "host_id": "host-a",
+             "hostname": "web-1", "hops": 0, "direction": "downstream"},
+            {"id": "ci-svc", "class": "service", "key": "nginx.service", "host_id": "host-a",
+             "hostname": "web-1", "hops": 1, "direction": "downstream"}],
+            "edges": [{"from": "ci-root", "to": "ci-svc", "kind": "runs"}]}],
+        ["/api/v1/cis/ci-root/relations", {"items": []}],
+        ["/api/v1/cis/ci-root", {"id": "ci-root", "host_id": "host-a", "class": "host",
+            "key": "host-a", "state": "present", "attrs": {"hostname": "web-1"}, "version": 1,
+            "first_seen": t(-2), "last_seen": t(0), "last_changed": t(-2),
+            "source_agent": "agt-a", "source_seq": 1,
+            "versions": [{"ci_id": "ci-root", "version": 1, "change": "added", "state": "present",
+                          "attrs": {"hostname": "web-1"}, "old_attrs": {}, "observed_at": t(-2),
+                          "agent_id": "agt-a", "seq": 1, "change_id": null}]}]
+    ])
+}
+
+/// Replaces `fetch` in the page: paths matching a fixture get its JSON, the rest go to the
+/// collector. Lasts until the page reloads (the console navigates by hash, so it does not).
+const STUB_FETCH: &str = r#"
+const fixtures = arguments[0];
+const real = window.fetch.bind(window);
+window.fetch = (url, opts) => {
+  const path = String(url);
+  for (const [part, body] of fixtures) {
+    if (path.includes(part)) {
+      return Promise.resolve(new Response(JSON.stringify(body),
+        { status: 200, headers: { 'Content-Type': 'application/json' } }));
+    }
+  }
+  return real(url, opts);
+};
+return true;
+"#;
+
+#[test]
+fn the_pages_of_newer_routes_render_their_documented_shapes() {
+    if !browser_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let c = Collector::start(&tmp.path().join("collector"));
+    let api = c.api();
+    let b = Browser::start(screenshots_dir());
+    b.go(&format!("{api}/#/fleet"));
+    b.find("#token");
+    b.post(
+        &b.s("/execute/sync"),
+        &json!({"script": STUB_FETCH, "args": [contract_fixtures()]}),
+    );
+    b.login(&api, &c.admin_token);
+
+    let text = b.wait_text(&["Fleet overview", "web-1", "db-1", "1200 events"]);
+    assert!(text.contains("rpm: rpm -qa took 30s"), "{text}");
+    assert!(text.contains("0.2.0 × 1"), "{text}");
+    b.screenshot("20-contract-fleet");
+
+    b.go(&format!("{api}/#/capacity"));
+    let text = b.wait_text(&["At risk (1)", "filesystem:/var", "Trend and forecast"]);
+    assert!(text.contains("93 %") && text.contains("2.2"), "{text}");
+    assert!(!b.find_all("svg.chart path.forecast").is_empty());
+    assert!(!b.find_all("svg.chart line.threshold").is_empty());
+    b.screenshot("21-contract-capacity");
+
+    b.go(&format!("{api}/#/licenses"));
+    let text = b.wait_text(&[
+        "License position",
+        "Database Enterprise",
+        "shortfall",
+        "19.3.0",
+    ]);
+    assert!(
+        text.contains("db-1") && text.contains("Ubuntu Pro"),
+        "{text}"
+    );
+    b.screenshot("22-contract-licenses");
+
+    b.go(&format!("{api}/#/audit"));
+    b.wait_text(&[
+        "Deficiencies of run RUN0001",
+        "old-db-7",
+        "Run an audit now",
+    ]);
+    b.screenshot("23-contract-audit");
+
+    b.go(&format!("{api}/#/health"));
+    b.wait_text(&["completeness", "90.0 %", "no owner attribute"]);
+    b.screenshot("24-contract-health");
+
+    b.go(&format!("{api}/#/ci/ci-root"));
+    let text = b.wait_text(&["host host-a", "Impact", "service nginx.service"]);
+    assert!(!text.contains("not available on this collector"), "{text}");
+    b.screenshot("25-contract-impact");
 }
