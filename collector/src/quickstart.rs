@@ -242,6 +242,7 @@ pub async fn run(opts: QuickstartOptions) -> Result<(), QuickstartError> {
     let mut agent = start_agent(&opts, &config)?;
 
     println!("cmdb quickstart is running (Ctrl-C stops it).");
+    println!("  console:      {api_url}/ (log in with the admin token)");
     println!("  API:          {api_url}/api/v1/cis");
     println!("  admin token:  {admin_token}");
     println!("  agents:       {grpc_url} (mTLS)");

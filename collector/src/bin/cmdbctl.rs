@@ -178,6 +178,14 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
             let list: List<CloneRecord> = decode(v)?;
             out.write_all(render::clones(&list.items).as_bytes())?;
         }
+        Command::Whoami => {
+            let v = api.get("/api/v1/whoami", &[])?;
+            if json {
+                return print_json(out, &v);
+            }
+            let me: cmdb_collector::http::json::WhoAmI = decode(v)?;
+            writeln!(out, "{} ({})", me.name, me.role)?;
+        }
         // Built by `requests` and handled above.
         Command::Changes(_)
         | Command::Change(_)

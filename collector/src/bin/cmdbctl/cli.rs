@@ -68,6 +68,8 @@ pub enum Command {
     Relations { id: String },
     /// List clone records (two live agents claiming one host).
     Clones,
+    /// Show the name and role of the token in use.
+    Whoami,
     /// The forward schedule of change: change records by window start.
     Changes(ChangesArgs),
     /// Show, create, update, move or import change records.
@@ -624,6 +626,7 @@ mod tests {
             Command::Relations { id: "ci-1".into() }
         );
         assert_eq!(parse(&["clones"]).unwrap().command, Command::Clones);
+        assert_eq!(parse(&["whoami"]).unwrap().command, Command::Whoami);
         let cli = parse(&[
             "--format",
             "json",

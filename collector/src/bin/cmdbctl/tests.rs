@@ -340,6 +340,12 @@ fn commands_against_the_router() {
         "{text}"
     );
 
+    let text = output(&server.settings(Format::Table, Command::Whoami)).unwrap();
+    assert_eq!(text, "test (viewer)\n");
+    let text = output(&server.settings(Format::Json, Command::Whoami)).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v, serde_json::json!({"name": "test", "role": "viewer"}));
+
     let text = output(&server.settings(Format::Json, Command::Clones)).unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(v, serde_json::json!({"items": []}));
