@@ -378,6 +378,10 @@ async function ci(out, id) {
     ['Last changed', fmtTime(c.last_changed)],
     ['Source', `${c.source_agent || '—'} seq ${c.source_seq ?? '—'}`],
   ])));
+  if (c.class === 'host') {
+    out.appendChild(h('p', { id: 'host-classes' }, 'CIs on this host: ', CLASSES.filter((k) => k !== 'host')
+      .map((k) => [link(`#/cis?host=${enc(c.host_id)}&class=${k}`, k), ' '])));
+  }
   const attrs = Object.entries(c.attrs || {}).sort(([a], [b]) => a.localeCompare(b));
   const versions = (c.versions || []).slice().reverse();
   out.appendChild(h('div', { class: 'grid2' },
