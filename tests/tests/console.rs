@@ -84,7 +84,8 @@ impl Browser {
         }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args}
+            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"}
         }}});
         let v = b.post("/session", &caps);
         b.session = v["sessionId"].as_str().expect("session id").to_owned();
@@ -196,6 +197,24 @@ impl Browser {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Script errors and Content-Security-Policy violations the page logged since the last
+    /// call (failed requests, such as the 404 of a route this collector lacks, are not).
+    fn script_errors(&self) -> Vec<String> {
+        let logs = self.post(&self.s("/se/log"), &json!({"type": "browser"}));
+        logs.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["message"].as_str())
+            .filter(|m| {
+                m.contains("Uncaught")
+                    || m.contains("Content Security Policy")
+                    || m.contains("TypeError")
+                    || m.contains("ReferenceError")
+            })
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Saves a PNG of the window as `<step>.png`.
@@ -509,6 +528,11 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
     b.wait_text(&["approved", "by test-admin"]);
     assert!(b.find_all("button.approve").is_empty());
     b.screenshot("18-baseline-approved");
+    assert_eq!(
+        b.script_errors(),
+        Vec::<String>::new(),
+        "the pages logged errors"
+    );
 }
 
 /// Answers of the routes other parts of the collector add (capacity, licenses, audit, CMDB
@@ -623,6 +647,18 @@ fn the_pages_of_newer_routes_render_their_documented_shapes() {
     let b = Browser::start(screenshots_dir());
     b.go(&format!("{api}/#/fleet"));
     b.find("#token");
+    // The browser enforces the policy: injected inline script does not run.
+    let ran = b.script(
+        "const s = document.createElement('script'); \
+         s.textContent = 'window.injected = true'; document.body.appendChild(s); \
+         return window.injected === true;",
+    );
+    assert_eq!(ran, json!(false), "inline script ran despite the CSP");
+    let errors = b.script_errors();
+    assert!(
+        errors.iter().any(|e| e.contains("Content Security Policy")),
+        "{errors:?}"
+    );
     b.post(
         &b.s("/execute/sync"),
         &json!({"script": STUB_FETCH, "args": [contract_fixtures()]}),
@@ -670,4 +706,9 @@ fn the_pages_of_newer_routes_render_their_documented_shapes() {
     let text = b.wait_text(&["host host-a", "Impact", "service nginx.service"]);
     assert!(!text.contains("not available on this collector"), "{text}");
     b.screenshot("25-contract-impact");
+    assert_eq!(
+        b.script_errors(),
+        Vec::<String>::new(),
+        "the pages logged errors"
+    );
 }
