@@ -521,10 +521,12 @@ async function changes(out, _arg, params) {
   const transition = (c, to) => api(`/api/v1/changes/${enc(c.id)}/transition`, { method: 'POST', body: { to } });
 
   out.appendChild(h('h2', {}, 'Forward schedule of change'));
-  const end = Math.min(from.getTime() + 90 * DAY,
-    Math.max(Date.now() + 7 * DAY, ...list.map((c) => Date.parse(c.window.end))));
+  // The chart shows two days back and at least five ahead (at most 90 in all).
+  const start = Date.now() - 2 * DAY;
+  const end = Math.min(start + 90 * DAY,
+    Math.max(Date.now() + 5 * DAY, ...list.map((c) => Date.parse(c.window.end))));
   out.appendChild(Charts.timeline({
-    title: 'Change windows (last 7 days and ahead)', from: from.getTime(), to: end, now: Date.now(),
+    title: 'Change windows (two days back and ahead)', from: start, to: end, now: Date.now(),
     empty: 'no change window in this period',
     rows: list.slice(0, 40).map((c) => ({
       label: `${c.id} ${c.title}`,

@@ -147,14 +147,14 @@
   // Rows of intervals over a period. opts: {title, from, to (ms), rows: [{label, segments: [{start, end, cls, title}]}]}
   function timeline(opts) {
     const W = opts.width || 760, rowH = 22;
-    const m = { l: 160, r: 12, t: 28, b: 28 };
+    const m = { l: 170, r: 12, t: 28, b: 28 };
     const H = m.t + m.b + Math.max(1, opts.rows.length) * rowH;
     const s = svg(W, H, opts.title);
     const span = opts.to - opts.from || 1;
     const px = (t) => m.l + ((Math.min(Math.max(t, opts.from), opts.to) - opts.from) / span) * (W - m.l - m.r);
     opts.rows.forEach((row, i) => {
       const y = m.t + i * rowH;
-      s.appendChild(el('text', { x: m.l - 8, y: y + 15, 'text-anchor': 'end' }, row.label.length > 24 ? row.label.slice(0, 23) + '…' : row.label));
+      s.appendChild(el('text', { x: m.l - 8, y: y + 15, 'text-anchor': 'end' }, row.label.length > 22 ? row.label.slice(0, 21) + '…' : row.label));
       s.appendChild(el('rect', { x: m.l, y: y + 4, width: W - m.l - m.r, height: rowH - 8, class: 'track' }));
       for (const seg of row.segments) {
         const x = px(seg.start);

@@ -476,8 +476,29 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
     }
     let text = b.wait_text(&["CMDB health"]);
     assert!(!text.contains("Create a change record"));
+    // The operator raises a change record from the form (the window defaults to +1 h..+3 h).
     b.go(&format!("{api}/#/changes"));
     b.wait_text(&["Create a change record"]);
+    b.type_into(&b.find("#change-form input[name=title]"), "Rotate app.conf");
+    b.type_into(
+        &b.find("#change-form textarea[name=scope]"),
+        "class=file key=/etc/cmdb-test/*",
+    );
+    b.click(&b.find("#change-form button[type=submit]"));
+    b.wait_text(&[
+        "CHG0000001",
+        "Rotate app.conf",
+        "draft",
+        "class=file key=/etc/cmdb-test/*",
+    ]);
+    assert!(
+        b.find_all("button.approve").is_empty(),
+        "an operator may not approve changes"
+    );
+    let change = c.call("GET", "/api/v1/changes/CHG0000001", None);
+    assert_eq!(change["created_by"], "olivia");
+    assert_eq!(change["state"], "draft");
+    b.screenshot("10b-change-created");
     b.go(&format!("{api}/#/drift"));
     b.wait_text(&["unauthorized", "/etc/cmdb-test/app.conf"]);
     b.go(&format!("{api}/#/baselines"));
@@ -528,6 +549,15 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
     b.wait_text(&["approved", "by test-admin"]);
     assert!(b.find_all("button.approve").is_empty());
     b.screenshot("18-baseline-approved");
+    // … and the operator's change record.
+    b.go(&format!("{api}/#/changes"));
+    b.wait_text(&["CHG0000001", "draft"]);
+    b.click(&b.find("button.approve"));
+    wait_for(PAGE_WAIT, "the change approved", || {
+        (c.call("GET", "/api/v1/changes/CHG0000001", None)["state"] == "approved").then_some(())
+    });
+    b.wait_text(&["CHG0000001", "approved", "Start"]);
+    b.screenshot("19-change-approved");
     assert_eq!(
         b.script_errors(),
         Vec::<String>::new(),
