@@ -234,8 +234,9 @@ async function render() {
   showChrome(true);
   const [path, qs] = location.hash.replace(/^#\/?/, '').split('?');
   const [name, ...rest] = path.split('/');
-  const page = PAGES[name] ? name : 'fleet';
-  const arg = rest.length ? decodeURIComponent(rest.join('/')) : null;
+  const page = Object.hasOwn(PAGES, name) ? name : 'fleet';
+  let arg = rest.length ? rest.join('/') : null;
+  try { arg = arg && decodeURIComponent(arg); } catch (_) { /* a malformed escape: use it as typed */ }
   for (const a of document.querySelectorAll('#nav a')) {
     a.classList.toggle('active', a.dataset.page === page || a.dataset.page === PARENT[page]);
   }
