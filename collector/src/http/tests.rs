@@ -787,8 +787,10 @@ async fn unknown_routes_and_methods_are_json_errors() {
     let r = get(&app, "/api/v1/nothing").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "not_found");
-    let r = get_anon(&app, "/").await;
+    // `/` is the web console now; other paths outside the API are still JSON 404s.
+    let r = get_anon(&app, "/index.php").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.error_code(), "not_found");
 
     let req = Request::builder()
         .method(Method::POST)
