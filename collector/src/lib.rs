@@ -9,6 +9,7 @@
 
 pub mod audit_log;
 pub mod availability;
+pub mod capacity;
 pub mod baselines;
 pub mod changes;
 pub mod config;
