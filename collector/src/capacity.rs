@@ -483,15 +483,8 @@ pub fn forecast_host(
             continue;
         };
         let capacity = caps.get(resource).copied();
-        let (status, current, fit, crossing) = forecast_series(
-            settings,
-            kind,
-            points,
-            capacity,
-            now,
-            &mut scratch,
-            &mut xy,
-        );
+        let (status, current, fit, crossing) =
+            forecast_series(settings, kind, points, capacity, now, &mut scratch, &mut xy);
         let pct = capacity.and(settings.percent(kind));
         out.push(Forecast {
             host_id: host.host_id.clone(),
@@ -553,11 +546,10 @@ pub fn list_forecasts(
         let Some((last, _)) = page.last() else { break };
         after = Some(last.clone());
         for (id, v) in &page {
-            let fs: Vec<Forecast> =
-                serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
-                    key: format!("{C_FORECAST}/{id}"),
-                    reason: e.to_string(),
-                })?;
+            let fs: Vec<Forecast> = serde_json::from_slice(v).map_err(|e| StoreError::Corrupt {
+                key: format!("{C_FORECAST}/{id}"),
+                reason: e.to_string(),
+            })?;
             for f in fs.into_iter().filter(|f| keep(f)) {
                 if out.len() >= MAX_FORECAST_ITEMS {
                     return Ok((out, true));
@@ -731,10 +723,16 @@ impl Capacity {
             report.windows += rollup::rollup_host(store, &h.host_id, from, to)?;
         }
         state.hour_done = Some(state.hour_done.map_or(to, |h| h.max(to)));
-        report.pruned +=
-            rollup::prune(store, Tier::Hour, now_s.saturating_sub(self.settings.hour_retention.as_secs()))?;
-        report.pruned +=
-            rollup::prune(store, Tier::Day, now_s.saturating_sub(self.settings.day_retention.as_secs()))?;
+        report.pruned += rollup::prune(
+            store,
+            Tier::Hour,
+            now_s.saturating_sub(self.settings.hour_retention.as_secs()),
+        )?;
+        report.pruned += rollup::prune(
+            store,
+            Tier::Day,
+            now_s.saturating_sub(self.settings.day_retention.as_secs()),
+        )?;
         self.forecast_all(&hosts, now_s, &mut report)?;
         state.last_pass = Some(now_s);
         let value = serde_json::to_vec(&state).map_err(|e| StoreError::Corrupt {

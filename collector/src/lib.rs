@@ -9,8 +9,8 @@
 
 pub mod audit_log;
 pub mod availability;
-pub mod capacity;
 pub mod baselines;
+pub mod capacity;
 pub mod changes;
 pub mod config;
 pub mod correlate;

@@ -38,7 +38,11 @@ impl Store for FakeStore {
         unsupported()
     }
     fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self.agent_list.lock().map(|a| a.clone()).unwrap_or_default())
+        Ok(self
+            .agent_list
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_default())
     }
     fn put_agent(&self, _: &AgentRecord) -> Result<(), StoreError> {
         unsupported()

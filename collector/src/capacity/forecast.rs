@@ -96,7 +96,7 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
         return None;
     }
     let span = points[n - 1].0 - points[0].0;
-    if !(span >= limits.min_span_secs) || span <= 0.0 {
+    if span.is_nan() || span < limits.min_span_secs || span <= 0.0 {
         return None;
     }
     // Bin medians.
@@ -226,7 +226,11 @@ mod tests {
         let t = f.reaches(180e9).unwrap();
         assert!((t - (T0 + 40.0 * DAY)).abs() < 1.0);
         // Full inlier share and clarity; coverage 719 h of a 720 h window.
-        assert!((f.confidence - 719.0 / 720.0).abs() < 1e-9, "{}", f.confidence);
+        assert!(
+            (f.confidence - 719.0 / 720.0).abs() < 1e-9,
+            "{}",
+            f.confidence
+        );
     }
 
     #[test]
@@ -237,7 +241,13 @@ mod tests {
                 let t = T0 + i as f64 * HOUR;
                 let base = 50e9 + 1e9 * (t - T0) / DAY;
                 let noise = ((i * 7919) % 401) as f64 / 400.0 * 0.4e9 - 0.2e9;
-                let v = if i % 7 == 3 { base * 3.0 } else if i % 13 == 5 { 0.0 } else { base + noise };
+                let v = if i % 7 == 3 {
+                    base * 3.0
+                } else if i % 13 == 5 {
+                    0.0
+                } else {
+                    base + noise
+                };
                 (t, v)
             })
             .collect();
@@ -275,12 +285,14 @@ mod tests {
 
     #[test]
     fn coverage_scales_confidence() {
-        let pts: Vec<(f64, f64)> = (0..72)
-            .map(|i| (T0 + i as f64 * HOUR, i as f64))
-            .collect();
+        let pts: Vec<(f64, f64)> = (0..72).map(|i| (T0 + i as f64 * HOUR, i as f64)).collect();
         let f = fit(&pts, &limits(), &mut Scratch::default()).unwrap();
         // 71 h of a 30-day window.
-        assert!((f.confidence - 71.0 / 720.0).abs() < 1e-6, "{}", f.confidence);
+        assert!(
+            (f.confidence - 71.0 / 720.0).abs() < 1e-6,
+            "{}",
+            f.confidence
+        );
     }
 
     proptest::proptest! {

@@ -68,6 +68,9 @@ impl Tier {
     }
 }
 
+/// resource id → points.
+type Series = BTreeMap<String, Vec<Point>>;
+
 /// One stored block of one tier.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Block {
@@ -111,7 +114,9 @@ fn load(
     let id = block_id(start, host);
     match store.record(collection, &id)? {
         None => Ok(None),
-        Some(v) => serde_json::from_slice(&v).map(Some).map_err(|e| corrupt(&id, &e)),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| corrupt(&id, &e)),
     }
 }
 
@@ -152,9 +157,13 @@ pub fn hour_points(recs: &[MetricRecord]) -> BTreeMap<String, Vec<Point>> {
         let hour = floor(secs(rec.window_start), HOUR);
         for s in &rec.summaries {
             let Some(r) = resource_of(s) else { continue };
-            accs.entry((r, hour))
-                .or_default()
-                .add(s.min, s.avg, s.max, s.p95, u64::from(s.samples));
+            accs.entry((r, hour)).or_default().add(
+                s.min,
+                s.avg,
+                s.max,
+                s.p95,
+                u64::from(s.samples),
+            );
         }
     }
     let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
@@ -189,7 +198,11 @@ pub fn rollup_host(store: &dyn Store, host: &str, from: u64, to: u64) -> Result<
         let part: BTreeMap<String, Vec<Point>> = fresh
             .iter()
             .map(|(r, pts)| {
-                let v: Vec<Point> = pts.iter().filter(|p| p.t >= lo && p.t < hi).copied().collect();
+                let v: Vec<Point> = pts
+                    .iter()
+                    .filter(|p| p.t >= lo && p.t < hi)
+                    .copied()
+                    .collect();
                 (r.clone(), v)
             })
             .filter(|(_, v)| !v.is_empty())
@@ -203,8 +216,7 @@ pub fn rollup_host(store: &dyn Store, host: &str, from: u64, to: u64) -> Result<
         b += HOUR_BLOCK;
     }
     // Day tier: the complete days among those blocks, from their hour points.
-    let mut by_day_block: BTreeMap<u64, (BTreeSet<u64>, BTreeMap<String, Vec<Point>>)> =
-        BTreeMap::new();
+    let mut by_day_block: BTreeMap<u64, (BTreeSet<u64>, Series)> = BTreeMap::new();
     for (day, block) in &hour_blocks {
         if day + DAY > to {
             continue;
@@ -322,8 +334,8 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::store::MetricSummary;
     use crate::capacity::fake_store::FakeStore as MemoryStore;
+    use crate::store::MetricSummary;
 
     const T0: u64 = 1_800_000_000 - 1_800_000_000 % DAY;
 
@@ -369,8 +381,14 @@ mod tests {
         assert_eq!(d[1].max, 2879.0);
         // Re-rolling a range (a restart before the watermark moved) changes nothing.
         rollup_host(&store, "h1", T0 + 3 * HOUR, T0 + 2 * DAY).unwrap();
-        assert_eq!(read(&store, "h1", Tier::Hour, T0, T0 + 2 * DAY).unwrap(), hours);
-        assert_eq!(read(&store, "h1", Tier::Day, T0, T0 + 2 * DAY).unwrap(), days);
+        assert_eq!(
+            read(&store, "h1", Tier::Hour, T0, T0 + 2 * DAY).unwrap(),
+            hours
+        );
+        assert_eq!(
+            read(&store, "h1", Tier::Day, T0, T0 + 2 * DAY).unwrap(),
+            days
+        );
         // Retention drops whole blocks.
         assert_eq!(prune(&store, Tier::Hour, T0 + DAY).unwrap(), 1);
         let left = read(&store, "h1", Tier::Hour, T0, T0 + 2 * DAY).unwrap();
@@ -387,6 +405,10 @@ mod tests {
         rollup_host(&store, "h1", T0 + 5 * HOUR, T0 + 10 * HOUR).unwrap();
         let hours = read(&store, "h1", Tier::Hour, T0, T0 + DAY).unwrap();
         assert_eq!(hours["filesystem:/"].len(), 10);
-        assert!(read(&store, "h1", Tier::Day, T0, T0 + DAY).unwrap().is_empty());
+        assert!(
+            read(&store, "h1", Tier::Day, T0, T0 + DAY)
+                .unwrap()
+                .is_empty()
+        );
     }
 }

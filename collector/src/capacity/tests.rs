@@ -59,7 +59,9 @@ fn windows(host: &str, days: u64, used: impl Fn(u64, u64) -> f64) -> Vec<MetricR
                 summaries: vec![
                     MetricSummary {
                         name: "filesystem.used_bytes".into(),
-                        labels: [("mount".to_owned(), "/var".to_owned())].into_iter().collect(),
+                        labels: [("mount".to_owned(), "/var".to_owned())]
+                            .into_iter()
+                            .collect(),
                         min: v,
                         avg: v,
                         max: v,
@@ -90,7 +92,11 @@ fn settings() -> CapacitySettings {
 
 fn fleet(store: &FakeStore, host: &str, size: f64, w: Vec<MetricRecord>) {
     store.agent_list.lock().unwrap().push(agent(host));
-    store.ci_list.lock().unwrap().push(fs_ci(host, "/var", size));
+    store
+        .ci_list
+        .lock()
+        .unwrap()
+        .push(fs_ci(host, "/var", size));
     store.put_metrics(&w);
 }
 
@@ -104,14 +110,25 @@ fn find<'a>(fs: &'a [Forecast], host: &str, r: &str) -> &'a Forecast {
 fn linear_disk_growth_forecasts_its_known_exhaustion_date_and_raises_an_incident() {
     let store = Arc::new(FakeStore::default());
     // 100 GB filesystem, 50 GB used at START, +3 GB/day: 90 % (90 GB) on day 40/3.
-    fleet(&store, "h1", 100.0 * GB, windows("h1", 5, |_, t| {
-        50.0 * GB + 3.0 * GB * (t - START) as f64 / DAY as f64
-    }));
+    fleet(
+        &store,
+        "h1",
+        100.0 * GB,
+        windows("h1", 5, |_, t| {
+            50.0 * GB + 3.0 * GB * (t - START) as f64 / DAY as f64
+        }),
+    );
     // A second host with a flat, roomy filesystem.
     fleet(&store, "h2", 100.0 * GB, windows("h2", 5, |_, _| 20.0 * GB));
     let dyn_store: Arc<dyn Store> = store.clone();
     let judgment = Arc::new(
-        Judgment::open(Arc::clone(&dyn_store), JudgmentSettings::default(), None, None).unwrap(),
+        Judgment::open(
+            Arc::clone(&dyn_store),
+            JudgmentSettings::default(),
+            None,
+            None,
+        )
+        .unwrap(),
     );
     let cap = Capacity::new(
         Arc::clone(&dyn_store),
@@ -139,7 +156,10 @@ fn linear_disk_growth_forecasts_its_known_exhaustion_date_and_raises_an_incident
     let got = secs(f.exhaustion_at.unwrap()) as f64;
     assert!((got - exact).abs() < 3600.0, "off by {} s", got - exact);
     let days = f.days_to_threshold.unwrap();
-    assert!((days - (40.0 / 3.0 - 5.0 - 600.0 / DAY as f64)).abs() < 0.05, "{days}");
+    assert!(
+        (days - (40.0 / 3.0 - 5.0 - 600.0 / DAY as f64)).abs() < 0.05,
+        "{days}"
+    );
     assert!(f.confidence > 0.7, "{}", f.confidence);
     let incident = f.incident.clone().unwrap();
     assert_eq!(
@@ -175,16 +195,30 @@ fn linear_disk_growth_forecasts_its_known_exhaustion_date_and_raises_an_incident
     assert_eq!(s[0].capacity, Some(100.0 * GB));
 
     // Not due again within the hour; forced, it keeps the incident number.
-    assert!(cap.pass(now + Duration::from_secs(60), false).unwrap().is_none());
-    let r = cap.pass(now + Duration::from_secs(60), true).unwrap().unwrap();
+    assert!(
+        cap.pass(now + Duration::from_secs(60), false)
+            .unwrap()
+            .is_none()
+    );
+    let r = cap
+        .pass(now + Duration::from_secs(60), true)
+        .unwrap()
+        .unwrap();
     assert_eq!(r.raised, 0);
     let (all, _) = list_forecasts(store.as_ref(), Some("h1"), false).unwrap();
     assert_eq!(all[0].incident.as_deref(), Some(incident.as_str()));
 
     // The admins grow the filesystem to 1 TB: no longer at risk, the incident resolves.
     store.ci_list.lock().unwrap().retain(|c| c.host_id != "h1");
-    store.ci_list.lock().unwrap().push(fs_ci("h1", "/var", 1000.0 * GB));
-    let r = cap.pass(now + Duration::from_secs(120), true).unwrap().unwrap();
+    store
+        .ci_list
+        .lock()
+        .unwrap()
+        .push(fs_ci("h1", "/var", 1000.0 * GB));
+    let r = cap
+        .pass(now + Duration::from_secs(120), true)
+        .unwrap()
+        .unwrap();
     assert_eq!((r.at_risk, r.cleared), (0, 1));
     assert_eq!(
         judgment.incident(&incident).unwrap().state,
@@ -197,20 +231,30 @@ fn noisy_growth_with_outliers_still_finds_the_trend() {
     let store = Arc::new(FakeStore::default());
     // +2 GB/day from 40 GB with ±1 GB noise, and one minute in ten reading 0 or 3× (a
     // broken statvfs, a transient mount): 90 GB reached on day 25.
-    fleet(&store, "h1", 100.0 * GB, windows("h1", 6, |i, t| {
-        let base = 40.0 * GB + 2.0 * GB * (t - START) as f64 / DAY as f64;
-        let noise = ((i * 7919) % 2001) as f64 / 1000.0 - 1.0;
-        match i % 10 {
-            3 => 0.0,
-            7 => base * 3.0,
-            _ => base + noise * GB,
-        }
-    }));
+    fleet(
+        &store,
+        "h1",
+        100.0 * GB,
+        windows("h1", 6, |i, t| {
+            let base = 40.0 * GB + 2.0 * GB * (t - START) as f64 / DAY as f64;
+            let noise = ((i * 7919) % 2001) as f64 / 1000.0 - 1.0;
+            match i % 10 {
+                3 => 0.0,
+                7 => base * 3.0,
+                _ => base + noise * GB,
+            }
+        }),
+    );
     let dyn_store: Arc<dyn Store> = store.clone();
-    let cap = Capacity::new(dyn_store, CapacitySettings {
-        horizon: Duration::from_secs(30 * DAY),
-        ..settings()
-    }, None, Duration::from_secs(7 * DAY));
+    let cap = Capacity::new(
+        dyn_store,
+        CapacitySettings {
+            horizon: Duration::from_secs(30 * DAY),
+            ..settings()
+        },
+        None,
+        Duration::from_secs(7 * DAY),
+    );
     let now = time(START + 6 * DAY + 300);
     cap.pass(now, false).unwrap().unwrap();
     let (all, _) = list_forecasts(store.as_ref(), None, true).unwrap();
@@ -221,7 +265,11 @@ fn noisy_growth_with_outliers_still_finds_the_trend() {
     // on hourly p95 would be worse.
     assert!((slope - 2.0 * GB).abs() < 0.5 * GB, "{slope}");
     assert_eq!(f.status, Status::AtRisk);
-    assert!(f.confidence > 0.3 && f.confidence <= 1.0, "{}", f.confidence);
+    assert!(
+        f.confidence > 0.3 && f.confidence <= 1.0,
+        "{}",
+        f.confidence
+    );
 }
 
 #[test]
@@ -231,7 +279,9 @@ fn too_little_history_is_not_enough_data() {
     let dyn_store: Arc<dyn Store> = store.clone();
     let cap = Capacity::new(dyn_store, settings(), None, Duration::from_secs(7 * DAY));
     // 12 hours of the day are complete.
-    cap.pass(time(START + DAY / 2 + 300), false).unwrap().unwrap();
+    cap.pass(time(START + DAY / 2 + 300), false)
+        .unwrap()
+        .unwrap();
     let (all, _) = list_forecasts(store.as_ref(), None, true).unwrap();
     let f = find(&all, "h1", "filesystem:/var");
     assert_eq!(f.status, Status::NotEnoughData);
@@ -244,11 +294,24 @@ fn the_watermark_survives_a_restart_and_retention_prunes_old_tiers() {
     let store = Arc::new(FakeStore::default());
     fleet(&store, "h1", 100.0 * GB, windows("h1", 3, |_, _| 10.0 * GB));
     let dyn_store: Arc<dyn Store> = store.clone();
-    let mk = || Capacity::new(Arc::clone(&dyn_store), settings(), None, Duration::from_secs(7 * DAY));
-    let first = mk().pass(time(START + 2 * DAY + 300), false).unwrap().unwrap();
+    let mk = || {
+        Capacity::new(
+            Arc::clone(&dyn_store),
+            settings(),
+            None,
+            Duration::from_secs(7 * DAY),
+        )
+    };
+    let first = mk()
+        .pass(time(START + 2 * DAY + 300), false)
+        .unwrap()
+        .unwrap();
     assert_eq!(first.windows, 2 * 1440);
     // A new engine (a restart) continues from the watermark minus the lateness.
-    let second = mk().pass(time(START + 3 * DAY + 300), false).unwrap().unwrap();
+    let second = mk()
+        .pass(time(START + 3 * DAY + 300), false)
+        .unwrap()
+        .unwrap();
     assert_eq!(second.windows, 1440 + 3 * 60);
     let hours = rollup::read(store.as_ref(), "h1", Tier::Hour, START, START + 3 * DAY).unwrap();
     assert_eq!(hours["filesystem:/var"].len(), 72);
@@ -274,7 +337,10 @@ fn settings_are_validated() {
     assert!(CapacitySettings::default().validate().is_ok());
     let mut s = CapacitySettings::default();
     s.thresholds.filesystem = 120.0;
-    assert_eq!(s.validate().unwrap_err().0, "capacity.thresholds.filesystem");
+    assert_eq!(
+        s.validate().unwrap_err().0,
+        "capacity.thresholds.filesystem"
+    );
     let s = CapacitySettings {
         hour_retention: Duration::from_secs(DAY),
         ..CapacitySettings::default()
