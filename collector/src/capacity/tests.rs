@@ -348,3 +348,27 @@ fn settings_are_validated() {
     assert!(s.validate().is_err());
     let _ = SystemTime::now();
 }
+
+#[test]
+fn the_capacity_section_parses_and_bad_values_name_their_field() {
+    use crate::config::CollectorConfig;
+    let p = std::path::Path::new("collector.toml");
+    let cfg = CollectorConfig::parse(
+        "[capacity]\nhorizon = \"7d\"\nrollup_lateness = \"1d\"\n[capacity.thresholds]\nfilesystem = 85\n",
+        p,
+    )
+    .unwrap();
+    assert_eq!(cfg.capacity.horizon, Duration::from_secs(7 * DAY));
+    assert_eq!(cfg.capacity.thresholds.filesystem, 85.0);
+    assert_eq!(cfg.capacity.thresholds.memory, 95.0);
+    assert!(cfg.capacity.enabled);
+    let e = CollectorConfig::parse("[capacity.thresholds]\nswap = 0\n", p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("capacity.thresholds.swap"), "{e}");
+    let e = CollectorConfig::parse("[capacity]\nhorizon = \"soon\"\n", p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("soon"), "{e}");
+    assert!(CollectorConfig::parse("[capacity]\nbogus = 1\n", p).is_err());
+}

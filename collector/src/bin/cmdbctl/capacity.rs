@@ -126,3 +126,64 @@ pub fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn args(argv: &[&str]) -> CapacityArgs {
+        let cli = Cli::try_parse_from(argv).unwrap();
+        match cli.command {
+            Command::Capacity(a) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn series_and_forecast_requests() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let a = args(&[
+            "cmdbctl",
+            "capacity",
+            "--host",
+            "db-01",
+            "--resource",
+            "filesystem:/var",
+            "--from",
+            "-1d",
+            "--tier",
+            "hour",
+        ]);
+        let (path, q) = request(&a, now).unwrap();
+        assert_eq!(path, "/api/v1/capacity");
+        assert_eq!(
+            q,
+            vec![
+                ("host", "db-01".to_owned()),
+                ("resource", "filesystem:/var".to_owned()),
+                ("from", "2027-01-14T08:00:00Z".to_owned()),
+                ("tier", "hour".to_owned()),
+            ]
+        );
+        let (path, q) = request(&args(&["cmdbctl", "capacity", "forecast", "--all"]), now).unwrap();
+        assert_eq!(path, "/api/v1/capacity/forecast");
+        assert_eq!(q, vec![("all", "true".to_owned())]);
+        assert!(matches!(
+            request(&args(&["cmdbctl", "capacity"]), now),
+            Err(RunError::Usage(_))
+        ));
+        assert!(
+            Cli::try_parse_from(["cmdbctl", "capacity", "--host", "h", "--tier", "week"]).is_err()
+        );
+        let cli =
+            Cli::try_parse_from(["cmdbctl", "--format", "csv", "capacity", "forecast"]).unwrap();
+        assert_eq!(cli.format, Format::Csv);
+    }
+}
