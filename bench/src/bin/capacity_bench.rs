@@ -76,12 +76,16 @@ impl Rng {
 fn template(i: usize, points: usize) -> Vec<Point> {
     let mut r = Rng(0x9E37_79B9_7F4A_7C15 ^ (i as u64 + 1));
     let level = 20.0 + 50.0 * r.next();
-    let growth = if i % 4 == 0 { 0.0 } else { 0.05 * r.next() };
+    let growth = if i.is_multiple_of(4) {
+        0.0
+    } else {
+        0.05 * r.next()
+    };
     let noise = 5.0 * r.next();
     (0..points)
         .map(|k| {
             let mut v = level + growth * k as f64 + noise * (r.next() - 0.5);
-            if i % 3 == 0 && r.next() < 0.05 {
+            if i.is_multiple_of(3) && r.next() < 0.05 {
                 v *= 3.0;
             }
             Point {
