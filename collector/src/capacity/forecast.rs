@@ -107,9 +107,8 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
         let lo = b * n / bins;
         let hi = (b + 1) * n / bins;
         let chunk = &points[lo..hi];
-        s.tmp.clear();
-        s.tmp.extend(chunk.iter().map(|p| p.0));
-        let mx = median(&mut s.tmp);
+        // Points are in time order: the median time is the middle of the chunk.
+        let mx = (chunk[(chunk.len() - 1) / 2].0 + chunk[chunk.len() / 2].0) / 2.0;
         s.tmp.clear();
         s.tmp.extend(chunk.iter().map(|p| p.1));
         let my = median(&mut s.tmp);
