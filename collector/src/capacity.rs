@@ -11,7 +11,8 @@
 //!   (record `capacity_state/rollup`), re-rolling the last `rollup_lateness` (default 3 h)
 //!   for windows that arrived late; windows older than that when they arrive are kept in
 //!   the minute tier but not rolled up. The watermark advances only after every host is
-//!   rolled up, and re-rolling is idempotent, so a restart neither loses nor double-counts.
+//!   rolled up (their blocks written in flushed batches of 64 hosts), and re-rolling is
+//!   idempotent, so a restart neither loses nor double-counts.
 //! - Forecasts use the hour tier over `forecast_window` (default 30 d): the hourly average
 //!   for memory, swap, filesystems and processes, the hourly p95 for cpu, load and
 //!   interfaces. Fewer than `min_points` hourly points (default 24) or a span shorter than
@@ -62,6 +63,8 @@ const STATE_ID: &str = "rollup";
 pub const SETTLE: Duration = Duration::from_secs(120);
 /// Most forecast rows one API answer carries.
 pub const MAX_FORECAST_ITEMS: usize = 10_000;
+/// Hosts whose roll-up blocks share one (flushed) store write.
+const ROLLUP_BATCH_HOSTS: usize = 64;
 /// Host forecast records written per store call.
 const WRITE_BATCH: usize = 256;
 /// Most CIs of one class read for one host's capacities.
@@ -719,8 +722,24 @@ impl Capacity {
             hosts: hosts.len(),
             ..PassReport::default()
         };
+        let mut ops = Vec::new();
+        let mut batched = 0;
         for h in &hosts {
-            report.windows += rollup::rollup_host(store, &h.host_id, from, to)?;
+            let (n, host_ops) = rollup::rollup_host_ops(store, &h.host_id, from, to)?;
+            report.windows += n;
+            if !host_ops.is_empty() {
+                ops.extend(host_ops);
+                batched += 1;
+            }
+            // Each write is flushed: batch hosts, but keep a batch's size bounded.
+            if batched >= ROLLUP_BATCH_HOSTS {
+                store.write_records(&ops)?;
+                ops.clear();
+                batched = 0;
+            }
+        }
+        if !ops.is_empty() {
+            store.write_records(&ops)?;
         }
         state.hour_done = Some(state.hour_done.map_or(to, |h| h.max(to)));
         report.pruned += rollup::prune(

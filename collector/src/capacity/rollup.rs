@@ -13,8 +13,8 @@
 //! range from the minute windows, replacing what was there, and every day point of the
 //! complete days it touches from that day's hour points. Re-rolling a range is therefore
 //! idempotent: a pass interrupted by a crash is simply redone, nothing is counted twice.
-//! Each host's writes are one atomic [`Store::write_records`]; the caller advances its
-//! durable watermark only after every host is done.
+//! A host's writes are never split across [`Store::write_records`] calls (several hosts may
+//! share one); the caller advances its durable watermark only after every host is done.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
@@ -175,11 +175,27 @@ pub fn hour_points(recs: &[MetricRecord]) -> BTreeMap<String, Vec<Point>> {
     out
 }
 
-/// Rolls up `[from, to)` (hour-aligned seconds) of one host; see the module doc. Returns
-/// the minute windows read.
+/// Rolls up `[from, to)` (hour-aligned seconds) of one host and writes the result (one
+/// atomic write); see the module doc. Returns the minute windows read.
 pub fn rollup_host(store: &dyn Store, host: &str, from: u64, to: u64) -> Result<usize, StoreError> {
+    let (n, ops) = rollup_host_ops(store, host, from, to)?;
+    if !ops.is_empty() {
+        store.write_records(&ops)?;
+    }
+    Ok(n)
+}
+
+/// [`rollup_host`] without the write: the minute windows read and the record writes that
+/// bring the host's blocks up to date (callers batch several hosts into one write; the
+/// blocks of different hosts never overlap).
+pub fn rollup_host_ops(
+    store: &dyn Store,
+    host: &str,
+    from: u64,
+    to: u64,
+) -> Result<(usize, Vec<RecordOp>), StoreError> {
     if to <= from {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     }
     let recs = store.metrics(host, time(from), time(to))?;
     let fresh = hour_points(&recs);
@@ -248,10 +264,7 @@ pub fn rollup_host(store: &dyn Store, host: &str, from: u64, to: u64) -> Result<
             ops.push(put(C_DAY, &block)?);
         }
     }
-    if !ops.is_empty() {
-        store.write_records(&ops)?;
-    }
-    Ok(recs.len())
+    Ok((recs.len(), ops))
 }
 
 /// Points of one host and tier in `[from, to)`: resource → points (the minute tier reads
