@@ -131,6 +131,28 @@ fn forecast_range(
     (n, at_risk)
 }
 
+/// CPU seconds this thread has used (utime + stime from /proc/thread-self/stat, 100 Hz),
+/// so other processes on a shared core do not count.
+fn thread_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    // Fields after the command name (which ends with ')'): state is field 3, utime 14.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// The forecasts on this thread: (wall, CPU seconds, at risk).
+fn forecasts_here(args: &Args, templates: &[Vec<Point>]) -> (Duration, f64, usize) {
+    let settings = CapacitySettings::default();
+    let total = args.hosts * args.resources;
+    let now = T0 + args.points as u64 * HOUR;
+    let cpu = thread_cpu();
+    let t = Instant::now();
+    let (_, risky) = forecast_range(&settings, templates, 0..total, now);
+    (t.elapsed(), thread_cpu() - cpu, risky)
+}
+
 fn forecasts(args: &Args, templates: &[Vec<Point>], threads: usize) -> (Duration, usize) {
     let settings = CapacitySettings::default();
     let total = args.hosts * args.resources;
@@ -351,24 +373,25 @@ fn main() -> Result<()> {
         "forecasts: {} hosts × {} resources = {series} series of {} hourly points",
         args.hosts, args.resources, args.points
     );
-    let (mut one, mut many) = (Vec::new(), Vec::new());
+    let (mut one, mut cpu, mut many) = (Vec::new(), Vec::new(), Vec::new());
     for run in 0..args.runs {
-        let (d1, risky) = forecasts(&args, &templates, 1);
+        let (d1, c1, risky) = forecasts_here(&args, &templates);
         let (dn, _) = forecasts(&args, &templates, args.threads);
         eprintln!(
-            "run {run}: 1 thread {:.3} s, {} threads {:.3} s ({risky} at risk)",
+            "run {run}: 1 thread {:.3} s ({c1:.2} CPU s), {} threads {:.3} s ({risky} at risk)",
             d1.as_secs_f64(),
             args.threads,
             dn.as_secs_f64()
         );
         one.push(d1.as_secs_f64());
+        cpu.push(c1);
         many.push(dn.as_secs_f64());
     }
-    let (m1, mn) = (median(&mut one), median(&mut many));
+    let (m1, mc, mn) = (median(&mut one), median(&mut cpu), median(&mut many));
     println!(
-        "| forecasts, {series} series × {} points, 1 thread | {m1:.3} s | {:.1} µs/series |",
+        "| forecasts, {series} series × {} points, 1 thread | {m1:.3} s wall, {mc:.2} CPU s | {:.1} µs/series (CPU) |",
         args.points,
-        m1 * 1e6 / series as f64
+        mc * 1e6 / series as f64
     );
     println!(
         "| forecasts, {series} series × {} points, {} threads | {mn:.3} s | |",

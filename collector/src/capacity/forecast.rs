@@ -6,21 +6,22 @@
 //! 100 000 series of a 10 000-host fleet, far over the 2 s budget on 2 cores. So the points
 //! are first grouped, in time order, into at most [`MAX_BINS`] bins of (nearly) equal
 //! count; each bin is represented by the median of its times and the median of its values;
-//! the slope is the median of the pairwise slopes of those ≤ 48 bin medians (≤ 1 128
-//! pairs); the intercept is the median of `y − slope·t` over ALL points. With n ≤ 48 the
-//! bins are the points themselves and the fit is exact Theil–Sen.
+//! the slope is the median of the pairwise slopes of those ≤ 32 bin medians (≤ 496
+//! pairs); the intercept is the median of `y − slope·t` over the bin medians. With n ≤ 32
+//! the bins are the points themselves and the fit is exact Theil–Sen.
 //!
 //! **Robustness.** A bin median is unmoved by outliers as long as fewer than half of the
 //! bin's points are outliers; Theil–Sen over the bin medians has a breakdown point of
 //! 1 − 1/√2 ≈ 29 % of the bins. Outliers scattered through the series (spikes) therefore
 //! leave the slope unmoved up to ~50 % contamination within any bin; clustered outliers
 //! (a whole bad stretch) are tolerated up to ~29 % of the window. The intercept (a median
-//! of residual offsets) tolerates 50 %. The cost is O(n) per series plus a constant 1 128
-//! slopes.
+//! of the bins' offsets) tolerates 50 % of bad bins. The cost is O(n) per series plus a
+//! constant 496 slopes.
 //!
 //! **Confidence** (0..1) = inlier share × trend clarity × coverage, where
 //! - inlier share: the share of points whose residual is within 3 robust standard deviations
-//!   (σ = 1.4826·MAD of the residuals) of the fit, or exactly on it;
+//!   (σ = 1.4826·MAD of the residuals, the MAD taken over at most [`MAD_SAMPLE`] evenly
+//!   strided residuals) of the fit, or exactly on it;
 //! - trend clarity: T / (T + 2σ) with T = |slope| × span, the trend's rise over the data
 //!   (1 for a clean line, → 0 for a flat or noise-dominated series; 1 when σ = 0);
 //! - coverage: min(1, span / window) — a fit over 2 days of a 30-day window counts less.
@@ -28,8 +29,11 @@
 //! **Not enough data** below [`MIN_POINTS`]-style minimums the caller passes in
 //! ([`FitLimits`]): fewer points, or a span (first to last point) shorter than required.
 
-/// Most bins a series is reduced to before the pairwise slopes.
-pub const MAX_BINS: usize = 48;
+/// Most bins a series is reduced to before the pairwise slopes (30 days of hourly points:
+/// bins of 22–23 hours, so a daily cycle mostly averages out inside a bin).
+pub const MAX_BINS: usize = 32;
+/// Residuals the robust σ (MAD) is estimated from, at most (evenly strided).
+pub const MAD_SAMPLE: usize = 256;
 
 /// Default minimum of points for a fit (a day of hourly points).
 pub const MIN_POINTS: usize = 24;
@@ -129,11 +133,12 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
         return None;
     }
     let slope = median(&mut s.slopes);
-    // Intercept: centre t on the first point to keep precision (epoch seconds are ~1.8e9).
+    // Intercept: the median offset of the bin medians; t centred on the first point to keep
+    // precision (epoch seconds are ~1.8e9).
     let t0 = points[0].0;
     s.tmp.clear();
     s.tmp
-        .extend(points.iter().map(|p| p.1 - slope * (p.0 - t0)));
+        .extend(s.bx.iter().zip(&s.by).map(|(x, y)| y - slope * (x - t0)));
     let offset = median(&mut s.tmp);
     s.resid.clear();
     s.resid.extend(
@@ -141,8 +146,10 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
             .iter()
             .map(|p| (p.1 - (offset + slope * (p.0 - t0))).abs()),
     );
+    // The MAD from at most MAD_SAMPLE residuals, evenly strided over the series.
+    let stride = n.div_ceil(MAD_SAMPLE);
     s.tmp.clear();
-    s.tmp.extend_from_slice(&s.resid);
+    s.tmp.extend(s.resid.iter().step_by(stride).copied());
     let sigma = 1.4826 * median(&mut s.tmp);
     let band = 3.0 * sigma;
     let inliers = s

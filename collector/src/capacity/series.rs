@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::MetricSummary;
 
-/// One rolled-up point of one series.
+/// One rolled-up point of one series. Stored as a compact JSON array
+/// `[t, min, avg, max, p95, n]` (blocks hold thousands of them).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(into = "PointRow", from = "PointRow")]
 pub struct Point {
     /// Start of the period, seconds since the epoch.
     pub t: u64,
@@ -25,6 +27,28 @@ pub struct Point {
     pub p95: f64,
     /// Raw samples behind it.
     pub n: u64,
+}
+
+/// [`Point`]'s stored form.
+type PointRow = (u64, f64, f64, f64, f64, u64);
+
+impl From<Point> for PointRow {
+    fn from(p: Point) -> Self {
+        (p.t, p.min, p.avg, p.max, p.p95, p.n)
+    }
+}
+
+impl From<PointRow> for Point {
+    fn from((t, min, avg, max, p95, n): PointRow) -> Self {
+        Point {
+            t,
+            min,
+            avg,
+            max,
+            p95,
+            n,
+        }
+    }
 }
 
 /// What kind of resource a series measures.
