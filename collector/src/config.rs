@@ -57,6 +57,9 @@ pub struct CollectorConfig {
     pub judgment: JudgmentConfig,
     #[serde(default)]
     pub availability: crate::availability::AvailabilitySettings,
+    /// Capacity roll-ups, retention tiers and forecasts (`[capacity]`).
+    #[serde(default)]
+    pub capacity: crate::capacity::CapacitySettings,
     /// Incident notification sinks (`[[notify.sinks]]`); none by default.
     #[serde(default)]
     pub notify: NotifySettings,
@@ -485,6 +488,7 @@ impl CollectorConfig {
             agents: AgentSettings::default(),
             judgment: JudgmentConfig::default(),
             availability: crate::availability::AvailabilitySettings::default(),
+            capacity: crate::capacity::CapacitySettings::default(),
             notify: NotifySettings::default(),
         }
     }
@@ -541,6 +545,9 @@ impl CollectorConfig {
                 "judgment.flap_window",
                 "flap_window and flap_threshold must be positive",
             ));
+        }
+        if let Err((field, message)) = cfg.capacity.validate() {
+            return Err(invalid(field, &message));
         }
         let mut names = std::collections::BTreeSet::new();
         for m in &cfg.availability.monitors {

@@ -38,6 +38,7 @@ use tower::timeout::TimeoutLayer;
 use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
+pub mod capacity;
 pub mod json;
 pub mod judgment;
 pub mod query;
@@ -141,6 +142,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/hosts/{id}/metrics", get(host_metrics))
         .merge(judgment::routes())
+        .merge(capacity::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

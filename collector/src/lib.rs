@@ -10,6 +10,7 @@
 pub mod audit_log;
 pub mod availability;
 pub mod baselines;
+pub mod capacity;
 pub mod changes;
 pub mod config;
 pub mod console;

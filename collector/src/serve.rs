@@ -239,12 +239,25 @@ pub async fn serve_with(
         cfg.store.absent_retention,
         cfg.store.metrics_retention,
     ));
+    let capacity_task = cfg.capacity.enabled.then(|| {
+        tokio::spawn(crate::capacity::run(Arc::new(
+            crate::capacity::Capacity::new(
+                Arc::clone(&store),
+                cfg.capacity.clone(),
+                Some(Arc::clone(&judgment)),
+                cfg.store.metrics_retention,
+            ),
+        )))
+    });
     let grpc_task = tokio::spawn(grpc);
     let http_task = tokio::spawn(async move { http.await });
     shutdown.await;
     tracing::info!("Collector shutting down.");
     let _ = stop_tx.send(());
     maintenance.abort();
+    if let Some(t) = &capacity_task {
+        t.abort();
+    }
     judge_task.abort();
     let _ = notify_stop_tx.send(());
     let _ = notify_task.await;

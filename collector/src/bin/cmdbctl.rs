@@ -11,6 +11,8 @@
 
 // A binary's root resolves `mod x;` beside itself (src/bin/x.rs), where cargo would take
 // every file for a binary of its own: the modules live in src/bin/cmdbctl/ instead.
+#[path = "cmdbctl/capacity.rs"]
+mod capacity;
 #[path = "cmdbctl/cli.rs"]
 mod cli;
 #[path = "cmdbctl/client.rs"]
@@ -20,6 +22,8 @@ mod client;
 mod judgment_tests;
 #[path = "cmdbctl/render.rs"]
 mod render;
+#[path = "cmdbctl/render_capacity.rs"]
+mod render_capacity;
 #[path = "cmdbctl/render_judgment.rs"]
 mod render_judgment;
 #[path = "cmdbctl/requests.rs"]
@@ -119,6 +123,11 @@ fn complain(msg: &str) {
 
 fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
     let now = SystemTime::now();
+    if s.format == Format::Csv && !matches!(s.command, Command::Capacity(_)) {
+        return Err(RunError::Usage(
+            "--format csv is available for the capacity commands only".into(),
+        ));
+    }
     let judged = requests::build(&s.command, now)?;
     let api = Api::new(&s.base_url, &s.token)?;
     let json = s.format == Format::Json;
@@ -186,6 +195,7 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
             let me: cmdb_collector::http::json::WhoAmI = decode(v)?;
             writeln!(out, "{} ({})", me.name, me.role)?;
         }
+        Command::Capacity(a) => return capacity::run(&api, a, s.format, now, out),
         // Built by `requests` and handled above.
         Command::Changes(_)
         | Command::Change(_)

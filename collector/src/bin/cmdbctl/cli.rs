@@ -52,6 +52,8 @@ pub enum Format {
     Table,
     /// The API's JSON, pretty-printed.
     Json,
+    /// Comma-separated values (the capacity commands).
+    Csv,
 }
 
 #[derive(Debug, PartialEq, Eq, Subcommand)]
@@ -101,6 +103,8 @@ pub enum Command {
     Outages(RangeArgs),
     /// List the audit log, or verify its hash chain (`audit-log verify`).
     AuditLog(AuditLogArgs),
+    /// Capacity series of a host (`--host`), or the forecasts (`capacity forecast`).
+    Capacity(crate::capacity::CapacityArgs),
 }
 
 /// A page size of the judgment lists.
