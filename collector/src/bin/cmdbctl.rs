@@ -18,10 +18,14 @@ mod client;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;
+#[path = "cmdbctl/licenses.rs"]
+mod licenses;
 #[path = "cmdbctl/render.rs"]
 mod render;
 #[path = "cmdbctl/render_judgment.rs"]
 mod render_judgment;
+#[path = "cmdbctl/render_licenses.rs"]
+mod render_licenses;
 #[path = "cmdbctl/requests.rs"]
 mod requests;
 #[path = "cmdbctl/table.rs"]
@@ -121,6 +125,14 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
     let now = SystemTime::now();
     let judged = requests::build(&s.command, now)?;
     let api = Api::new(&s.base_url, &s.token)?;
+    if let Command::Licenses(cmd) = &s.command {
+        return licenses::run(&api, cmd, s.format, out);
+    }
+    if s.format == Format::Csv {
+        return Err(RunError::Usage(
+            "--format csv is supported by the licenses commands only".to_owned(),
+        ));
+    }
     let json = s.format == Format::Json;
     if let Some((req, view)) = judged {
         return run_judgment(&api, req, view, json, now, out);
@@ -191,7 +203,8 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
         | Command::Incident(_)
         | Command::Availability(_)
         | Command::Outages(_)
-        | Command::AuditLog(_) => {}
+        | Command::AuditLog(_)
+        | Command::Licenses(_) => {}
     }
     Ok(())
 }

@@ -52,6 +52,8 @@ pub enum Format {
     Table,
     /// The API's JSON, pretty-printed.
     Json,
+    /// Comma-separated values with a header row (the `licenses` commands).
+    Csv,
 }
 
 #[derive(Debug, PartialEq, Eq, Subcommand)]
@@ -99,6 +101,9 @@ pub enum Command {
     Outages(RangeArgs),
     /// List the audit log, or verify its hash chain (`audit-log verify`).
     AuditLog(AuditLogArgs),
+    /// Software licences: position, inventory, entitlements, rules, lists.
+    #[command(subcommand)]
+    Licenses(crate::licenses::LicensesCommand),
 }
 
 /// A page size of the judgment lists.

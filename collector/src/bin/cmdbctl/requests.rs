@@ -132,7 +132,8 @@ pub fn build(cmd: &Command, now: SystemTime) -> Result<Option<(Request, View)>, 
         | Command::Cis(_)
         | Command::Ci { .. }
         | Command::Relations { .. }
-        | Command::Clones => return Ok(None),
+        | Command::Clones
+        | Command::Licenses(_) => return Ok(None),
         Command::Changes(a) => (changes(a, now)?, View::Changes),
         Command::Change(c) => change(c, now)?,
         Command::Baselines => (get("/api/v1/baselines".into()), View::Baselines),
