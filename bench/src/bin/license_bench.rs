@@ -104,7 +104,7 @@ fn package_name(h: usize, p: usize, packages: usize) -> String {
         let i = p - common;
         // Each licensable product on a different share of hosts; absent hosts get a
         // common-looking package instead, so every host has `packages` packages.
-        if (h + i) % (i % 5 + 1) == 0 {
+        if (h + i).is_multiple_of(i % 5 + 1) {
             LICENSABLE[i % LICENSABLE.len()].to_owned()
         } else {
             format!("lib-extra-{i:04}")

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::entitlements::{Entitlement, Metric};
 use super::lists::{ListMatcher, Verdict};
-use super::normalise::{Normaliser, Product};
+use super::normalise::{Normalised, Normaliser, Product};
 use crate::store::CiRecord;
 
 /// Most distinct products kept in the index.
@@ -116,8 +116,8 @@ pub struct IndexBuilder<'a> {
     host_no: HashMap<String, u32>,
     index: SoftwareIndex,
     unapproved: BTreeMap<Product, (Unapproved, BTreeSet<u32>)>,
-    /// Last host added per product: packages of one host usually arrive together.
-    cache: HashMap<(String, Option<String>), (Product, bool, bool, Metric)>,
+    /// Normalisations by (package name, package vendor): most names repeat on every host.
+    cache: HashMap<(String, Option<String>), Normalised>,
 }
 
 fn attr_str<'c>(ci: &'c CiRecord, name: &str) -> Option<&'c str> {
@@ -212,15 +212,19 @@ impl<'a> IndexBuilder<'a> {
         let name = attr_str(ci, "name").unwrap_or(ci.key.as_str());
         let vendor = attr_str(ci, "vendor");
         let ck = (name.to_owned(), vendor.map(str::to_owned));
-        let (product, matched, licensable, metric) = match self.cache.get(&ck) {
+        let Normalised {
+            product,
+            matched,
+            licensable,
+            metric,
+        } = match self.cache.get(&ck) {
             Some(v) => v.clone(),
             None => {
                 let n = self.normaliser.normalise(name, vendor);
-                let v = (n.product, n.matched, n.licensable, n.metric);
                 if self.cache.len() < MAX_CACHE {
-                    self.cache.insert(ck, v.clone());
+                    self.cache.insert(ck, n.clone());
                 }
-                v
+                n
             }
         };
         let host = self.host(&ci.host_id);
