@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use crate::incidents::AlertKind;
+use crate::incidents::{AlertKind, Category, IncidentState};
 use crate::judgment::{Actor, AuditSink, ExternalAlert, IncidentQuery, Judgment};
 use crate::store::{CiFilter, RecordOp, Store, StoreError};
 use entitlements::{Entitlement, ImportError};
@@ -235,14 +235,21 @@ impl Licenses {
         // install went away while the collector was down are cleared by the first refresh.
         let mut firing = HashSet::new();
         if let Some(j) = &judgment {
-            let q = IncidentQuery {
-                state: None,
-                open: None,
-                category: None,
-                host: None,
-                limit: usize::MAX,
-            };
-            if let Ok(incidents) = j.incidents(&q) {
+            // Only incidents in memory (not closed): a resolved one has no firing alert.
+            let open = [
+                IncidentState::New,
+                IncidentState::Acknowledged,
+                IncidentState::InProgress,
+            ];
+            for state in open {
+                let q = IncidentQuery {
+                    state: Some(state),
+                    open: None,
+                    category: Some(Category::Security),
+                    host: None,
+                    limit: usize::MAX,
+                };
+                let incidents = j.incidents(&q).unwrap_or_default();
                 for i in incidents {
                     for a in &i.alerts {
                         if a.kind == AlertKind::Denied && a.firing && a.class == ALERT_CLASS {
