@@ -170,3 +170,60 @@ fn files_replace_the_stored_rules_and_lists() {
     let e = Licenses::open(store, None, None, settings).err().unwrap();
     assert!(e.to_string().contains("allow entry 1"), "{e}");
 }
+
+#[test]
+fn the_policy_deny_list_leaves_licence_alerts_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> =
+        Arc::new(crate::store::sled::SledStore::open(dir.path(), 16 << 20).unwrap());
+    let j = Arc::new(
+        Judgment::open(
+            Arc::clone(&store),
+            crate::judgment::JudgmentSettings::default(),
+            None,
+            None,
+        )
+        .unwrap(),
+    );
+    let at = SystemTime::now();
+    let number = j
+        .raise_alerts(&[ExternalAlert {
+            kind: AlertKind::Denied,
+            host_id: "h1".into(),
+            ci_id: crate::store::ci_id("h1", "package", "dpkg:teamviewer:amd64"),
+            class: ALERT_CLASS.into(),
+            key: "dpkg:teamviewer:amd64".into(),
+            summary: "deny-listed".into(),
+            at,
+        }])
+        .unwrap()
+        .remove(0);
+    // A policy deny-list change recovers the engine's own denied alerts it no longer
+    // matches, never the licence module's.
+    let mut p = serde_json::to_value(j.policies()).unwrap();
+    p["deny"] = serde_json::json!([{"selector": "class=package key=dpkg:telnetd:*", "reason": "cleartext"}]);
+    j.set_policies(&admin(), serde_json::from_value(p).unwrap())
+        .unwrap();
+    assert!(j.incident(&number).unwrap().state.is_open());
+    // The licence module's view at start: the firing alert is known, so a refresh that
+    // no longer finds the install clears it.
+    let l = Licenses::open(
+        store,
+        Some(Arc::clone(&j)),
+        None,
+        LicenseSettings::default(),
+    )
+    .unwrap();
+    assert!(
+        l.firing
+            .lock()
+            .unwrap()
+            .contains(&("h1".to_owned(), "dpkg:teamviewer:amd64".to_owned()))
+    );
+    let (raised, cleared) = l.file_alerts(&SoftwareIndex::default(), at);
+    assert_eq!((raised, cleared), (0, 1));
+    assert_eq!(
+        j.incident(&number).unwrap().state,
+        crate::incidents::IncidentState::Resolved
+    );
+}
