@@ -116,8 +116,10 @@ pub struct IndexBuilder<'a> {
     host_no: HashMap<String, u32>,
     index: SoftwareIndex,
     unapproved: BTreeMap<Product, (Unapproved, BTreeSet<u32>)>,
-    /// Normalisations by (package name, package vendor): most names repeat on every host.
-    cache: HashMap<(String, Option<String>), Normalised>,
+    /// Normalisations by package name, then package vendor: most names repeat on every
+    /// host, and a lookup by `&str` allocates nothing.
+    cache: HashMap<String, Vec<(Option<String>, Normalised)>>,
+    cached: usize,
 }
 
 fn attr_str<'c>(ci: &'c CiRecord, name: &str) -> Option<&'c str> {
@@ -154,6 +156,7 @@ impl<'a> IndexBuilder<'a> {
             index: SoftwareIndex::default(),
             unapproved: BTreeMap::new(),
             cache: HashMap::new(),
+            cached: 0,
         }
     }
 
@@ -211,18 +214,26 @@ impl<'a> IndexBuilder<'a> {
         self.index.packages_scanned += 1;
         let name = attr_str(ci, "name").unwrap_or(ci.key.as_str());
         let vendor = attr_str(ci, "vendor");
-        let ck = (name.to_owned(), vendor.map(str::to_owned));
+        let hit = self
+            .cache
+            .get(name)
+            .and_then(|list| list.iter().find(|(v, _)| v.as_deref() == vendor))
+            .map(|(_, n)| n.clone());
         let Normalised {
             product,
             matched,
             licensable,
             metric,
-        } = match self.cache.get(&ck) {
-            Some(v) => v.clone(),
+        } = match hit {
+            Some(n) => n,
             None => {
                 let n = self.normaliser.normalise(name, vendor);
-                if self.cache.len() < MAX_CACHE {
-                    self.cache.insert(ck, n.clone());
+                if self.cached < MAX_CACHE {
+                    self.cached += 1;
+                    self.cache
+                        .entry(name.to_owned())
+                        .or_default()
+                        .push((vendor.map(str::to_owned), n.clone()));
                 }
                 n
             }
