@@ -63,6 +63,63 @@ pub struct CollectorConfig {
     /// Incident notification sinks (`[[notify.sinks]]`); none by default.
     #[serde(default)]
     pub notify: NotifySettings,
+    /// Software licences (`[licenses]`).
+    #[serde(default)]
+    pub licenses: LicensesConfig,
+}
+
+/// Software licence settings (`[licenses]`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LicensesConfig {
+    /// Normalisation rules (JSON, or TOML if the name ends in .toml) loaded at start,
+    /// replacing the stored ones. Default none.
+    #[serde(default)]
+    pub rules_file: Option<PathBuf>,
+    /// Allow/deny lists (JSON or TOML) loaded at start, replacing the stored ones.
+    #[serde(default)]
+    pub lists_file: Option<PathBuf>,
+    /// Apply the built-in rules after the operator's. Default true.
+    #[serde(default = "default_true")]
+    pub builtin_rules: bool,
+    /// Entitlements ending within this are flagged and announced. Default "60d".
+    #[serde(default = "default_expiry_window", with = "duration")]
+    pub expiry_window: Duration,
+    /// How often the software index is rebuilt from the store. Default "5m".
+    #[serde(default = "default_license_refresh", with = "duration")]
+    pub refresh: Duration,
+}
+
+impl Default for LicensesConfig {
+    fn default() -> Self {
+        LicensesConfig {
+            rules_file: None,
+            lists_file: None,
+            builtin_rules: true,
+            expiry_window: default_expiry_window(),
+            refresh: default_license_refresh(),
+        }
+    }
+}
+
+impl LicensesConfig {
+    /// The licence service's settings.
+    pub fn settings(&self) -> crate::licenses::LicenseSettings {
+        crate::licenses::LicenseSettings {
+            rules_file: self.rules_file.clone(),
+            lists_file: self.lists_file.clone(),
+            builtin_rules: self.builtin_rules,
+            expiry_window: self.expiry_window,
+            refresh: self.refresh,
+        }
+    }
+}
+
+fn default_expiry_window() -> Duration {
+    Duration::from_secs(60 * 86_400)
+}
+fn default_license_refresh() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// Drift, correlation and incident settings (`[judgment]`).
@@ -490,6 +547,7 @@ impl CollectorConfig {
             availability: crate::availability::AvailabilitySettings::default(),
             capacity: crate::capacity::CapacitySettings::default(),
             notify: NotifySettings::default(),
+            licenses: LicensesConfig::default(),
         }
     }
 

@@ -41,6 +41,7 @@ use crate::telemetry::Telemetry;
 pub mod capacity;
 pub mod json;
 pub mod judgment;
+pub mod licenses;
 pub mod query;
 #[cfg(test)]
 mod tests;
@@ -102,6 +103,8 @@ pub struct ApiState {
     /// answers its routes with 503.
     pub judgment: Option<Arc<crate::judgment::Judgment>>,
     pub audit: Option<Arc<dyn AuditReader>>,
+    /// The licence service; `None` answers its routes with 503.
+    pub licenses: Option<Arc<crate::licenses::Licenses>>,
 }
 
 /// The bounds of the HTTP surface; [`Limits::default`] is what [`router`] uses.
@@ -143,6 +146,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .route("/api/v1/hosts/{id}/metrics", get(host_metrics))
         .merge(judgment::routes())
         .merge(capacity::routes())
+        .merge(licenses::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

@@ -1057,7 +1057,7 @@ impl Judgment {
             .incidents
             .values()
             .flat_map(|i| i.alerts.iter())
-            .filter(|a| a.kind == AlertKind::Denied && a.firing)
+            .filter(|a| a.kind == AlertKind::Denied && a.firing && a.class != LICENSE_ALERT_CLASS)
             .map(|a| {
                 (
                     a.dedup.clone(),
@@ -2361,6 +2361,10 @@ fn drift_summary(d: &DriftRecord) -> String {
     };
     format!("{} {} {what}", d.class, d.key)
 }
+
+/// The class of the licence module's deny-list alerts: the policy deny list never
+/// recovers them (the licence module clears its own).
+pub const LICENSE_ALERT_CLASS: &str = "license";
 
 /// An alert from outside the engine, for [`Judgment::raise_alerts`].
 #[derive(Clone, Debug, PartialEq)]

@@ -20,6 +20,7 @@ pub mod http;
 pub mod incidents;
 pub mod ingest;
 pub mod judgment;
+pub mod licenses;
 pub mod notify;
 pub mod pki;
 pub mod policy;

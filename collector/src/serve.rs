@@ -195,6 +195,16 @@ pub async fn serve_with(
         .map_err(|e| ServeError::Judgment(e.to_string()))?,
     );
     let judge_task = tokio::spawn(run_judgment(Arc::clone(&judgment)));
+    let licenses = Arc::new(
+        crate::licenses::Licenses::open(
+            Arc::clone(&store),
+            Some(Arc::clone(&judgment)),
+            Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn AuditSink>),
+            cfg.licenses.settings(),
+        )
+        .map_err(|e| ServeError::Judgment(format!("licenses: {e}")))?,
+    );
+    let licenses_task = tokio::spawn(Arc::clone(&licenses).run());
     let (notify_stop_tx, notify_stop) = tokio::sync::oneshot::channel::<()>();
     let notify_task = tokio::spawn(Arc::clone(&notifier).run(async move {
         let _ = notify_stop.await;
@@ -230,6 +240,7 @@ pub async fn serve_with(
         telemetry: Arc::clone(&telemetry),
         judgment: Some(Arc::clone(&judgment)),
         audit: Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn crate::http::AuditReader>),
+        licenses: Some(licenses),
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;
@@ -259,6 +270,7 @@ pub async fn serve_with(
         t.abort();
     }
     judge_task.abort();
+    licenses_task.abort();
     let _ = notify_stop_tx.send(());
     let _ = notify_task.await;
     let grpc_res = grpc_task.await;

@@ -20,12 +20,16 @@ mod client;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;
+#[path = "cmdbctl/licenses.rs"]
+mod licenses;
 #[path = "cmdbctl/render.rs"]
 mod render;
 #[path = "cmdbctl/render_capacity.rs"]
 mod render_capacity;
 #[path = "cmdbctl/render_judgment.rs"]
 mod render_judgment;
+#[path = "cmdbctl/render_licenses.rs"]
+mod render_licenses;
 #[path = "cmdbctl/requests.rs"]
 mod requests;
 #[path = "cmdbctl/table.rs"]
@@ -121,15 +125,23 @@ fn complain(msg: &str) {
     let _ = writeln!(std::io::stderr(), "cmdbctl: {msg}");
 }
 
+/// Commands with a CSV view (the report-style ones); the rest are table or JSON.
+fn supports_csv(cmd: &Command) -> bool {
+    matches!(cmd, Command::Capacity(_) | Command::Licenses(_))
+}
+
 fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
     let now = SystemTime::now();
-    if s.format == Format::Csv && !matches!(s.command, Command::Capacity(_)) {
+    if s.format == Format::Csv && !supports_csv(&s.command) {
         return Err(RunError::Usage(
-            "--format csv is available for the capacity commands only".into(),
+            "--format csv is available for the capacity, licenses, audit, health, fleet and impact commands only".into(),
         ));
     }
     let judged = requests::build(&s.command, now)?;
     let api = Api::new(&s.base_url, &s.token)?;
+    if let Command::Licenses(cmd) = &s.command {
+        return licenses::run(&api, cmd, s.format, out);
+    }
     let json = s.format == Format::Json;
     if let Some((req, view)) = judged {
         return run_judgment(&api, req, view, json, now, out);
@@ -209,7 +221,8 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
         | Command::Incident(_)
         | Command::Availability(_)
         | Command::Outages(_)
-        | Command::AuditLog(_) => {}
+        | Command::AuditLog(_)
+        | Command::Licenses(_) => {}
     }
     Ok(())
 }

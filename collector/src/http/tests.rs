@@ -368,6 +368,7 @@ fn app_with(store: FakeStore) -> (Router, Arc<Telemetry>) {
         telemetry: Arc::clone(&telemetry),
         judgment: None,
         audit: None,
+        licenses: None,
     };
     (router(state), telemetry)
 }
@@ -842,6 +843,7 @@ async fn slow_requests_time_out_and_queue_behind_the_limit() {
         telemetry: Arc::new(Telemetry::new()),
         judgment: None,
         audit: None,
+        licenses: None,
     };
     let limits = Limits {
         max_concurrent_requests: 1,

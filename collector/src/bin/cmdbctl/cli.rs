@@ -52,7 +52,7 @@ pub enum Format {
     Table,
     /// The API's JSON, pretty-printed.
     Json,
-    /// Comma-separated values (the capacity commands).
+    /// Comma-separated values with a header row (the capacity and licenses commands).
     Csv,
 }
 
@@ -105,6 +105,9 @@ pub enum Command {
     AuditLog(AuditLogArgs),
     /// Capacity series of a host (`--host`), or the forecasts (`capacity forecast`).
     Capacity(crate::capacity::CapacityArgs),
+    /// Software licences: position, inventory, entitlements, rules, lists.
+    #[command(subcommand)]
+    Licenses(crate::licenses::LicensesCommand),
 }
 
 /// A page size of the judgment lists.

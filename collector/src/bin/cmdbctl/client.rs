@@ -89,6 +89,28 @@ impl Api {
         query: &[(&str, String)],
         body: Option<&Value>,
     ) -> Result<Value, ClientError> {
+        let body = match body {
+            Some(body) => Some((
+                "application/json",
+                serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+                    url: format!("{}{path}", self.base_url),
+                    reason: format!("cannot encode the request: {e}"),
+                })?,
+            )),
+            None => None,
+        };
+        self.send_bytes(method, path, query, body)
+    }
+
+    /// `method` on `path` with `query` and an optional raw body of a content type; the
+    /// JSON answer.
+    pub fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<Value, ClientError> {
         let url = format!("{}{path}", self.base_url);
         let transport = |e: reqwest::Error| ClientError::Transport {
             url: url.clone(),
@@ -100,13 +122,9 @@ impl Api {
             .query(query)
             .bearer_auth(&self.token)
             .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
-                url: url.clone(),
-                reason: format!("cannot encode the request: {e}"),
-            })?;
+        if let Some((content_type, bytes)) = body {
             req = req
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(reqwest::header::CONTENT_TYPE, content_type)
                 .body(bytes);
         }
         let resp = req.send().map_err(transport)?;

@@ -1305,6 +1305,7 @@ fn engine_server() -> Server {
         telemetry: Arc::new(Telemetry::new()),
         judgment: Some(Arc::new(judgment)),
         audit: None,
+        licenses: None,
     }))
 }
 

@@ -246,6 +246,7 @@ impl Server {
             telemetry: Arc::new(Telemetry::new()),
             judgment: None,
             audit: None,
+            licenses: None,
         }))
     }
 
