@@ -1,7 +1,10 @@
 //! Mounted filesystems as `filesystem` CIs, keyed by mount point, from mountinfo: on the
-//! live host /proc/self/mountinfo (the agent's mount namespace); under another host root
-//! /proc/1/mountinfo (the host's init, i.e. the host's namespace when /proc is the host's),
-//! falling back to /proc/self/mountinfo.
+//! live host /proc/self/mountinfo (the agent's mount namespace), unless systemd is init and
+//! the agent runs in a mount namespace other than init's (a sandboxed unit:
+//! ProtectSystem=strict shows every mount read-only there) and can read init's, then
+//! /proc/1/mountinfo; under another host root
+//! /proc/1/mountinfo (the host's init, i.e. the host's namespace when /proc is the host's).
+//! Both fall back to /proc/self/mountinfo.
 //!
 //! What counts: filesystems that hold data an operator configured — block-device
 //! filesystems, network filesystems (nfs, cifs, …), overlay (a container's root) and FUSE
@@ -188,7 +191,7 @@ pub fn read_mountinfo(root: &HostRoot) -> Result<MountinfoText, ReadError> {
     const SELF: &str = "/proc/self/mountinfo";
     const PID1: &str = "/proc/1/mountinfo";
     let mut pid1_denied = false;
-    if !root.is_live() {
+    if !root.is_live() || in_own_mount_namespace(root) {
         match root.read_to_string(PID1) {
             Ok(text) => {
                 return Ok(MountinfoText {
@@ -207,6 +210,24 @@ pub fn read_mountinfo(root: &HostRoot) -> Result<MountinfoText, ReadError> {
         text,
         pid1_denied,
     })
+}
+
+/// Whether the agent is a sandboxed systemd service: systemd is init and the agent's mount
+/// namespace differs from init's, so its own mountinfo shows the sandbox (read-only binds,
+/// private /tmp), not the host. False when init is something else (a container runtime's
+/// or a VM agent's namespaces are not ours to second-guess) or when either link cannot be
+/// read (no CAP_SYS_PTRACE for init's): the agent's own view is used.
+fn in_own_mount_namespace(root: &HostRoot) -> bool {
+    if !matches!(root.read_trimmed("/proc/1/comm"), Ok(Some(c)) if c == "systemd") {
+        return false;
+    }
+    match (
+        root.read_link("/proc/self/ns/mnt"),
+        root.read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(own), Ok(init)) => own != init,
+        _ => false,
+    }
 }
 
 /// The visible, non-pseudo mounts, sorted by mount point. `is_file_mount` says whether a
@@ -501,6 +522,34 @@ mod tests {
 
     fn points(v: &[&MountEntry]) -> Vec<String> {
         v.iter().map(|m| m.mount_point.clone()).collect()
+    }
+
+    /// A root with init's comm and the two mount-namespace links.
+    fn ns_root(comm: &str, own: &str, init: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (pid, target) in [("self", own), ("1", init)] {
+            let ns = dir.path().join("proc").join(pid).join("ns");
+            std::fs::create_dir_all(&ns).unwrap();
+            std::os::unix::fs::symlink(target, ns.join("mnt")).unwrap();
+        }
+        std::fs::write(dir.path().join("proc/1/comm"), format!("{comm}\n")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_sandboxed_systemd_service_reads_inits_mounts() {
+        let d = ns_root("systemd", "mnt:[4026532174]", "mnt:[4026531832]");
+        assert!(in_own_mount_namespace(&HostRoot::new(d.path())));
+        // Same namespace: the agent's own view is the host's.
+        let d = ns_root("systemd", "mnt:[4026531832]", "mnt:[4026531832]");
+        assert!(!in_own_mount_namespace(&HostRoot::new(d.path())));
+        // Another init (a container runtime, a VM agent): never second-guessed.
+        let d = ns_root("process_api", "mnt:[4026532174]", "mnt:[4026531832]");
+        assert!(!in_own_mount_namespace(&HostRoot::new(d.path())));
+        // Unreadable links (no CAP_SYS_PTRACE): the agent's own view.
+        let d = ns_root("systemd", "mnt:[1]", "mnt:[2]");
+        std::fs::remove_file(d.path().join("proc/1/ns/mnt")).unwrap();
+        assert!(!in_own_mount_namespace(&HostRoot::new(d.path())));
     }
 
     #[test]

@@ -1,0 +1,4 @@
+# cmdb-collector %preun: stop the collector when the package is erased ($1 = 0), not on upgrade.
+if [ "$1" -eq 0 ] && [ -d /run/systemd/system ]; then
+    systemctl disable --now cmdb-collector.service || :
+fi
