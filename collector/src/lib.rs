@@ -12,6 +12,7 @@ pub mod availability;
 pub mod baselines;
 pub mod capacity;
 pub mod changes;
+pub mod compliance;
 pub mod config;
 pub mod console;
 pub mod correlate;
