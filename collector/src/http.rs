@@ -45,6 +45,8 @@ pub mod licenses;
 pub mod query;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod openapi_tests;
 
 use json::{CiDetail, CiRef, Direction, ErrorBody, ErrorDetail, Health, HostMetrics, List, Page};
 use query::{CisParams, MetricsParams};

@@ -1,0 +1,841 @@
+//! `docs/openapi.json` against the routes the collector really serves.
+//!
+//! Three checks, each naming exactly what disagrees:
+//! - **source → spec**: every `.route("…", get(…).post(…))` in the collector's non-test
+//!   source (found by a small, tolerant parser over `collector/src/**/*.rs`) is an operation
+//!   of the spec, and every operation of the spec is such a route;
+//! - **spec → router**: every operation, sent to the real router (in process, `oneshot`),
+//!   is answered by its handler, not by the router's "no such route" 404 or its 405; and
+//!   every other method on a spec path is that 405;
+//! - **roles**: an operation with `x-roles` answers `403` to exactly the roles not listed,
+//!   and one without answers no role with `403`.
+//!
+//! Plus the spec's own consistency: every `$ref` resolves, every path parameter of a
+//! template is declared (and every declared one is in the template), operationIds are
+//! unique, `/api/v1` is bearer-protected and every write there lists its roles.
+//!
+//! Routes registered in another branch come with an OpenAPI fragment in
+//! `docs/openapi.d/`; `python3 docs/openapi-merge.py` folds them into the spec.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use proptest::prelude::*;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::*;
+use crate::store::sled::SledStore;
+
+const SPEC: &str = include_str!("../../../docs/openapi.json");
+
+/// Routes the spec deliberately leaves out: (method, path, why). Empty: the console's page
+/// and assets are described too.
+const EXCLUDED: &[(&str, &str, &str)] = &[];
+
+const ROLES: &[&str] = &["viewer", "operator", "change-manager", "auditor", "admin"];
+const HTTP_METHODS: &[&str] = &["get", "post", "put", "patch", "delete"];
+
+/// One operation: lower-case method and the path template as axum writes it.
+type Op = (String, String);
+
+fn spec() -> Value {
+    serde_json::from_str(SPEC).expect("docs/openapi.json is not JSON")
+}
+
+fn spec_ops(spec: &Value) -> BTreeMap<Op, Value> {
+    let mut out = BTreeMap::new();
+    let paths = spec["paths"].as_object().expect("paths is an object");
+    for (path, item) in paths {
+        let item = item.as_object().expect("a path item is an object");
+        for (method, op) in item {
+            if HTTP_METHODS.contains(&method.as_str())
+                || ["head", "options", "trace"].contains(&method.as_str())
+            {
+                out.insert((method.clone(), path.clone()), op.clone());
+            }
+        }
+    }
+    out
+}
+
+fn show(op: &Op) -> String {
+    format!("{} {}", op.0.to_uppercase(), op.1)
+}
+
+// === the route parser ===
+
+/// `src` with comments blanked out (string and char literals kept), so that a commented-out
+/// or documented route is not taken for a real one. Byte offsets are preserved.
+fn strip_comments(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = b.to_vec();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => {
+                while i < b.len() && b[i] != b'\n' {
+                    out[i] = b' ';
+                    i += 1;
+                }
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => {
+                let mut depth = 0usize;
+                while i < b.len() {
+                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
+                        depth += 1;
+                        out[i] = b' ';
+                        out[i + 1] = b' ';
+                        i += 2;
+                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
+                        depth -= 1;
+                        out[i] = b' ';
+                        out[i + 1] = b' ';
+                        i += 2;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else {
+                        if b[i] != b'\n' {
+                            out[i] = b' ';
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            _ => i = skip_literal(b, i).unwrap_or(i + 1),
+        }
+    }
+    // Only ASCII bytes were replaced, and only with ASCII: still UTF-8 where it was.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// If a string, raw string or char literal starts at `i`, the index just after it.
+fn skip_literal(b: &[u8], i: usize) -> Option<usize> {
+    match b[i] {
+        b'"' => {
+            let mut j = i + 1;
+            while j < b.len() {
+                match b[j] {
+                    b'\\' => j += 2,
+                    b'"' => return Some(j + 1),
+                    _ => j += 1,
+                }
+            }
+            None
+        }
+        b'r' if i == 0 || !is_ident(b[i - 1]) => {
+            let mut j = i + 1;
+            while j < b.len() && b[j] == b'#' {
+                j += 1;
+            }
+            if b.get(j) != Some(&b'"') {
+                return None;
+            }
+            let hashes = j - i - 1;
+            j += 1;
+            while j < b.len() {
+                if b[j] == b'"' && b.len() >= j + 1 + hashes && b[j + 1..j + 1 + hashes].iter().all(|&c| c == b'#') {
+                    return Some(j + 1 + hashes);
+                }
+                j += 1;
+            }
+            None
+        }
+        b'\'' => {
+            // '\n', '\'', '\u{..}', 'x' (a multi-byte char too); otherwise a lifetime.
+            if b.get(i + 1) == Some(&b'\\') {
+                let mut j = i + 2;
+                while j < b.len() && j < i + 12 {
+                    if b[j] == b'\'' && j > i + 2 {
+                        return Some(j + 1);
+                    }
+                    j += 1;
+                }
+                None
+            } else {
+                (i + 2..(i + 6).min(b.len()))
+                    .find(|&j| b[j] == b'\'')
+                    .filter(|&j| {
+                        std::str::from_utf8(&b[i + 1..j]).is_ok_and(|s| s.chars().count() == 1)
+                    })
+                    .map(|j| j + 1)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Where `needle` next starts in `src` at or after `from`, outside string and char literals.
+fn find_code(src: &str, needle: &str, from: usize) -> Option<usize> {
+    let b = src.as_bytes();
+    let mut i = from;
+    while i < b.len() {
+        if b[i..].starts_with(needle.as_bytes()) {
+            return Some(i);
+        }
+        i = skip_literal(b, i).unwrap_or(i + 1);
+    }
+    None
+}
+
+fn is_ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_'
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && b[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// The index of the `)` closing the parenthesis opened just before `i`, literals skipped.
+fn closing_paren(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while i < b.len() {
+        if let Some(next) = skip_literal(b, i) {
+            i = next;
+            continue;
+        }
+        match b[i] {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => {
+                if depth == 0 {
+                    return (b[i] == b')').then_some(i);
+                }
+                depth -= 1;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `src` (comments stripped) without its `#[cfg(test)] mod name { … }` blocks.
+fn strip_test_modules(src: &str) -> String {
+    let b = src.as_bytes();
+    let mut out = b.to_vec();
+    let mut from = 0;
+    while let Some(at) = find_code(src, "#[cfg(test)]", from) {
+        from = at + "#[cfg(test)]".len();
+        let mut i = skip_ws(b, from);
+        // Further attributes between the cfg and the item.
+        while b.get(i) == Some(&b'#') {
+            match src[i..].find(']') {
+                Some(end) => i = skip_ws(b, i + end + 1),
+                None => break,
+            }
+        }
+        let rest = &src[i..];
+        let rest = rest.strip_prefix("pub ").unwrap_or(rest);
+        let Some(after_mod) = rest.strip_prefix("mod ") else {
+            continue;
+        };
+        let name_len = after_mod.bytes().take_while(|&c| is_ident(c)).count();
+        let brace = skip_ws(b, src.len() - after_mod.len() + name_len);
+        if b.get(brace) != Some(&b'{') {
+            continue;
+        }
+        let Some(close) = closing_brace(b, brace + 1) else {
+            continue;
+        };
+        for c in &mut out[at..=close] {
+            if *c != b'\n' {
+                *c = b' ';
+            }
+        }
+        from = close + 1;
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn closing_brace(b: &[u8], mut i: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    while i < b.len() {
+        if let Some(next) = skip_literal(b, i) {
+            i = next;
+            continue;
+        }
+        match b[i] {
+            b'{' => depth += 1,
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The (method, path) pairs registered by `.route("path", get(…).post(…)…)` calls in one
+/// source file, or a description of a registration the parser does not understand (a path
+/// that is not a literal, `.nest`, `.route_service`, `any(…)`, a route without a method).
+fn routes_in(src: &str) -> Result<Vec<Op>, String> {
+    let src = strip_test_modules(&strip_comments(src));
+    let b = src.as_bytes();
+    let line = |i: usize| src[..i].bytes().filter(|&c| c == b'\n').count() + 1;
+    for unsupported in [".nest(", ".nest_service(", ".route_service("] {
+        if let Some(i) = find_code(&src, unsupported, 0) {
+            return Err(format!(
+                "line {}: {unsupported}…) is not understood by the route parser of \
+                 http/openapi_tests.rs; teach it, or register the routes with .route",
+                line(i)
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(at) = find_code(&src, ".route(", from) {
+        let mut i = skip_ws(b, at + ".route(".len());
+        if b.get(i) != Some(&b'"') {
+            return Err(format!("line {}: .route( with a path that is not a string literal", line(at)));
+        }
+        let end = skip_literal(b, i).ok_or_else(|| format!("line {}: unterminated path", line(at)))?;
+        let path = src[i + 1..end - 1].to_owned();
+        i = skip_ws(b, end);
+        if b.get(i) != Some(&b',') {
+            return Err(format!("line {}: .route(\"{path}\" without a method router", line(at)));
+        }
+        let start = i + 1;
+        let close = closing_paren(b, start)
+            .ok_or_else(|| format!("line {}: .route(\"{path}\", … is not closed", line(at)))?;
+        let methods = top_level_methods(&src[start..close]);
+        if methods.is_empty() {
+            return Err(format!("line {}: .route(\"{path}\", …) names no method (get, post, …)", line(at)));
+        }
+        for m in methods {
+            if m == "any" || m == "on" {
+                return Err(format!(
+                    "line {}: .route(\"{path}\", {m}(…)) serves methods the spec cannot list; name them",
+                    line(at)
+                ));
+            }
+            out.push((m, path.clone()));
+        }
+        from = close;
+    }
+    Ok(out)
+}
+
+/// The method-router constructors called at the top level of a `.route` argument:
+/// `get(a).post(b).layer(x)` → get, post (what `.layer(…)` holds is not looked at).
+fn top_level_methods(expr: &str) -> Vec<String> {
+    const NAMES: &[&str] = &[
+        "get", "post", "put", "patch", "delete", "head", "options", "trace", "any", "on",
+    ];
+    let b = expr.as_bytes();
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(next) = skip_literal(b, i) {
+            i = next;
+            continue;
+        }
+        match b[i] {
+            b'(' | b'[' | b'{' => depth += 1,
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            c if depth == 0 && is_ident(c) && (i == 0 || !is_ident(b[i - 1])) => {
+                let len = b[i..].iter().take_while(|&&c| is_ident(c)).count();
+                let word = &expr[i..i + len];
+                let after = skip_ws(b, i + len);
+                if NAMES.contains(&word) && b.get(after) == Some(&b'(') {
+                    out.push(word.to_owned());
+                }
+                i += len;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every non-test `.rs` file under `dir`.
+fn source_files(dir: &FsPath, out: &mut Vec<PathBuf>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for p in entries {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if p.is_dir() {
+            if name != "tests" {
+                source_files(&p, out);
+            }
+        } else if name.ends_with(".rs") && name != "tests.rs" && !name.ends_with("_tests.rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// The routes registered anywhere in the collector's source, with the file that does it.
+fn source_routes() -> BTreeMap<Op, String> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    source_files(&root, &mut files);
+    let mut out = BTreeMap::new();
+    let mut problems = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let rel = f.strip_prefix(&root).unwrap_or(&f).display().to_string();
+        match routes_in(&text) {
+            Ok(routes) => {
+                for r in routes {
+                    out.insert(r, rel.clone());
+                }
+            }
+            Err(e) => problems.push(format!("collector/src/{rel}: {e}")),
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    out
+}
+
+// === the router ===
+
+struct RoleTokens;
+
+impl Authenticator for RoleTokens {
+    fn authenticate(&self, bearer: &str) -> Option<Principal> {
+        let role = bearer.strip_prefix("token-")?;
+        ROLES.contains(&role).then(|| Principal {
+            name: format!("{role}-user"),
+            role: role.to_owned(),
+        })
+    }
+}
+
+fn app(dir: &FsPath) -> Router {
+    let store = SledStore::open(dir, 16 << 20).unwrap();
+    router(ApiState {
+        store: Arc::new(store),
+        auth: Arc::new(RoleTokens),
+        telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+        judgment: None,
+        audit: None,
+        licenses: None,
+    })
+}
+
+/// A request for `op` as `role`: path parameters from their `example` (else a dummy),
+/// the body from the request body's first media type with an example (else none).
+fn request(method: &str, path: &str, op: Option<&Value>, role: &str) -> Request<Body> {
+    let mut uri = path.to_owned();
+    for p in op
+        .and_then(|o| o["parameters"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|p| p["in"] == "path")
+    {
+        let name = p["name"].as_str().unwrap();
+        let value = p["example"].as_str().unwrap_or("dummy-1");
+        uri = uri.replace(&format!("{{{name}}}"), value);
+    }
+    // Undeclared parameters (caught by the structural check) still get a value.
+    while let (Some(a), Some(b)) = (uri.find('{'), uri.find('}')) {
+        if b < a {
+            break;
+        }
+        uri.replace_range(a..=b, "dummy-1");
+    }
+    let mut req = Request::builder()
+        .method(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap())
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer token-{role}"));
+    let mut body = Body::empty();
+    if let Some(content) = op.and_then(|o| o["requestBody"]["content"].as_object()) {
+        if let Some((ct, mt)) = content.iter().find(|(_, mt)| mt.get("example").is_some()) {
+            let text = match &mt["example"] {
+                Value::String(s) if !ct.contains("json") => s.clone(),
+                v => v.to_string(),
+            };
+            req = req.header(header::CONTENT_TYPE, ct.as_str());
+            body = Body::from(text);
+        }
+    }
+    req.body(body).unwrap()
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Reply {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap();
+    Reply {
+        status,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    }
+}
+
+/// Answered by the router's fallbacks, not by a handler.
+fn unrouted(r: &Reply) -> bool {
+    (r.status == StatusCode::NOT_FOUND && r.body["error"]["message"] == "no such route")
+        || (r.status == StatusCode::METHOD_NOT_ALLOWED
+            && r.body["error"]["code"] == "method_not_allowed")
+}
+
+// === the checks ===
+
+#[test]
+fn every_route_in_the_source_is_in_the_spec_and_back() {
+    let spec = spec();
+    let in_spec: BTreeSet<Op> = spec_ops(&spec).into_keys().collect();
+    let excluded: BTreeSet<Op> = EXCLUDED
+        .iter()
+        .map(|(m, p, _)| (m.to_lowercase(), (*p).to_owned()))
+        .collect();
+    let in_source = source_routes();
+    // A parser that finds nothing would make this test pass vacuously.
+    assert!(in_source.len() >= 50, "the route parser found only {in_source:?}");
+    let missing_from_spec: Vec<String> = in_source
+        .iter()
+        .filter(|(op, _)| !in_spec.contains(*op) && !excluded.contains(*op))
+        .map(|(op, file)| format!("  {} (collector/src/{file})", show(op)))
+        .collect();
+    let not_in_source: Vec<String> = in_spec
+        .iter()
+        .filter(|op| !in_source.contains_key(*op))
+        .map(|op| format!("  {}", show(op)))
+        .collect();
+    let stale_exclusions: Vec<String> = excluded
+        .iter()
+        .filter(|op| !in_source.contains_key(*op) || in_spec.contains(*op))
+        .map(|op| format!("  {}", show(op)))
+        .collect();
+    let mut msg = String::new();
+    if !missing_from_spec.is_empty() {
+        msg += &format!(
+            "routes the collector registers but docs/openapi.json does not describe \
+             (add them, or merge their fragments: python3 docs/openapi-merge.py):\n{}\n",
+            missing_from_spec.join("\n")
+        );
+    }
+    if !not_in_source.is_empty() {
+        msg += &format!(
+            "operations in docs/openapi.json that no .route(…) in collector/src registers:\n{}\n",
+            not_in_source.join("\n")
+        );
+    }
+    if !stale_exclusions.is_empty() {
+        msg += &format!(
+            "EXCLUDED entries that are not registered or are in the spec anyway:\n{}\n",
+            stale_exclusions.join("\n")
+        );
+    }
+    assert!(msg.is_empty(), "{msg}");
+}
+
+#[tokio::test]
+async fn every_spec_operation_is_served_by_the_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let spec = spec();
+    let ops = spec_ops(&spec);
+    let mut unserved = Vec::new();
+    let mut extra_methods = Vec::new();
+    for ((method, path), op) in &ops {
+        let r = send(&app, request(method, path, Some(op), "admin")).await;
+        if unrouted(&r) {
+            unserved.push(format!("  {} → {} {}", show(&(method.clone(), path.clone())), r.status, r.body));
+        }
+    }
+    let paths: BTreeSet<&String> = ops.keys().map(|(_, p)| p).collect();
+    for path in paths {
+        for method in HTTP_METHODS {
+            let key = ((*method).to_owned(), path.clone());
+            if ops.contains_key(&key) {
+                continue;
+            }
+            let r = send(&app, request(method, path, ops.get(&("get".into(), path.clone())), "admin")).await;
+            if r.status != StatusCode::METHOD_NOT_ALLOWED {
+                extra_methods.push(format!("  {} → {} (expected 405)", show(&key), r.status));
+            }
+        }
+    }
+    assert!(
+        unserved.is_empty() && extra_methods.is_empty(),
+        "operations in docs/openapi.json the router does not serve:\n{}\n\
+         methods the router serves on a spec path that the spec does not list:\n{}",
+        unserved.join("\n"),
+        extra_methods.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn x_roles_match_the_role_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app(dir.path());
+    let spec = spec();
+    let mut wrong = Vec::new();
+    let mut checked_roles = 0;
+    for ((method, path), op) in spec_ops(&spec) {
+        if !path.starts_with("/api/v1/") {
+            continue;
+        }
+        let allowed: Option<Vec<&str>> = op
+            .get("x-roles")
+            .map(|r| r.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect());
+        if allowed.is_some() {
+            checked_roles += 1;
+        }
+        for role in ROLES {
+            let r = send(&app, request(&method, &path, Some(&op), role)).await;
+            let refused = r.status == StatusCode::FORBIDDEN;
+            let should_refuse = allowed.as_ref().is_some_and(|a| !a.contains(role));
+            if refused != should_refuse {
+                wrong.push(format!(
+                    "  {} as {role}: {} (x-roles: {:?}) {}",
+                    show(&(method.clone(), path.clone())),
+                    r.status,
+                    allowed,
+                    r.body
+                ));
+            }
+        }
+    }
+    assert!(checked_roles >= 15, "only {checked_roles} operations have x-roles");
+    assert!(wrong.is_empty(), "x-roles disagree with the handlers:\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn the_spec_is_consistent() {
+    let spec = spec();
+    let mut problems = Vec::new();
+    if spec["openapi"] != "3.1.0" {
+        problems.push("openapi is not 3.1.0".to_owned());
+    }
+    // Every $ref resolves.
+    let mut refs = Vec::new();
+    collect_refs(&spec, "", &mut refs);
+    for (at, r) in &refs {
+        let ok = r
+            .strip_prefix('#')
+            .is_some_and(|ptr| spec.pointer(ptr).is_some());
+        if !ok {
+            problems.push(format!("{at}: $ref {r} does not resolve"));
+        }
+    }
+    assert!(refs.len() > 100, "only {} $refs found", refs.len());
+    // Bearer auth on /api/v1, none elsewhere.
+    if spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] != "bearer"
+        || spec["components"]["securitySchemes"]["bearerAuth"]["type"] != "http"
+    {
+        problems.push("components.securitySchemes.bearerAuth is not http bearer".into());
+    }
+    if spec["security"] != serde_json::json!([{"bearerAuth": []}]) {
+        problems.push("the top-level security is not [{bearerAuth: []}]".into());
+    }
+    let mut op_ids = BTreeMap::<String, Vec<String>>::new();
+    let path_items = spec["paths"].as_object().unwrap();
+    for ((method, path), op) in spec_ops(&spec) {
+        let name = show(&(method.clone(), path.clone()));
+        match op["operationId"].as_str() {
+            Some(id) if !id.is_empty() => op_ids.entry(id.to_owned()).or_default().push(name.clone()),
+            _ => problems.push(format!("{name}: no operationId")),
+        }
+        if op["summary"].as_str().is_none_or(str::is_empty) {
+            problems.push(format!("{name}: no summary"));
+        }
+        // Path parameters: declared exactly as the template has them.
+        let in_template: BTreeSet<String> = path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(str::to_owned)
+            .collect();
+        let params = op["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(path_items[&path]["parameters"].as_array().into_iter().flatten());
+        let mut declared = BTreeSet::new();
+        for p in params {
+            let p = match p.get("$ref").and_then(Value::as_str) {
+                Some(r) => r.strip_prefix('#').and_then(|ptr| spec.pointer(ptr)).unwrap_or(p),
+                None => p,
+            };
+            if p["in"] == "path" {
+                let n = p["name"].as_str().unwrap_or("").to_owned();
+                if p["required"] != true {
+                    problems.push(format!("{name}: path parameter {n} is not required"));
+                }
+                declared.insert(n);
+            }
+        }
+        for n in in_template.difference(&declared) {
+            problems.push(format!("{name}: path parameter {{{n}}} is not declared"));
+        }
+        for n in declared.difference(&in_template) {
+            problems.push(format!("{name}: declares path parameter {n} the template lacks"));
+        }
+        let responses = op["responses"].as_object();
+        if responses.is_none_or(|r| r.is_empty()) {
+            problems.push(format!("{name}: no responses"));
+        }
+        let api = path.starts_with("/api/v1/");
+        if api {
+            if op.get("security").is_some() {
+                problems.push(format!("{name}: overrides the bearer security of /api/v1"));
+            }
+            if responses.is_none_or(|r| !r.contains_key("401")) {
+                problems.push(format!("{name}: no 401 response"));
+            }
+            if method != "get" {
+                let roles = op["x-roles"].as_array();
+                let valid = roles.is_some_and(|r| {
+                    !r.is_empty() && r.iter().all(|v| v.as_str().is_some_and(|s| ROLES.contains(&s)))
+                });
+                if !valid {
+                    problems.push(format!("{name}: a write without a valid x-roles list"));
+                }
+            }
+        } else if op["security"] != serde_json::json!([]) {
+            problems.push(format!("{name}: outside /api/v1 but not security: []"));
+        }
+    }
+    for (id, ops) in op_ids {
+        if ops.len() > 1 {
+            problems.push(format!("operationId {id} is used by {}", ops.join(", ")));
+        }
+    }
+    assert!(problems.is_empty(), "docs/openapi.json:\n  {}", problems.join("\n  "));
+}
+
+fn collect_refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
+    match v {
+        Value::Object(m) => {
+            for (k, v) in m {
+                if k == "$ref" {
+                    if let Some(r) = v.as_str() {
+                        out.push((at.to_owned(), r.to_owned()));
+                    }
+                } else {
+                    collect_refs(v, &format!("{at}/{k}"), out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                collect_refs(v, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+// === the parser on its own ===
+
+fn ops(list: &[(&str, &str)]) -> Vec<Op> {
+    list.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
+}
+
+#[test]
+fn parser_reads_the_patterns_in_use() {
+    let src = r#"
+        //! `GET /api/v1/doc` in a doc comment: .route("/api/v1/doc", get(x))
+        pub fn routes() -> Router<ApiState> {
+            Router::new()
+                .route("/api/v1/a", get(list_a).post(create_a))
+                .route(
+                    "/api/v1/a/import",
+                    post(import_a).layer(DefaultBodyLimit::max(MAX)),
+                )
+                // .route("/api/v1/commented", get(nothing))
+                .route("/api/v1/b/{id}", axum::routing::get(get_b).patch(update_b)) /* .route("/x", put(y)) */
+                .route("/api/v1/c", get(|| async { let m = std::collections::HashMap::<u8, u8>::new(); m.get(&1).is_some().to_string() }))
+                .route("/api/v1/d", delete(d).layer(tower::util::MapRequestLayer::new(|r: R| r.post(1))))
+                .merge(other::routes())
+        }
+        const S: &str = ".route(\"/not/a/route\", get(x))";
+        const C: char = '"';
+        fn f<'a>(x: &'a str) -> &'a str { x }
+        #[cfg(test)]
+        mod tests {
+            fn t() { Router::new().route("/hook", post(hook)); }
+        }
+    "#;
+    assert_eq!(
+        routes_in(src).unwrap(),
+        ops(&[
+            ("get", "/api/v1/a"),
+            ("post", "/api/v1/a"),
+            ("post", "/api/v1/a/import"),
+            ("get", "/api/v1/b/{id}"),
+            ("patch", "/api/v1/b/{id}"),
+            ("get", "/api/v1/c"),
+            ("delete", "/api/v1/d"),
+        ])
+    );
+}
+
+#[test]
+fn parser_refuses_what_it_cannot_read() {
+    for (src, says) in [
+        (r#"Router::new().nest("/api", api())"#, ".nest("),
+        (r#"Router::new().route(PATH, get(x))"#, "not a string literal"),
+        (r#"Router::new().route("/x", any(x))"#, "any(…)"),
+        (r#"Router::new().route("/x", handler_router())"#, "names no method"),
+        (r#"Router::new().route_service("/x", svc)"#, ".route_service("),
+    ] {
+        let e = routes_in(src).unwrap_err();
+        assert!(e.contains(says), "{src}: {e}");
+    }
+}
+
+#[test]
+fn parser_finds_a_route_added_without_a_spec_entry() {
+    // What the source check sees when someone adds a route and forgets the spec.
+    let http_rs = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/http.rs"),
+    )
+    .unwrap();
+    let patched = http_rs.replacen(
+        ".route(\"/api/v1/whoami\", get(whoami))",
+        ".route(\"/api/v1/whoami\", get(whoami))\n        .route(\"/api/v1/forgotten\", get(whoami).delete(whoami))",
+        1,
+    );
+    assert_ne!(patched, http_rs, "http.rs no longer registers /api/v1/whoami this way");
+    let spec = spec();
+    let in_spec: BTreeSet<Op> = spec_ops(&spec).into_keys().collect();
+    let missing: Vec<Op> = routes_in(&patched)
+        .unwrap()
+        .into_iter()
+        .filter(|op| !in_spec.contains(op))
+        .collect();
+    assert_eq!(missing, ops(&[("get", "/api/v1/forgotten"), ("delete", "/api/v1/forgotten")]));
+}
+
+proptest! {
+    #[test]
+    fn parser_never_panics(s in "\\PC{0,200}") {
+        let _ = routes_in(&s);
+    }
+
+    #[test]
+    fn parser_never_panics_on_route_shaped_input(
+        parts in proptest::collection::vec(
+            prop_oneof![
+                Just(".route(".to_owned()), Just("\"".to_owned()), Just("(".to_owned()),
+                Just(")".to_owned()), Just("get".to_owned()), Just(",".to_owned()),
+                Just("'".to_owned()), Just("//".to_owned()), Just("/*".to_owned()),
+                Just("*/".to_owned()), Just("#[cfg(test)] mod t {".to_owned()),
+                Just("}".to_owned()), Just("r#\"".to_owned()), Just("\\".to_owned()),
+                Just("é".to_owned()), Just("\n".to_owned()),
+            ],
+            0..40,
+        )
+    ) {
+        let _ = routes_in(&parts.concat());
+    }
+}
