@@ -42,11 +42,11 @@ pub mod capacity;
 pub mod json;
 pub mod judgment;
 pub mod licenses;
+#[cfg(test)]
+mod openapi_tests;
 pub mod query;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod openapi_tests;
 
 use json::{CiDetail, CiRef, Direction, ErrorBody, ErrorDetail, Health, HostMetrics, List, Page};
 use query::{CisParams, MetricsParams};

@@ -138,7 +138,10 @@ fn skip_literal(b: &[u8], i: usize) -> Option<usize> {
             let hashes = j - i - 1;
             j += 1;
             while j < b.len() {
-                if b[j] == b'"' && b.len() >= j + 1 + hashes && b[j + 1..j + 1 + hashes].iter().all(|&c| c == b'#') {
+                if b[j] == b'"'
+                    && b.len() >= j + 1 + hashes
+                    && b[j + 1..j + 1 + hashes].iter().all(|&c| c == b'#')
+                {
                     return Some(j + 1 + hashes);
                 }
                 j += 1;
@@ -293,20 +296,30 @@ fn routes_in(src: &str) -> Result<Vec<Op>, String> {
     while let Some(at) = find_code(&src, ".route(", from) {
         let mut i = skip_ws(b, at + ".route(".len());
         if b.get(i) != Some(&b'"') {
-            return Err(format!("line {}: .route( with a path that is not a string literal", line(at)));
+            return Err(format!(
+                "line {}: .route( with a path that is not a string literal",
+                line(at)
+            ));
         }
-        let end = skip_literal(b, i).ok_or_else(|| format!("line {}: unterminated path", line(at)))?;
+        let end =
+            skip_literal(b, i).ok_or_else(|| format!("line {}: unterminated path", line(at)))?;
         let path = src[i + 1..end - 1].to_owned();
         i = skip_ws(b, end);
         if b.get(i) != Some(&b',') {
-            return Err(format!("line {}: .route(\"{path}\" without a method router", line(at)));
+            return Err(format!(
+                "line {}: .route(\"{path}\" without a method router",
+                line(at)
+            ));
         }
         let start = i + 1;
         let close = closing_paren(b, start)
             .ok_or_else(|| format!("line {}: .route(\"{path}\", … is not closed", line(at)))?;
         let methods = top_level_methods(&src[start..close]);
         if methods.is_empty() {
-            return Err(format!("line {}: .route(\"{path}\", …) names no method (get, post, …)", line(at)));
+            return Err(format!(
+                "line {}: .route(\"{path}\", …) names no method (get, post, …)",
+                line(at)
+            ));
         }
         for m in methods {
             if m == "any" || m == "on" {
@@ -472,7 +485,9 @@ struct Reply {
 async fn send(app: &Router, req: Request<Body>) -> Reply {
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap();
+    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
+        .await
+        .unwrap();
     Reply {
         status,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
@@ -498,7 +513,10 @@ fn every_route_in_the_source_is_in_the_spec_and_back() {
         .collect();
     let in_source = source_routes();
     // A parser that finds nothing would make this test pass vacuously.
-    assert!(in_source.len() >= 50, "the route parser found only {in_source:?}");
+    assert!(
+        in_source.len() >= 50,
+        "the route parser found only {in_source:?}"
+    );
     let missing_from_spec: Vec<String> = in_source
         .iter()
         .filter(|(op, _)| !in_spec.contains(*op) && !excluded.contains(*op))
@@ -548,7 +566,12 @@ async fn every_spec_operation_is_served_by_the_router() {
     for ((method, path), op) in &ops {
         let r = send(&app, request(method, path, Some(op), "admin")).await;
         if unrouted(&r) {
-            unserved.push(format!("  {} → {} {}", show(&(method.clone(), path.clone())), r.status, r.body));
+            unserved.push(format!(
+                "  {} → {} {}",
+                show(&(method.clone(), path.clone())),
+                r.status,
+                r.body
+            ));
         }
     }
     let paths: BTreeSet<&String> = ops.keys().map(|(_, p)| p).collect();
@@ -558,7 +581,16 @@ async fn every_spec_operation_is_served_by_the_router() {
             if ops.contains_key(&key) {
                 continue;
             }
-            let r = send(&app, request(method, path, ops.get(&("get".into(), path.clone())), "admin")).await;
+            let r = send(
+                &app,
+                request(
+                    method,
+                    path,
+                    ops.get(&("get".into(), path.clone())),
+                    "admin",
+                ),
+            )
+            .await;
             if r.status != StatusCode::METHOD_NOT_ALLOWED {
                 extra_methods.push(format!("  {} → {} (expected 405)", show(&key), r.status));
             }
@@ -584,9 +616,13 @@ async fn x_roles_match_the_role_checks() {
         if !path.starts_with("/api/v1/") {
             continue;
         }
-        let allowed: Option<Vec<&str>> = op
-            .get("x-roles")
-            .map(|r| r.as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect());
+        let allowed: Option<Vec<&str>> = op.get("x-roles").map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect()
+        });
         if allowed.is_some() {
             checked_roles += 1;
         }
@@ -605,8 +641,15 @@ async fn x_roles_match_the_role_checks() {
             }
         }
     }
-    assert!(checked_roles >= 15, "only {checked_roles} operations have x-roles");
-    assert!(wrong.is_empty(), "x-roles disagree with the handlers:\n{}", wrong.join("\n"));
+    assert!(
+        checked_roles >= 15,
+        "only {checked_roles} operations have x-roles"
+    );
+    assert!(
+        wrong.is_empty(),
+        "x-roles disagree with the handlers:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -642,7 +685,9 @@ fn the_spec_is_consistent() {
     for ((method, path), op) in spec_ops(&spec) {
         let name = show(&(method.clone(), path.clone()));
         match op["operationId"].as_str() {
-            Some(id) if !id.is_empty() => op_ids.entry(id.to_owned()).or_default().push(name.clone()),
+            Some(id) if !id.is_empty() => {
+                op_ids.entry(id.to_owned()).or_default().push(name.clone())
+            }
             _ => problems.push(format!("{name}: no operationId")),
         }
         if op["summary"].as_str().is_none_or(str::is_empty) {
@@ -654,15 +699,19 @@ fn the_spec_is_consistent() {
             .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
             .map(str::to_owned)
             .collect();
-        let params = op["parameters"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(path_items[&path]["parameters"].as_array().into_iter().flatten());
+        let params = op["parameters"].as_array().into_iter().flatten().chain(
+            path_items[&path]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten(),
+        );
         let mut declared = BTreeSet::new();
         for p in params {
             let p = match p.get("$ref").and_then(Value::as_str) {
-                Some(r) => r.strip_prefix('#').and_then(|ptr| spec.pointer(ptr)).unwrap_or(p),
+                Some(r) => r
+                    .strip_prefix('#')
+                    .and_then(|ptr| spec.pointer(ptr))
+                    .unwrap_or(p),
                 None => p,
             };
             if p["in"] == "path" {
@@ -677,7 +726,9 @@ fn the_spec_is_consistent() {
             problems.push(format!("{name}: path parameter {{{n}}} is not declared"));
         }
         for n in declared.difference(&in_template) {
-            problems.push(format!("{name}: declares path parameter {n} the template lacks"));
+            problems.push(format!(
+                "{name}: declares path parameter {n} the template lacks"
+            ));
         }
         let responses = op["responses"].as_object();
         if responses.is_none_or(|r| r.is_empty()) {
@@ -694,7 +745,9 @@ fn the_spec_is_consistent() {
             if method != "get" {
                 let roles = op["x-roles"].as_array();
                 let valid = roles.is_some_and(|r| {
-                    !r.is_empty() && r.iter().all(|v| v.as_str().is_some_and(|s| ROLES.contains(&s)))
+                    !r.is_empty()
+                        && r.iter()
+                            .all(|v| v.as_str().is_some_and(|s| ROLES.contains(&s)))
                 });
                 if !valid {
                     problems.push(format!("{name}: a write without a valid x-roles list"));
@@ -709,7 +762,11 @@ fn the_spec_is_consistent() {
             problems.push(format!("operationId {id} is used by {}", ops.join(", ")));
         }
     }
-    assert!(problems.is_empty(), "docs/openapi.json:\n  {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "docs/openapi.json:\n  {}",
+        problems.join("\n  ")
+    );
 }
 
 fn collect_refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
@@ -737,7 +794,9 @@ fn collect_refs(v: &Value, at: &str, out: &mut Vec<(String, String)>) {
 // === the parser on its own ===
 
 fn ops(list: &[(&str, &str)]) -> Vec<Op> {
-    list.iter().map(|(m, p)| ((*m).to_owned(), (*p).to_owned())).collect()
+    list.iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect()
 }
 
 #[test]
@@ -783,10 +842,19 @@ fn parser_reads_the_patterns_in_use() {
 fn parser_refuses_what_it_cannot_read() {
     for (src, says) in [
         (r#"Router::new().nest("/api", api())"#, ".nest("),
-        (r#"Router::new().route(PATH, get(x))"#, "not a string literal"),
+        (
+            r#"Router::new().route(PATH, get(x))"#,
+            "not a string literal",
+        ),
         (r#"Router::new().route("/x", any(x))"#, "any(…)"),
-        (r#"Router::new().route("/x", handler_router())"#, "names no method"),
-        (r#"Router::new().route_service("/x", svc)"#, ".route_service("),
+        (
+            r#"Router::new().route("/x", handler_router())"#,
+            "names no method",
+        ),
+        (
+            r#"Router::new().route_service("/x", svc)"#,
+            ".route_service(",
+        ),
     ] {
         let e = routes_in(src).unwrap_err();
         assert!(e.contains(says), "{src}: {e}");
@@ -796,16 +864,18 @@ fn parser_refuses_what_it_cannot_read() {
 #[test]
 fn parser_finds_a_route_added_without_a_spec_entry() {
     // What the source check sees when someone adds a route and forgets the spec.
-    let http_rs = std::fs::read_to_string(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/http.rs"),
-    )
-    .unwrap();
+    let http_rs =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/http.rs"))
+            .unwrap();
     let patched = http_rs.replacen(
         ".route(\"/api/v1/whoami\", get(whoami))",
         ".route(\"/api/v1/whoami\", get(whoami))\n        .route(\"/api/v1/forgotten\", get(whoami).delete(whoami))",
         1,
     );
-    assert_ne!(patched, http_rs, "http.rs no longer registers /api/v1/whoami this way");
+    assert_ne!(
+        patched, http_rs,
+        "http.rs no longer registers /api/v1/whoami this way"
+    );
     let spec = spec();
     let in_spec: BTreeSet<Op> = spec_ops(&spec).into_keys().collect();
     let missing: Vec<Op> = routes_in(&patched)
@@ -813,7 +883,13 @@ fn parser_finds_a_route_added_without_a_spec_entry() {
         .into_iter()
         .filter(|op| !in_spec.contains(op))
         .collect();
-    assert_eq!(missing, ops(&[("get", "/api/v1/forgotten"), ("delete", "/api/v1/forgotten")]));
+    assert_eq!(
+        missing,
+        ops(&[
+            ("get", "/api/v1/forgotten"),
+            ("delete", "/api/v1/forgotten")
+        ])
+    );
 }
 
 proptest! {
