@@ -464,15 +464,15 @@ fn request(method: &str, path: &str, op: Option<&Value>, role: &str) -> Request<
         .uri(uri)
         .header(header::AUTHORIZATION, format!("Bearer token-{role}"));
     let mut body = Body::empty();
-    if let Some(content) = op.and_then(|o| o["requestBody"]["content"].as_object()) {
-        if let Some((ct, mt)) = content.iter().find(|(_, mt)| mt.get("example").is_some()) {
-            let text = match &mt["example"] {
-                Value::String(s) if !ct.contains("json") => s.clone(),
-                v => v.to_string(),
-            };
-            req = req.header(header::CONTENT_TYPE, ct.as_str());
-            body = Body::from(text);
-        }
+    if let Some(content) = op.and_then(|o| o["requestBody"]["content"].as_object())
+        && let Some((ct, mt)) = content.iter().find(|(_, mt)| mt.get("example").is_some())
+    {
+        let text = match &mt["example"] {
+            Value::String(s) if !ct.contains("json") => s.clone(),
+            v => v.to_string(),
+        };
+        req = req.header(header::CONTENT_TYPE, ct.as_str());
+        body = Body::from(text);
     }
     req.body(body).unwrap()
 }
