@@ -8,7 +8,11 @@
 //!   is answered by its handler, not by the router's "no such route" 404 or its 405; and
 //!   every other method on a spec path is that 405;
 //! - **roles**: an operation with `x-roles` answers `403` to exactly the roles not listed,
-//!   and one without answers no role with `403`.
+//!   and one without answers no role with `403`;
+//! - **answers**: with a real judgment engine and licence service, the writes (with the
+//!   spec's request examples) and then every read answer with a status the spec declares
+//!   and a body its schema accepts (a small JSON Schema subset, strict about properties the
+//!   schema does not list).
 //!
 //! Plus the spec's own consistency: every `$ref` resolves, every path parameter of a
 //! template is declared (and every declared one is in the template), operationIds are
@@ -650,6 +654,237 @@ async fn x_roles_match_the_role_checks() {
         "x-roles disagree with the handlers:\n{}",
         wrong.join("\n")
     );
+}
+
+/// A router with a real judgment engine and licence service over an empty store, and one
+/// incident (so the incident routes have something to answer with).
+fn full_app(dir: &FsPath) -> Router {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir, 16 << 20).unwrap());
+    let judgment = Arc::new(
+        crate::judgment::Judgment::open(
+            Arc::clone(&store),
+            crate::judgment::JudgmentSettings::default(),
+            None,
+            None,
+        )
+        .unwrap(),
+    );
+    judgment
+        .raise_alerts(&[crate::judgment::ExternalAlert {
+            kind: crate::incidents::AlertKind::Capacity,
+            host_id: "host-1".into(),
+            ci_id: crate::store::host_ci_id("host-1"),
+            class: "filesystem".into(),
+            key: "/var".into(),
+            summary: "/var full in 5 days".into(),
+            at: std::time::SystemTime::now(),
+        }])
+        .unwrap();
+    let licenses = crate::licenses::Licenses::open(
+        Arc::clone(&store),
+        Some(Arc::clone(&judgment)),
+        None,
+        crate::licenses::LicenseSettings::default(),
+    )
+    .unwrap();
+    router(ApiState {
+        store,
+        auth: Arc::new(RoleTokens),
+        telemetry: Arc::new(crate::telemetry::Telemetry::new()),
+        judgment: Some(judgment),
+        audit: None,
+        licenses: Some(Arc::new(licenses)),
+    })
+}
+
+/// Where `value` breaks `schema` (a small JSON Schema subset: `$ref`, `type`, `enum`,
+/// `const`, `properties`, `required`, `additionalProperties`, `items`, `oneOf`, `anyOf`).
+fn schema_errors(schema: &Value, value: &Value, root: &Value, at: &str, out: &mut Vec<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        match r.strip_prefix('#').and_then(|p| root.pointer(p)) {
+            Some(s) => schema_errors(s, value, root, at, out),
+            None => out.push(format!("{at}: $ref {r} does not resolve")),
+        }
+        return;
+    }
+    if let Some(types) = schema.get("type") {
+        let types: Vec<&str> = match types {
+            Value::String(t) => vec![t.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        let fits = types.iter().any(|t| match *t {
+            "null" => value.is_null(),
+            "boolean" => value.is_boolean(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "string" => value.is_string(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            _ => false,
+        });
+        if !fits {
+            out.push(format!("{at}: {value} is not of type {types:?}"));
+            return;
+        }
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array)
+        && !e.contains(value)
+    {
+        out.push(format!("{at}: {value} is not one of {e:?}"));
+    }
+    if let Some(c) = schema.get("const")
+        && c != value
+    {
+        out.push(format!("{at}: {value} is not {c}"));
+    }
+    for (key, exactly_one) in [("oneOf", true), ("anyOf", false)] {
+        if let Some(alts) = schema.get(key).and_then(Value::as_array) {
+            let fitting = alts
+                .iter()
+                .filter(|alt| {
+                    let mut e = Vec::new();
+                    schema_errors(alt, value, root, at, &mut e);
+                    e.is_empty()
+                })
+                .count();
+            if fitting == 0 || (exactly_one && fitting > 1) {
+                out.push(format!(
+                    "{at}: {value} fits {fitting} of the {key} alternatives"
+                ));
+            }
+        }
+    }
+    if let Some(obj) = value.as_object() {
+        let props = schema.get("properties").and_then(Value::as_object);
+        for r in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = r.as_str()
+                && !obj.contains_key(r)
+            {
+                out.push(format!("{at}: lacks required {r}"));
+            }
+        }
+        for (k, v) in obj {
+            match props.and_then(|p| p.get(k)) {
+                Some(s) => schema_errors(s, v, root, &format!("{at}.{k}"), out),
+                None => match schema.get("additionalProperties") {
+                    Some(Value::Bool(false)) => out.push(format!("{at}: unexpected property {k}")),
+                    Some(s @ Value::Object(_)) => {
+                        schema_errors(s, v, root, &format!("{at}.{k}"), out)
+                    }
+                    // Unlisted properties of an object with listed ones are a spec gap.
+                    _ if props.is_some() => out.push(format!("{at}: undocumented property {k}")),
+                    _ => {}
+                },
+            }
+        }
+    }
+    if let (Some(items), Some(a)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in a.iter().enumerate() {
+            schema_errors(items, v, root, &format!("{at}[{i}]"), out);
+        }
+    }
+}
+
+#[tokio::test]
+async fn real_answers_match_the_declared_responses() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = full_app(dir.path());
+    let spec = spec();
+    let ops = spec_ops(&spec);
+    // Writes first (in an order that makes the later ones meaningful), then every read.
+    let writes = [
+        ("post", "/api/v1/changes"),
+        ("patch", "/api/v1/changes/{id}"),
+        ("post", "/api/v1/changes/import"),
+        ("post", "/api/v1/baselines"),
+        ("post", "/api/v1/baselines/{id}/approve"),
+        ("post", "/api/v1/waivers"),
+        ("post", "/api/v1/incidents/{id}/actions"),
+        ("post", "/api/v1/licenses/entitlements"),
+        ("put", "/api/v1/licenses/rules"),
+        ("put", "/api/v1/licenses/lists"),
+        ("post", "/api/v1/licenses/refresh"),
+        ("put", "/api/v1/policies"),
+        ("post", "/api/v1/changes/{id}/transition"),
+        ("post", "/api/v1/waivers/{id}/revoke"),
+    ];
+    let mut order: Vec<Op> = writes
+        .iter()
+        .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+        .collect();
+    order.extend(ops.keys().filter(|(m, _)| m == "get").cloned());
+    let mut wrong = Vec::new();
+    let mut successes = 0;
+    for key in &order {
+        let Some(op) = ops.get(key) else {
+            wrong.push(format!(
+                "  {}: in the test's list, not in the spec",
+                show(key)
+            ));
+            continue;
+        };
+        let resp = app
+            .clone()
+            .oneshot(request(&key.0, &key.1, Some(op), "admin"))
+            .await
+            .unwrap();
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
+            .await
+            .unwrap();
+        let Some(declared) = op["responses"].get(status.as_str()) else {
+            wrong.push(format!(
+                "  {}: answered {status}, which the spec does not declare: {}",
+                show(key),
+                String::from_utf8_lossy(&bytes)
+            ));
+            continue;
+        };
+        let declared = match declared.get("$ref").and_then(Value::as_str) {
+            Some(r) => r
+                .strip_prefix('#')
+                .and_then(|p| spec.pointer(p))
+                .unwrap_or(declared),
+            None => declared,
+        };
+        if status.is_success() {
+            successes += 1;
+        }
+        if !ct.starts_with("application/json") {
+            continue;
+        }
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let Some(schema) = declared["content"]["application/json"].get("schema") else {
+            wrong.push(format!(
+                "  {}: {status} has no JSON schema in the spec",
+                show(key)
+            ));
+            continue;
+        };
+        let mut errs = Vec::new();
+        schema_errors(schema, &body, &spec, "$", &mut errs);
+        for e in errs {
+            wrong.push(format!("  {} → {status}: {e}", show(key)));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "answers that disagree with docs/openapi.json:\n{}",
+        wrong.join("\n")
+    );
+    assert!(successes >= 40, "only {successes} operations answered 2xx");
 }
 
 #[test]
