@@ -901,6 +901,157 @@ async fn real_answers_match_the_declared_responses() {
     assert!(successes >= 40, "only {successes} operations answered 2xx");
 }
 
+/// `value` against `components.schemas.<name>`, as problems.
+fn check_schema(spec: &Value, name: &str, value: &Value) -> Vec<String> {
+    let mut errs = Vec::new();
+    let schema = serde_json::json!({ "$ref": format!("#/components/schemas/{name}") });
+    schema_errors(&schema, value, spec, name, &mut errs);
+    errs
+}
+
+/// `json` read as `T` (serde fills the defaults) and written back: what the API writes.
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(json: Value) -> Value {
+    serde_json::to_value(serde_json::from_value::<T>(json).unwrap()).unwrap()
+}
+
+/// The bodies the empty-store router cannot produce (agents, CIs, relations, clones,
+/// metrics, drift, availability, forecasts, series, the audit log), built from the real
+/// types and checked against their schemas.
+#[test]
+fn bodies_of_the_real_types_match_their_schemas() {
+    use serde_json::json;
+    let spec = spec();
+    let t = "2026-11-25T10:00:00Z";
+    let mut errs = Vec::new();
+    let agent = round_trip::<crate::store::AgentRecord>(json!({
+        "agent_id": "agt-1", "host_id": "host-1", "instance_id": "i", "version": "0.1.0",
+        "hostname": "web-1",
+        "identity": {"hostname": "web-1", "fqdn": null, "machine_id": "m", "product_uuid": null,
+                     "serial_number": null, "board_serial": null, "cloud_instance_id": null,
+                     "macs": ["52:54:00:12:34:56"]},
+        "enrolled_at": t, "last_seen": t, "last_seq": 3, "connected": true,
+        "outbox_events": 0, "outbox_bytes": 0,
+        "collectors": [{"name": "dpkg", "status": "permission_denied", "duration_ms": 4,
+                        "items": 7, "message": null, "classes": ["package"]}],
+        "revoked": false,
+        "last_shutdown": {"at": t, "reason": "reboot", "received_at": t}
+    }));
+    errs.extend(check_schema(&spec, "AgentRecord", &agent));
+    let ci = json!({"id": "ci-1", "host_id": "host-1", "class": "package", "key": "dpkg:bash:amd64",
+        "state": "present", "attrs": {"name": "bash", "size": 3, "ratio": 0.5, "on": true,
+        "none": null, "list": ["a", 1]}, "version": 2, "first_seen": t, "last_seen": t,
+        "last_changed": t, "source_agent": "agt-1", "source_seq": 12});
+    let version = json!({"ci_id": "ci-1", "version": 1, "change": "added", "state": "present",
+        "attrs": {"name": "bash"}, "old_attrs": {}, "observed_at": t, "agent_id": "agt-1",
+        "seq": 1, "change_id": null});
+    errs.extend(check_schema(
+        &spec,
+        "CiRecord",
+        &round_trip::<crate::store::CiRecord>(ci.clone()),
+    ));
+    let mut detail = ci.clone();
+    detail["versions"] = json!([version]);
+    errs.extend(check_schema(
+        &spec,
+        "CiDetail",
+        &round_trip::<json::CiDetail>(detail),
+    ));
+    let relation = round_trip::<json::RelationView>(json!({"from": "ci-2", "to": "ci-1",
+        "kind": "runs", "host_id": "host-1", "present": true, "direction": "incoming",
+        "other": {"id": "ci-2", "class": "service", "key": "ssh.service", "state": "present"}}));
+    errs.extend(check_schema(&spec, "RelationView", &relation));
+    let clone = round_trip::<crate::store::CloneRecord>(json!({"host_id": "host-1",
+        "agents": ["agt-1", "agt-2"], "identity_key": "product_uuid=x", "detected_at": t}));
+    errs.extend(check_schema(&spec, "CloneRecord", &clone));
+    let metrics = round_trip::<json::HostMetrics>(json!({"host_id": "host-1", "from": t, "to": t,
+        "items": [{"host_id": "host-1", "window_start": t, "window_seconds": 60,
+                   "summaries": [{"name": "cpu_percent", "labels": {"cpu": "0"}, "min": 1.0,
+                                  "avg": 2.0, "max": 3.0, "p95": 3.0, "samples": 4}]}]}));
+    errs.extend(check_schema(&spec, "HostMetrics", &metrics));
+    for (verdict, extra) in [
+        ("authorized", json!({"change_id": "CHG0000001"})),
+        ("accepted", json!({"waiver_id": "WVR0000001"})),
+        ("unauthorized", json!({})),
+    ] {
+        let mut d = json!({"id": "DRF0000000001", "ci_id": "ci-1", "host_id": "host-1",
+            "hostname": "web-1", "class": "file", "key": "/etc/motd", "kind": "changed",
+            "changes": [{"name": "size", "old": 3, "new": null}], "verdict": verdict,
+            "agent_id": "agt-1", "seq": 3, "version": 2, "observed_at": t, "evaluated_at": t,
+            "open": true, "resolved_at": null, "resolution": null, "incident": "INC0000001"});
+        for (k, v) in extra.as_object().unwrap() {
+            d[k] = v.clone();
+        }
+        errs.extend(check_schema(
+            &spec,
+            "DriftRecord",
+            &round_trip::<crate::drift::DriftRecord>(d),
+        ));
+    }
+    let outage = json!({"id": "OUT0000000001", "subject": "monitor", "ci_id": "ci-m",
+        "host_id": "host-1", "hostname": "web-1", "name": "nginx", "start": t, "end": null,
+        "planned": false, "change_id": null, "cause": "ActiveState=failed", "incident": null});
+    errs.extend(check_schema(
+        &spec,
+        "Outage",
+        &round_trip::<crate::availability::Outage>(outage.clone()),
+    ));
+    let figures = round_trip::<crate::availability::AvailabilityFigures>(json!({"ci_id": "ci-h",
+        "host_id": "host-1", "name": "web-1", "subject": "host", "from": t, "to": t,
+        "agreed_seconds": 100, "planned_downtime_seconds": 0, "unplanned_downtime_seconds": 1,
+        "availability_percent": 99.0, "outages": 1, "planned_outages": 0, "mtbf_seconds": 99.0,
+        "mtrs_seconds": null, "outage_list": [outage]}));
+    errs.extend(check_schema(&spec, "AvailabilityFigures", &figures));
+    let forecast = round_trip::<crate::capacity::Forecast>(json!({"host_id": "host-1",
+        "hostname": "db-01", "resource": "filesystem:/var", "unit": "bytes", "status": "at_risk",
+        "current": 6.5e10, "capacity": 1.0e11, "threshold": 9.0e10, "threshold_percent": 90.0,
+        "slope_per_day": 3.0e9, "exhaustion_at": t, "days_to_threshold": 8.3,
+        "confidence": 0.71, "points": 120, "incident": null, "computed_at": t}));
+    errs.extend(check_schema(&spec, "Forecast", &forecast));
+    let series = serde_json::to_value(crate::capacity::SeriesView {
+        host_id: "host-1".into(),
+        hostname: None,
+        resource: "cpu".into(),
+        unit: "percent".into(),
+        capacity: Some(100.0),
+        tier: crate::capacity::rollup::Tier::Hour,
+        points: vec![crate::capacity::PointView {
+            t: std::time::SystemTime::UNIX_EPOCH,
+            min: 1.0,
+            avg: 2.0,
+            max: 3.0,
+            p95: 3.0,
+            samples: 60,
+        }],
+    })
+    .unwrap();
+    errs.extend(check_schema(&spec, "CapacitySeries", &series));
+    let entry = round_trip::<crate::audit_log::AuditEntry>(json!({"seq": 41,
+        "at": "2026-11-25T09:30:00.000Z", "actor": "carol", "role": "change-manager",
+        "action": "change.approved", "object": "CHG0000001", "why": null,
+        "details": {"from": "draft"}, "prev_hash": "00", "hash": "11"}));
+    errs.extend(check_schema(&spec, "AuditEntry", &entry));
+    let report = serde_json::to_value(crate::audit_log::AuditVerifyReport {
+        entries: 3,
+        head_seq: 3,
+        anchor_seq: None,
+        ok: false,
+        problems: vec![crate::audit_log::AuditProblem {
+            seq: Some(2),
+            line: 2,
+            kind: crate::audit_log::AuditProblemKind::Edited,
+            message: "seq 2 (line 2): hash mismatch".into(),
+        }],
+        omitted_problems: 0,
+    })
+    .unwrap();
+    errs.extend(check_schema(&spec, "AuditVerifyReport", &report));
+    assert!(
+        errs.is_empty(),
+        "schemas that disagree with the types:\n  {}",
+        errs.join("\n  ")
+    );
+}
+
 #[test]
 fn the_spec_is_consistent() {
     let spec = spec();
