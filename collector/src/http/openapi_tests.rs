@@ -1052,6 +1052,59 @@ fn bodies_of_the_real_types_match_their_schemas() {
     );
 }
 
+/// The finer role rules, as `x-roles-<case>` beside `x-roles`: (method, path, extension,
+/// a body that triggers the case).
+const ROLE_CASES: &[(&str, &str, &str, &str)] = &[
+    (
+        "post",
+        "/api/v1/changes/{id}/transition",
+        "x-roles-approve",
+        r#"{"to": "approved"}"#,
+    ),
+    (
+        "post",
+        "/api/v1/incidents/{id}/actions",
+        "x-roles-close-with-change",
+        r#"{"action": "close", "note": "emergency fix", "change_id": "CHG0000001"}"#,
+    ),
+];
+
+#[tokio::test]
+async fn x_roles_cases_match_the_role_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = full_app(dir.path());
+    let spec = spec();
+    let ops = spec_ops(&spec);
+    let mut wrong = Vec::new();
+    for (method, path, ext, body) in ROLE_CASES {
+        let op = &ops[&((*method).to_owned(), (*path).to_owned())];
+        let Some(allowed) = op[*ext].as_array() else {
+            wrong.push(format!(
+                "  {} has no {ext}",
+                show(&((*method).into(), (*path).into()))
+            ));
+            continue;
+        };
+        for role in ROLES {
+            let mut req = request(method, path, Some(op), role);
+            *req.body_mut() = Body::from(*body);
+            let r = send(&app, req).await;
+            let should_refuse = !allowed.iter().any(|a| a == role);
+            if (r.status == StatusCode::FORBIDDEN) != should_refuse {
+                wrong.push(format!(
+                    "  {method} {path} {ext} as {role}: {} {}",
+                    r.status, r.body
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "x-roles-* disagree with the handlers:\n{}",
+        wrong.join("\n")
+    );
+}
+
 #[test]
 fn the_spec_is_consistent() {
     let spec = spec();
