@@ -42,6 +42,8 @@ pub mod capacity;
 pub mod json;
 pub mod judgment;
 pub mod licenses;
+#[cfg(test)]
+mod openapi_tests;
 pub mod query;
 #[cfg(test)]
 mod tests;
