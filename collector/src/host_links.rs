@@ -897,4 +897,4 @@ impl HostLinks {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
