@@ -281,7 +281,11 @@ impl LinkIndex {
                 continue;
             }
             bump(self.owners.entry(ip).or_default(), host.to_owned(), true);
-            bump(self.host_addrs.entry(host.to_owned()).or_default(), ip, true);
+            bump(
+                self.host_addrs.entry(host.to_owned()).or_default(),
+                ip,
+                true,
+            );
             self.dirty_addrs.insert(ip);
             kept.push(ip);
         }
@@ -356,7 +360,14 @@ impl LinkIndex {
     }
 
     /// A CI state from the store: dispatches on the class (others are ignored).
-    pub fn set_ci(&mut self, id: &str, host: &str, class_name: &str, key: &str, attrs: Option<&Attrs>) {
+    pub fn set_ci(
+        &mut self,
+        id: &str,
+        host: &str,
+        class_name: &str,
+        key: &str,
+        attrs: Option<&Attrs>,
+    ) {
         match class_name {
             class::NETWORK_INTERFACE => {
                 self.set_interface(id, host, attrs.map(interface_addresses));
@@ -597,7 +608,10 @@ impl LinkIndex {
     }
 
     fn create(&mut self, key: LinkKey, draft: LinkDraft, out: &mut Vec<LinkWrite>) {
-        let mine = self.links_of_host.entry(draft.from_host.clone()).or_default();
+        let mine = self
+            .links_of_host
+            .entry(draft.from_host.clone())
+            .or_default();
         if mine.len() >= MAX_LINKS_PER_HOST {
             let evict = mine
                 .iter()

@@ -297,8 +297,7 @@ impl ImpactGraph for StoreGraph<'_> {
                 *truncated = true;
             }
             for ci in cis.into_iter().take(MAX_CONTAINED) {
-                if ci.id == node.id || ci.state != CiState::Present || ci.host_id != node.host_id
-                {
+                if ci.id == node.id || ci.state != CiState::Present || ci.host_id != node.host_id {
                     continue;
                 }
                 out.push(GraphEdge {
@@ -352,7 +351,10 @@ impl MemGraph {
             kind: kind.to_owned(),
             to_class,
         };
-        self.edges.entry(from.to_owned()).or_default().push(e.clone());
+        self.edges
+            .entry(from.to_owned())
+            .or_default()
+            .push(e.clone());
         if from != to {
             self.edges.entry(to.to_owned()).or_default().push(e);
         }
@@ -367,7 +369,11 @@ impl ImpactGraph for MemGraph {
     fn edges(&self, node: &NodeInfo, truncated: &mut bool) -> Result<Vec<GraphEdge>, StoreError> {
         let mut out = self.edges.get(&node.id).cloned().unwrap_or_default();
         if node.class == HOST_CLASS {
-            let on = self.by_host.get(&node.host_id).map(Vec::as_slice).unwrap_or_default();
+            let on = self
+                .by_host
+                .get(&node.host_id)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             if on.len() > MAX_CONTAINED {
                 *truncated = true;
             }

@@ -206,9 +206,8 @@ pub async fn serve_with(
     );
     let licenses_task = tokio::spawn(Arc::clone(&licenses).run());
     // Derived host-to-host relations from observed connections (crate::host_links).
-    let host_links_task = tokio::spawn(
-        Arc::new(crate::host_links::HostLinks::new(Arc::clone(&store))).run(),
-    );
+    let host_links_task =
+        tokio::spawn(Arc::new(crate::host_links::HostLinks::new(Arc::clone(&store))).run());
     let (notify_stop_tx, notify_stop) = tokio::sync::oneshot::channel::<()>();
     let notify_task = tokio::spawn(Arc::clone(&notifier).run(async move {
         let _ = notify_stop.await;

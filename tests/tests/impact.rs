@@ -44,10 +44,7 @@ fn item(class: &str, key: &str, attrs: Vec<(&str, v1::Value)>) -> v1::Item {
     v1::Item {
         class: class.into(),
         key: key.into(),
-        attrs: attrs
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
+        attrs: attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
     }
 }
 
@@ -90,7 +87,11 @@ fn nodes(v: &Value) -> BTreeSet<(String, String, u64)> {
         .map(|n| {
             (
                 n["direction"].as_str().unwrap().to_owned(),
-                format!("{}/{}", n["class"].as_str().unwrap(), n["key"].as_str().unwrap()),
+                format!(
+                    "{}/{}",
+                    n["class"].as_str().unwrap(),
+                    n["key"].as_str().unwrap()
+                ),
                 n["hops"].as_u64().unwrap(),
             )
         })
@@ -132,11 +133,19 @@ fn connections_between_hosts_become_relations_and_drive_the_impact_set() {
                 ],
             ),
             item("process", "postgres", vec![("pid", int(900))]),
-            item("service", "postgresql.service", vec![("state", s("running"))]),
+            item(
+                "service",
+                "postgresql.service",
+                vec![("state", s("running"))],
+            ),
         ],
         vec![
             rel("service/postgresql.service", "process/postgres", "runs"),
-            rel("process/postgres", "listening_port/tcp:0.0.0.0:5432", "listens_on"),
+            rel(
+                "process/postgres",
+                "listening_port/tcp:0.0.0.0:5432",
+                "listens_on",
+            ),
         ],
     );
     let app_items = |with_conn: bool| {
@@ -161,7 +170,11 @@ fn connections_between_hosts_become_relations_and_drive_the_impact_set() {
     send_snapshot(
         &mut app,
         app_items(true),
-        vec![rel("process/app", "connection/tcp:10.20.0.2:5432", "connects_to")],
+        vec![rel(
+            "process/app",
+            "connection/tcp:10.20.0.2:5432",
+            "connects_to",
+        )],
     );
 
     let a = host_of(&c, &app);
@@ -173,30 +186,41 @@ fn connections_between_hosts_become_relations_and_drive_the_impact_set() {
     let service = ci_id(&b, "service", "postgresql.service");
 
     // The derived host-to-host relation, from both ends.
-    let link = wait_for(Duration::from_secs(20), "the app-1 → db-1 relation", || {
-        let v = c.get(&format!("/api/v1/cis/{host_a}/relations"));
-        v["items"]
-            .as_array()?
-            .iter()
-            .find(|r| r["kind"] == "connects_to" && r["to"] == host_b.as_str())
-            .cloned()
-    });
+    let link = wait_for(
+        Duration::from_secs(20),
+        "the app-1 → db-1 relation",
+        || {
+            let v = c.get(&format!("/api/v1/cis/{host_a}/relations"));
+            v["items"]
+                .as_array()?
+                .iter()
+                .find(|r| r["kind"] == "connects_to" && r["to"] == host_b.as_str())
+                .cloned()
+        },
+    );
     assert_eq!(link["from"], host_a.as_str(), "{link}");
     assert_eq!(link["present"], true, "{link}");
     assert_eq!(link["direction"], "outgoing", "{link}");
     assert_eq!(link["other"]["class"], "host", "{link}");
     let of_b = c.get(&format!("/api/v1/cis/{host_b}/relations"));
     assert!(
-        of_b["items"].as_array().unwrap().iter().any(|r| r["from"] == host_a.as_str()
-            && r["direction"] == "incoming"),
+        of_b["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["from"] == host_a.as_str() && r["direction"] == "incoming"),
         "{of_b}"
     );
     // The connection → listening port relation.
     let of_port = c.get(&format!("/api/v1/cis/{port}/relations"));
     assert!(
-        of_port["items"].as_array().unwrap().iter().any(|r| r["from"] == conn.as_str()
-            && r["kind"] == "connects_to"
-            && r["present"] == true),
+        of_port["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["from"] == conn.as_str()
+                && r["kind"] == "connects_to"
+                && r["present"] == true),
         "{of_port}"
     );
 
@@ -254,7 +278,11 @@ fn connections_between_hosts_become_relations_and_drive_the_impact_set() {
     );
     let v = c.get(&format!("/api/v1/cis/{service}/impact?depth=3"));
     assert!(
-        !v["nodes"].as_array().unwrap().iter().any(|n| n["id"] == host_a.as_str()),
+        !v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == host_a.as_str()),
         "depth 3 stops before app-1: {v}"
     );
 
@@ -264,7 +292,11 @@ fn connections_between_hosts_become_relations_and_drive_the_impact_set() {
         .args(["--format", "csv", "impact", &port, "--depth", "2"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let csv = String::from_utf8(out.stdout).unwrap();
     assert_eq!(
         csv.lines().next().unwrap(),
@@ -281,21 +313,35 @@ fn connections_between_hosts_become_relations_and_drive_the_impact_set() {
     let viewer = c.api_token("impact-viewer", "viewer");
     let (status, _) = c.send("GET", &format!("/api/v1/cis/{port}/impact"), &viewer, None);
     assert_eq!(status, 200, "every role reads");
-    let (status, body) = c.send("GET", &format!("/api/v1/cis/{port}/impact?depth=9"), &viewer, None);
+    let (status, body) = c.send(
+        "GET",
+        &format!("/api/v1/cis/{port}/impact?depth=9"),
+        &viewer,
+        None,
+    );
     assert_eq!(status, 400, "{body}");
-    let (status, _) = c.send("GET", "/api/v1/cis/ci-0000000000000000/impact", &viewer, None);
+    let (status, _) = c.send(
+        "GET",
+        "/api/v1/cis/ci-0000000000000000/impact",
+        &viewer,
+        None,
+    );
     assert_eq!(status, 404);
 
     // The connection goes: the derived relations turn absent and app-1 leaves the set.
     send_snapshot(&mut app, app_items(false), vec![]);
-    wait_for(Duration::from_secs(20), "the relation to turn absent", || {
-        let v = c.get(&format!("/api/v1/cis/{host_a}/relations"));
-        v["items"]
-            .as_array()?
-            .iter()
-            .any(|r| r["to"] == host_b.as_str() && r["present"] == false)
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(20),
+        "the relation to turn absent",
+        || {
+            let v = c.get(&format!("/api/v1/cis/{host_a}/relations"));
+            v["items"]
+                .as_array()?
+                .iter()
+                .any(|r| r["to"] == host_b.as_str() && r["present"] == false)
+                .then_some(())
+        },
+    );
     let v = c.get(&format!("/api/v1/cis/{port}/impact"));
     assert_eq!(
         nodes(&v)

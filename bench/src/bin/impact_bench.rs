@@ -83,7 +83,11 @@ fn graph(args: &Args, conns: &[(usize, usize, usize)]) -> MemGraph {
         let host = format!("h{h}");
         g.add_node(node(host_ci_id(&host), HOST_CLASS, &host));
         for s in 0..3 {
-            let (svc, proc_, port) = (format!("h{h}-s{s}"), format!("h{h}-x{s}"), format!("h{h}-p{s}"));
+            let (svc, proc_, port) = (
+                format!("h{h}-s{s}"),
+                format!("h{h}-x{s}"),
+                format!("h{h}-p{s}"),
+            );
             g.add_node(node(svc.clone(), "service", &host));
             g.add_node(node(proc_.clone(), "process", &host));
             g.add_node(node(port.clone(), "listening_port", &host));
@@ -100,7 +104,11 @@ fn graph(args: &Args, conns: &[(usize, usize, usize)]) -> MemGraph {
         g.add_node(node(c.clone(), "connection", &host));
         g.add_edge(&format!("h{h}-x0"), &c, "connects_to");
         g.add_edge(&c, &format!("h{t}-p{p}"), "connects_to");
-        g.add_edge(&host_ci_id(&host), &host_ci_id(&format!("h{t}")), "connects_to");
+        g.add_edge(
+            &host_ci_id(&host),
+            &host_ci_id(&format!("h{t}")),
+            "connects_to",
+        );
     }
     g
 }
@@ -139,13 +147,20 @@ fn main() -> Result<()> {
     );
     let t = Instant::now();
     let g = graph(&args, &conns);
-    println!("graph built in {:.0} ms ({} nodes)", ms(t.elapsed()), g.nodes.len());
+    println!(
+        "graph built in {:.0} ms ({} nodes)",
+        ms(t.elapsed()),
+        g.nodes.len()
+    );
 
     let roots = [
         ("listening port of a popular host", "h0-p0".to_owned()),
         ("service of a popular host", "h0-s0".to_owned()),
         ("host (popular)", host_ci_id("h0")),
-        ("listening port of a quiet host", format!("h{}-p1", args.hosts - 1)),
+        (
+            "listening port of a quiet host",
+            format!("h{}-p1", args.hosts - 1),
+        ),
     ];
     for depth in [3, 6] {
         for (what, root) in &roots {
@@ -153,7 +168,8 @@ fn main() -> Result<()> {
             let mut size = (0, false);
             for _ in 0..args.runs {
                 let t = Instant::now();
-                let i = impact(&g, root, depth, MAX_NODES)?.ok_or_else(|| anyhow::anyhow!("no root"))?;
+                let i = impact(&g, root, depth, MAX_NODES)?
+                    .ok_or_else(|| anyhow::anyhow!("no root"))?;
                 times.push(t.elapsed());
                 size = (i.nodes.len(), i.truncated);
             }
@@ -161,7 +177,11 @@ fn main() -> Result<()> {
                 "impact depth {depth} from {what}: median {:.2} ms, {} nodes{}",
                 ms(median(times)),
                 size.0,
-                if size.1 { " (truncated at the node cap)" } else { "" }
+                if size.1 {
+                    " (truncated at the node cap)"
+                } else {
+                    ""
+                }
             );
         }
     }
@@ -192,6 +212,9 @@ fn main() -> Result<()> {
         conns.len() as f64 / f.as_secs_f64(),
         links
     );
-    println!("host links incremental (one host's connections moved): median {:.3} ms", ms(median(incr)));
+    println!(
+        "host links incremental (one host's connections moved): median {:.3} ms",
+        ms(median(incr))
+    );
     Ok(())
 }

@@ -17,11 +17,11 @@ mod capacity;
 mod cli;
 #[path = "cmdbctl/client.rs"]
 mod client;
+#[path = "cmdbctl/impact.rs"]
+mod impact;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;
-#[path = "cmdbctl/impact.rs"]
-mod impact;
 #[path = "cmdbctl/licenses.rs"]
 mod licenses;
 #[path = "cmdbctl/render.rs"]

@@ -150,10 +150,7 @@ fn late_enrolment_ambiguous_loopback_and_self_connections() {
     ix.set_connection("c1", "A", "k1", Some((ip("10.0.0.2"), 22)));
     assert!(ix.settle().is_empty());
     ix.set_interface("if-b", "B", Some(vec![ip("10.0.0.2")]));
-    assert_eq!(
-        puts(&ix.settle()),
-        BTreeSet::from([(h("A"), h("B"), true)])
-    );
+    assert_eq!(puts(&ix.settle()), BTreeSet::from([(h("A"), h("B"), true)]));
     // A second owner of the address makes it ambiguous: the link goes.
     ix.set_interface("if-x", "X", Some(vec![ip("10.0.0.2")]));
     assert_eq!(ix.owner_of(&ip("10.0.0.2")), None);
@@ -287,8 +284,12 @@ fn item(class_name: &str, key: &str, attrs: &[(&str, AttrValue)]) -> v1::Item {
 pub(crate) fn snapshot(seq: u64, items: Vec<v1::Item>, relations: Vec<v1::Relation>) -> v1::Event {
     let mut classes: Vec<String> = items.iter().map(|i| i.class.clone()).collect();
     classes.extend(
-        [class::CONNECTION, class::LISTENING_PORT, class::NETWORK_INTERFACE]
-            .map(str::to_owned),
+        [
+            class::CONNECTION,
+            class::LISTENING_PORT,
+            class::NETWORK_INTERFACE,
+        ]
+        .map(str::to_owned),
     );
     classes.sort();
     classes.dedup();
@@ -361,18 +362,30 @@ fn the_task_follows_the_feed_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 8 << 20).unwrap());
     let now = SystemTime::now();
-    let a = store.identify("agt-a", "ia", &identity("app-1"), now).unwrap();
-    let b = store.identify("agt-b", "ib", &identity("db-1"), now).unwrap();
+    let a = store
+        .identify("agt-a", "ia", &identity("app-1"), now)
+        .unwrap();
+    let b = store
+        .identify("agt-b", "ib", &identity("db-1"), now)
+        .unwrap();
     store
         .apply(
             "agt-b",
-            &[snapshot(1, vec![iface("eth0", "10.0.0.2"), listener("0.0.0.0", 5432)], vec![])],
+            &[snapshot(
+                1,
+                vec![iface("eth0", "10.0.0.2"), listener("0.0.0.0", 5432)],
+                vec![],
+            )],
         )
         .unwrap();
     store
         .apply(
             "agt-a",
-            &[snapshot(1, vec![iface("eth0", "10.0.0.1"), outbound("10.0.0.2", 5432)], vec![])],
+            &[snapshot(
+                1,
+                vec![iface("eth0", "10.0.0.1"), outbound("10.0.0.2", 5432)],
+                vec![],
+            )],
         )
         .unwrap();
     let links = HostLinks::new(Arc::clone(&store));
@@ -385,7 +398,10 @@ fn the_task_follows_the_feed_and_survives_a_restart() {
         .into_iter()
         .map(|r| (r.from, r.to, r.present))
         .collect();
-    assert_eq!(of_a, BTreeSet::from([(host_ci_id(&a), host_ci_id(&b), true)]));
+    assert_eq!(
+        of_a,
+        BTreeSet::from([(host_ci_id(&a), host_ci_id(&b), true)])
+    );
     let of_port: Vec<_> = relations_of(store.as_ref(), &port).unwrap();
     assert_eq!(of_port.len(), 1, "{of_port:?}");
     assert_eq!((&of_port[0].from, &of_port[0].to), (&conn, &port));
@@ -393,7 +409,10 @@ fn the_task_follows_the_feed_and_survives_a_restart() {
 
     // The connection goes: both relations turn absent.
     store
-        .apply("agt-a", &[snapshot(2, vec![iface("eth0", "10.0.0.1")], vec![])])
+        .apply(
+            "agt-a",
+            &[snapshot(2, vec![iface("eth0", "10.0.0.1")], vec![])],
+        )
         .unwrap();
     drain(&links);
     let all: Vec<_> = derived_relations_of(store.as_ref(), &host_ci_id(&b)).unwrap();
@@ -405,7 +424,11 @@ fn the_task_follows_the_feed_and_survives_a_restart() {
     store
         .apply(
             "agt-a",
-            &[snapshot(3, vec![iface("eth0", "10.0.0.1"), outbound("10.0.0.2", 5432)], vec![])],
+            &[snapshot(
+                3,
+                vec![iface("eth0", "10.0.0.1"), outbound("10.0.0.2", 5432)],
+                vec![],
+            )],
         )
         .unwrap();
     let again = HostLinks::new(Arc::clone(&store));

@@ -87,7 +87,11 @@ fn the_three_hop_impact_of_a_listening_port_is_exactly_known() {
     );
     assert_eq!(
         set(&i, Direction::Upstream),
-        s(&[("X", 1, "listens_on"), (&b, 1, "contains"), ("S", 2, "runs")])
+        s(&[
+            ("X", 1, "listens_on"),
+            (&b, 1, "contains"),
+            ("S", 2, "runs")
+        ])
     );
     // Host A carries its hostname; every node has one edge that reached it.
     let host_a = i.nodes.iter().find(|n| n.id == a).unwrap();
@@ -275,7 +279,11 @@ fn the_store_graph_includes_derived_links_and_containment() {
                 ],
                 vec![
                     rel("service/postgresql.service", "process/postgres", "runs"),
-                    rel("process/postgres", "listening_port/tcp:0.0.0.0:5432", "listens_on"),
+                    rel(
+                        "process/postgres",
+                        "listening_port/tcp:0.0.0.0:5432",
+                        "listens_on",
+                    ),
                 ],
             )],
         )
@@ -290,7 +298,11 @@ fn the_store_graph_includes_derived_links_and_containment() {
                     outbound("10.0.0.2", 5432),
                     item("process", "app"),
                 ],
-                vec![rel("process/app", "connection/tcp:10.0.0.2:5432", "connects_to")],
+                vec![rel(
+                    "process/app",
+                    "connection/tcp:10.0.0.2:5432",
+                    "connects_to",
+                )],
             )],
         )
         .unwrap();

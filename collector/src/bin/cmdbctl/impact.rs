@@ -43,7 +43,11 @@ pub struct NodeView {
 }
 
 pub fn run(api: &Api, a: &ImpactArgs, format: Format, out: &mut dyn Write) -> Result<(), RunError> {
-    let query: Vec<(&str, String)> = a.depth.map(|d| ("depth", d.to_string())).into_iter().collect();
+    let query: Vec<(&str, String)> = a
+        .depth
+        .map(|d| ("depth", d.to_string()))
+        .into_iter()
+        .collect();
     let v: Value = api.get(&format!("/api/v1/cis/{}/impact", path_id(&a.id)?), &query)?;
     if format == Format::Json {
         return print_json(out, &v);
@@ -67,7 +71,8 @@ pub fn table(v: &ImpactView) -> String {
             v.root, v.depth
         );
     }
-    let mut t = Table::new(&["DIRECTION", "HOPS", "VIA", "CLASS", "KEY", "HOST", "CI"]).max_cell(60);
+    let mut t =
+        Table::new(&["DIRECTION", "HOPS", "VIA", "CLASS", "KEY", "HOST", "CI"]).max_cell(60);
     for n in &v.nodes {
         t.row([
             n.direction.clone(),
@@ -85,7 +90,14 @@ pub fn table(v: &ImpactView) -> String {
 pub fn csv(v: &ImpactView) -> Result<Vec<u8>, std::io::Error> {
     let mut w = ::csv::Writer::from_writer(Vec::new());
     w.write_record([
-        "direction", "hops", "via", "id", "class", "key", "host_id", "hostname",
+        "direction",
+        "hops",
+        "via",
+        "id",
+        "class",
+        "key",
+        "host_id",
+        "hostname",
     ])?;
     for n in &v.nodes {
         w.write_record([
@@ -99,7 +111,8 @@ pub fn csv(v: &ImpactView) -> Result<Vec<u8>, std::io::Error> {
             n.hostname.clone().unwrap_or_default(),
         ])?;
     }
-    w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))
+    w.into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 #[cfg(test)]
