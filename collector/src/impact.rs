@@ -164,9 +164,9 @@ pub fn impact(
                 for e in node_edges {
                     let (to_hits_from, from_hits_to) = flow(&e.kind, &e.to_class);
                     let (down, up) = if e.from == node.id {
-                        (from_hits_to.then(|| &e.to), to_hits_from.then(|| &e.to))
+                        (from_hits_to.then_some(&e.to), to_hits_from.then_some(&e.to))
                     } else if e.to == node.id {
-                        (to_hits_from.then(|| &e.from), from_hits_to.then(|| &e.from))
+                        (to_hits_from.then_some(&e.from), from_hits_to.then_some(&e.from))
                     } else {
                         (None, None)
                     };
