@@ -166,7 +166,10 @@ pub fn impact(
                     let (down, up) = if e.from == node.id {
                         (from_hits_to.then_some(&e.to), to_hits_from.then_some(&e.to))
                     } else if e.to == node.id {
-                        (to_hits_from.then_some(&e.from), from_hits_to.then_some(&e.from))
+                        (
+                            to_hits_from.then_some(&e.from),
+                            from_hits_to.then_some(&e.from),
+                        )
                     } else {
                         (None, None)
                     };
