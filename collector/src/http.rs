@@ -39,6 +39,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
 pub mod capacity;
+pub mod impact;
 pub mod json;
 pub mod judgment;
 pub mod licenses;
@@ -149,6 +150,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .merge(judgment::routes())
         .merge(capacity::routes())
         .merge(licenses::routes())
+        .merge(impact::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,
@@ -485,7 +487,8 @@ async fn ci_relations(
         if s.ci(&lookup)?.is_none() {
             return Ok(None);
         }
-        let relations = s.relations_of(&lookup)?;
+        // The agents' relations, then the derived host links (crate::host_links).
+        let relations = crate::host_links::relations_of(s, &lookup)?;
         // Resolve each other end once, however many relations point at it.
         let mut resolved = std::collections::HashMap::<String, Option<CiRef>>::new();
         let mut items = Vec::with_capacity(relations.len());

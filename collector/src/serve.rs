@@ -205,6 +205,9 @@ pub async fn serve_with(
         .map_err(|e| ServeError::Judgment(format!("licenses: {e}")))?,
     );
     let licenses_task = tokio::spawn(Arc::clone(&licenses).run());
+    // Derived host-to-host relations from observed connections (crate::host_links).
+    let host_links_task =
+        tokio::spawn(Arc::new(crate::host_links::HostLinks::new(Arc::clone(&store))).run());
     let (notify_stop_tx, notify_stop) = tokio::sync::oneshot::channel::<()>();
     let notify_task = tokio::spawn(Arc::clone(&notifier).run(async move {
         let _ = notify_stop.await;
@@ -271,6 +274,7 @@ pub async fn serve_with(
     }
     judge_task.abort();
     licenses_task.abort();
+    host_links_task.abort();
     let _ = notify_stop_tx.send(());
     let _ = notify_task.await;
     let grpc_res = grpc_task.await;

@@ -17,6 +17,8 @@ mod capacity;
 mod cli;
 #[path = "cmdbctl/client.rs"]
 mod client;
+#[path = "cmdbctl/impact.rs"]
+mod impact;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;
@@ -127,7 +129,10 @@ fn complain(msg: &str) {
 
 /// Commands with a CSV view (the report-style ones); the rest are table or JSON.
 fn supports_csv(cmd: &Command) -> bool {
-    matches!(cmd, Command::Capacity(_) | Command::Licenses(_))
+    matches!(
+        cmd,
+        Command::Capacity(_) | Command::Licenses(_) | Command::Impact(_)
+    )
 }
 
 fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
@@ -208,6 +213,7 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
             writeln!(out, "{} ({})", me.name, me.role)?;
         }
         Command::Capacity(a) => return capacity::run(&api, a, s.format, now, out),
+        Command::Impact(a) => return impact::run(&api, a, s.format, out),
         // Built by `requests` and handled above.
         Command::Changes(_)
         | Command::Change(_)

@@ -108,6 +108,8 @@ pub enum Command {
     /// Software licences: position, inventory, entitlements, rules, lists.
     #[command(subcommand)]
     Licenses(crate::licenses::LicensesCommand),
+    /// The impact set of a CI: what is affected if it fails, what it depends on.
+    Impact(crate::impact::ImpactArgs),
 }
 
 /// A page size of the judgment lists.

@@ -135,6 +135,7 @@ pub fn build(cmd: &Command, now: SystemTime) -> Result<Option<(Request, View)>, 
         | Command::Clones
         | Command::Whoami
         | Command::Capacity(_)
+        | Command::Impact(_)
         | Command::Licenses(_) => return Ok(None),
         Command::Changes(a) => (changes(a, now)?, View::Changes),
         Command::Change(c) => change(c, now)?,
