@@ -13,6 +13,7 @@ pub mod baselines;
 pub mod capacity;
 pub mod changes;
 pub mod compliance;
+pub mod config_audit;
 pub mod config;
 pub mod console;
 pub mod correlate;
