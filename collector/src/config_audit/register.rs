@@ -243,7 +243,11 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<RegisterRow>, ImportError> {
         }
         cols.push(col);
     }
-    for (c, name) in [(Col::Class, "class"), (Col::Key, "key"), (Col::Host, "host")] {
+    for (c, name) in [
+        (Col::Class, "class"),
+        (Col::Key, "key"),
+        (Col::Host, "host"),
+    ] {
         if !cols.contains(&c) {
             p.add(1, format!("required column {name:?} is missing"));
         }
