@@ -39,6 +39,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
 pub mod capacity;
+pub mod config_audit;
 pub mod json;
 pub mod judgment;
 pub mod licenses;
@@ -105,6 +106,8 @@ pub struct ApiState {
     pub audit: Option<Arc<dyn AuditReader>>,
     /// The licence service; `None` answers its routes with 503.
     pub licenses: Option<Arc<crate::licenses::Licenses>>,
+    /// The configuration audit service; `None` answers its routes with 503.
+    pub config_audit: Option<Arc<crate::config_audit::ConfigAudit>>,
 }
 
 /// The bounds of the HTTP surface; [`Limits::default`] is what [`router`] uses.
@@ -147,6 +150,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .merge(judgment::routes())
         .merge(capacity::routes())
         .merge(licenses::routes())
+        .merge(config_audit::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

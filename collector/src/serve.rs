@@ -205,6 +205,13 @@ pub async fn serve_with(
         .map_err(|e| ServeError::Judgment(format!("licenses: {e}")))?,
     );
     let licenses_task = tokio::spawn(Arc::clone(&licenses).run());
+    let config_audit = Arc::new(
+        crate::config_audit::ConfigAudit::open(
+            Arc::clone(&store),
+            Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn AuditSink>),
+        )
+        .map_err(|e| ServeError::Judgment(format!("configuration audit: {e}")))?,
+    );
     let (notify_stop_tx, notify_stop) = tokio::sync::oneshot::channel::<()>();
     let notify_task = tokio::spawn(Arc::clone(&notifier).run(async move {
         let _ = notify_stop.await;
@@ -241,6 +248,7 @@ pub async fn serve_with(
         judgment: Some(Arc::clone(&judgment)),
         audit: Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn crate::http::AuditReader>),
         licenses: Some(licenses),
+        config_audit: Some(config_audit),
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;

@@ -17,6 +17,8 @@ mod capacity;
 mod cli;
 #[path = "cmdbctl/client.rs"]
 mod client;
+#[path = "cmdbctl/config_audit.rs"]
+mod config_audit;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;
@@ -127,7 +129,10 @@ fn complain(msg: &str) {
 
 /// Commands with a CSV view (the report-style ones); the rest are table or JSON.
 fn supports_csv(cmd: &Command) -> bool {
-    matches!(cmd, Command::Capacity(_) | Command::Licenses(_))
+    matches!(
+        cmd,
+        Command::Capacity(_) | Command::Licenses(_) | Command::Audit(_)
+    )
 }
 
 fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
@@ -141,6 +146,9 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
     let api = Api::new(&s.base_url, &s.token)?;
     if let Command::Licenses(cmd) = &s.command {
         return licenses::run(&api, cmd, s.format, out);
+    }
+    if let Command::Audit(cmd) = &s.command {
+        return config_audit::run(&api, cmd, s.format, out);
     }
     let json = s.format == Format::Json;
     if let Some((req, view)) = judged {
@@ -222,7 +230,8 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
         | Command::Availability(_)
         | Command::Outages(_)
         | Command::AuditLog(_)
-        | Command::Licenses(_) => {}
+        | Command::Licenses(_)
+        | Command::Audit(_) => {}
     }
     Ok(())
 }

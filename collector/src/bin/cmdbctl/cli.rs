@@ -108,6 +108,9 @@ pub enum Command {
     /// Software licences: position, inventory, entitlements, rules, lists.
     #[command(subcommand)]
     Licenses(crate::licenses::LicensesCommand),
+    /// ISO/IEC 20000 configuration audit: register import, runs, reports, deficiencies.
+    #[command(subcommand)]
+    Audit(crate::config_audit::AuditCommand),
 }
 
 /// A page size of the judgment lists.
