@@ -1,7 +1,7 @@
 //! `cmdbctl audit …`: the configuration audit (register import, runs, reports, deficiency
 //! states). Tables by default; `--format json` prints the API's JSON; `--format csv` (for
-//! `show`) prints the run's deficiencies as the CSV report. `export` has its own
-//! `--format json|csv|html` and writes the server's report as it is.
+//! `show`) prints the run's deficiencies as the CSV report. `export` writes the server's
+//! report as it is: HTML by default, `--format json|csv` or `--as json|csv|html`.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -32,11 +32,13 @@ pub enum AuditCommand {
     Show { run: Option<String> },
     /// List the runs, newest first.
     Runs,
-    /// Download a run's report.
+    /// Download a run's report: HTML by default, JSON or CSV with the global
+    /// `--format json|csv` (or `--as json|csv|html`).
     Export {
         run: String,
-        #[arg(long, value_parser = ["json", "csv", "html"], default_value = "html")]
-        format: String,
+        /// The report's format (overrides `--format`).
+        #[arg(long = "as", value_name = "FORMAT", value_parser = ["json", "csv", "html"])]
+        report: Option<String>,
         /// Write to FILE instead of stdout.
         #[arg(short = 'o', long, value_name = "FILE")]
         output: Option<PathBuf>,
@@ -211,11 +213,17 @@ pub fn run(
         }
         AuditCommand::Export {
             run,
-            format,
+            report,
             output,
         } => {
+            let kind = match (report, format) {
+                (Some(r), _) => r.clone(),
+                (None, Format::Json) => "json".to_owned(),
+                (None, Format::Csv) => "csv".to_owned(),
+                (None, Format::Table) => "html".to_owned(),
+            };
             let path = format!("{}/report", run_path(run)?);
-            let bytes = api.get_raw(&path, &[("format", format.clone())])?;
+            let bytes = api.get_raw(&path, &[("format", kind)])?;
             match output {
                 Some(file) => std::fs::write(file, &bytes)
                     .map_err(|e| RunError::Usage(format!("{}: {e}", file.display())))?,
