@@ -81,9 +81,9 @@ fn register(hosts: usize, packages: usize) -> Vec<RegisterRow> {
 
 /// The live package CIs of host `h`: (key, version), with the planted deficiencies.
 fn live(h: usize, packages: usize) -> impl Iterator<Item = (String, String)> {
-    let skip0 = h % 1000 == 0;
-    let extra = h % 500 == 0;
-    let differ = h % 700 == 0;
+    let skip0 = h.is_multiple_of(1000);
+    let extra = h.is_multiple_of(500);
+    let differ = h.is_multiple_of(700);
     (0..packages)
         .filter(move |p| !(skip0 && *p == 0))
         .map(move |p| {
@@ -119,7 +119,7 @@ fn ci(host: &str, key: String, v: String) -> CiRecord {
 }
 
 fn expected(hosts: usize) -> (u64, u64, u64) {
-    let count = |m: usize| (0..hosts).filter(|h| h % m == 0).count() as u64;
+    let count = |m: usize| (0..hosts).filter(|h| h.is_multiple_of(m)).count() as u64;
     (count(1000), count(500), count(700))
 }
 

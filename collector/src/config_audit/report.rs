@@ -130,7 +130,7 @@ pub fn html(run: &Run) -> String {
         );
     }
     h.push_str("</table>\n");
-    let _ = write!(h, "<h2>Deficiencies ({})</h2>\n", run.deficiencies.len());
+    let _ = writeln!(h, "<h2>Deficiencies ({})</h2>", run.deficiencies.len());
     if i.truncated {
         let _ = writeln!(
             h,
