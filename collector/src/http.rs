@@ -40,6 +40,8 @@ use crate::telemetry::Telemetry;
 
 pub mod capacity;
 pub mod impact;
+
+pub mod config_audit;
 pub mod json;
 pub mod judgment;
 pub mod licenses;
@@ -108,6 +110,8 @@ pub struct ApiState {
     pub audit: Option<Arc<dyn AuditReader>>,
     /// The licence service; `None` answers its routes with 503.
     pub licenses: Option<Arc<crate::licenses::Licenses>>,
+    /// The configuration audit service; `None` answers its routes with 503.
+    pub config_audit: Option<Arc<crate::config_audit::ConfigAudit>>,
 }
 
 /// The bounds of the HTTP surface; [`Limits::default`] is what [`router`] uses.
@@ -151,6 +155,7 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .merge(capacity::routes())
         .merge(licenses::routes())
         .merge(impact::routes())
+        .merge(config_audit::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

@@ -14,6 +14,7 @@ pub mod capacity;
 pub mod changes;
 pub mod compliance;
 pub mod config;
+pub mod config_audit;
 pub mod console;
 pub mod correlate;
 pub mod drift;

@@ -208,6 +208,14 @@ pub async fn serve_with(
     // Derived host-to-host relations from observed connections (crate::host_links).
     let host_links_task =
         tokio::spawn(Arc::new(crate::host_links::HostLinks::new(Arc::clone(&store))).run());
+
+    let config_audit = Arc::new(
+        crate::config_audit::ConfigAudit::open(
+            Arc::clone(&store),
+            Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn AuditSink>),
+        )
+        .map_err(|e| ServeError::Judgment(format!("configuration audit: {e}")))?,
+    );
     let (notify_stop_tx, notify_stop) = tokio::sync::oneshot::channel::<()>();
     let notify_task = tokio::spawn(Arc::clone(&notifier).run(async move {
         let _ = notify_stop.await;
@@ -244,6 +252,7 @@ pub async fn serve_with(
         judgment: Some(Arc::clone(&judgment)),
         audit: Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn crate::http::AuditReader>),
         licenses: Some(licenses),
+        config_audit: Some(config_audit),
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;

@@ -19,6 +19,9 @@ mod cli;
 mod client;
 #[path = "cmdbctl/impact.rs"]
 mod impact;
+
+#[path = "cmdbctl/config_audit.rs"]
+mod config_audit;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;
@@ -131,7 +134,7 @@ fn complain(msg: &str) {
 fn supports_csv(cmd: &Command) -> bool {
     matches!(
         cmd,
-        Command::Capacity(_) | Command::Licenses(_) | Command::Impact(_)
+        Command::Capacity(_) | Command::Licenses(_) | Command::Impact(_) | Command::Audit(_)
     )
 }
 
@@ -146,6 +149,9 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
     let api = Api::new(&s.base_url, &s.token)?;
     if let Command::Licenses(cmd) = &s.command {
         return licenses::run(&api, cmd, s.format, out);
+    }
+    if let Command::Audit(cmd) = &s.command {
+        return config_audit::run(&api, cmd, s.format, out);
     }
     let json = s.format == Format::Json;
     if let Some((req, view)) = judged {
@@ -228,7 +234,8 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
         | Command::Availability(_)
         | Command::Outages(_)
         | Command::AuditLog(_)
-        | Command::Licenses(_) => {}
+        | Command::Licenses(_)
+        | Command::Audit(_) => {}
     }
     Ok(())
 }

@@ -445,6 +445,7 @@ fn app(dir: &FsPath) -> Router {
         judgment: None,
         audit: None,
         licenses: None,
+        config_audit: None,
     })
 }
 
@@ -701,6 +702,7 @@ fn full_app(dir: &FsPath) -> Router {
         crate::licenses::LicenseSettings::default(),
     )
     .unwrap();
+    let config_audit = crate::config_audit::ConfigAudit::open(Arc::clone(&store), None).unwrap();
     router(ApiState {
         store,
         auth: Arc::new(RoleTokens),
@@ -708,6 +710,7 @@ fn full_app(dir: &FsPath) -> Router {
         judgment: Some(judgment),
         audit: None,
         licenses: Some(Arc::new(licenses)),
+        config_audit: Some(Arc::new(config_audit)),
     })
 }
 

@@ -369,6 +369,7 @@ fn app_with(store: FakeStore) -> (Router, Arc<Telemetry>) {
         judgment: None,
         audit: None,
         licenses: None,
+        config_audit: None,
     };
     (router(state), telemetry)
 }
@@ -844,6 +845,7 @@ async fn slow_requests_time_out_and_queue_behind_the_limit() {
         judgment: None,
         audit: None,
         licenses: None,
+        config_audit: None,
     };
     let limits = Limits {
         max_concurrent_requests: 1,

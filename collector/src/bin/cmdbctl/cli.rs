@@ -110,6 +110,10 @@ pub enum Command {
     Licenses(crate::licenses::LicensesCommand),
     /// The impact set of a CI: what is affected if it fails, what it depends on.
     Impact(crate::impact::ImpactArgs),
+
+    /// ISO/IEC 20000 configuration audit: register import, runs, reports, deficiencies.
+    #[command(subcommand)]
+    Audit(crate::config_audit::AuditCommand),
 }
 
 /// A page size of the judgment lists.

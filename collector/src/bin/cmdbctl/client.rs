@@ -160,6 +160,50 @@ impl Api {
     }
 }
 
+impl Api {
+    /// GET `path` with `query`; the raw body of a successful answer (reports that are not
+    /// JSON: CSV, HTML).
+    pub fn get_raw(&self, path: &str, query: &[(&str, String)]) -> Result<Vec<u8>, ClientError> {
+        let url = format!("{}{path}", self.base_url);
+        let resp = self
+            .http
+            .get(&url)
+            .query(query)
+            .bearer_auth(&self.token)
+            .send()
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                reason: chain(&e),
+            })?;
+        let status = resp.status();
+        let mut body = Vec::new();
+        resp.take(MAX_RESPONSE_BYTES + 1)
+            .read_to_end(&mut body)
+            .map_err(|e| ClientError::Transport {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        if body.len() as u64 > MAX_RESPONSE_BYTES {
+            return Err(ClientError::TooLarge { url });
+        }
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+                Ok(e) => ClientError::Api {
+                    status: status.as_u16(),
+                    code: e.error.code,
+                    message: e.error.message,
+                },
+                Err(_) => ClientError::Http {
+                    status: status.as_u16(),
+                    url,
+                    snippet: snippet(&body),
+                },
+            });
+        }
+        Ok(body)
+    }
+}
+
 /// An error's causes, "a: b: c". reqwest's own top-level message only repeats the URL, so
 /// it is used only when there is no cause.
 fn chain(e: &dyn std::error::Error) -> String {

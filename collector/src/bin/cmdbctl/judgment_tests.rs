@@ -1306,6 +1306,7 @@ fn engine_server() -> Server {
         judgment: Some(Arc::new(judgment)),
         audit: None,
         licenses: None,
+        config_audit: None,
     }))
 }
 

@@ -247,6 +247,7 @@ impl Server {
             judgment: None,
             audit: None,
             licenses: None,
+            config_audit: None,
         }))
     }
 

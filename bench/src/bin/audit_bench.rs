@@ -1,0 +1,333 @@
+//! Configuration audit throughput: the figures behind "audit of 10 000 hosts × 800
+//! packages against a register of the same size ≤ 5 s" (docs/BENCHMARKS.md).
+//!
+//! Two measurements, medians of `--runs` runs:
+//! 1. **compute**: [`Auditor`] over a register of `--hosts` × `--packages` rows (one
+//!    expected attribute each, hosts named by hostname) and as many live package CIs,
+//!    generated in memory and streamed one by one (never all held). Reported with and
+//!    without the cost of generating the CIs (a pass that only generates them), so the
+//!    audit's own cost is the difference. Planted: every 1000th host lacks one registered
+//!    package (missing), every 500th has one extra (unregistered), every 700th has one
+//!    version differing (mismatched); the counts are checked against the result.
+//! 2. **store scan**: a full `ConfigAudit::run_audit` against the real sled store holding
+//!    `--scan-hosts` × `--packages` package CIs, i.e. store read + decode + audit +
+//!    storing the run; reported per CI and extrapolated to the full fleet.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use cmdb_collector::config_audit::ConfigAudit;
+use cmdb_collector::config_audit::engine::{Auditor, Hosts};
+use cmdb_collector::config_audit::register::RegisterRow;
+use cmdb_collector::judgment::Actor;
+use cmdb_collector::store::sled::SledStore;
+use cmdb_collector::store::{AgentRecord, CiRecord, CiState, Store};
+use cmdb_proto::convert::timestamp_from_system;
+use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
+use cmdb_proto::v1::{self, event};
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value_t = 10_000)]
+    hosts: usize,
+    #[arg(long, default_value_t = 800)]
+    packages: usize,
+    /// Hosts written to the sled store for the scan measurement (0: skip it).
+    #[arg(long, default_value_t = 100)]
+    scan_hosts: usize,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+fn host_id(h: usize) -> String {
+    format!("host-{h:016x}")
+}
+
+fn hostname(h: usize) -> String {
+    format!("node{h:05}")
+}
+
+fn key(p: usize) -> String {
+    format!("dpkg:pkg-{p:04}:amd64")
+}
+
+fn version(h: usize) -> String {
+    format!("1.{}.0", h % 4)
+}
+
+fn register(hosts: usize, packages: usize) -> Vec<RegisterRow> {
+    let mut rows = Vec::with_capacity(hosts * packages);
+    for h in 0..hosts {
+        let name = hostname(h);
+        for p in 0..packages {
+            rows.push(RegisterRow {
+                class: "package".into(),
+                key: key(p),
+                host: name.clone(),
+                attributes: BTreeMap::from([(
+                    "version".to_owned(),
+                    serde_json::Value::String(version(h)),
+                )]),
+            });
+        }
+    }
+    rows
+}
+
+/// The live package CIs of host `h`: (key, version), with the planted deficiencies.
+fn live(h: usize, packages: usize) -> impl Iterator<Item = (String, String)> {
+    let skip0 = h.is_multiple_of(1000);
+    let extra = h.is_multiple_of(500);
+    let differ = h.is_multiple_of(700);
+    (0..packages)
+        .filter(move |p| !(skip0 && *p == 0))
+        .map(move |p| {
+            let v = if differ && p == 1 {
+                "9.9.9".to_owned()
+            } else {
+                version(h)
+            };
+            (key(p), v)
+        })
+        .chain(extra.then(|| ("dpkg:extra-tool:amd64".to_owned(), version(h))))
+}
+
+fn ci(host: &str, key: String, v: String) -> CiRecord {
+    let mut attrs = Attrs::new();
+    attrs.insert("name".into(), AttrValue::Str(key.clone()));
+    attrs.insert("version".into(), AttrValue::Str(v));
+    attrs.insert("arch".into(), AttrValue::Str("amd64".into()));
+    CiRecord {
+        id: cmdb_collector::store::ci_id(host, "package", &key),
+        host_id: host.to_owned(),
+        class: "package".into(),
+        key,
+        state: CiState::Present,
+        attrs,
+        version: 1,
+        first_seen: SystemTime::UNIX_EPOCH,
+        last_seen: SystemTime::UNIX_EPOCH,
+        last_changed: SystemTime::UNIX_EPOCH,
+        source_agent: "agt-bench".into(),
+        source_seq: 1,
+    }
+}
+
+fn expected(hosts: usize) -> (u64, u64, u64) {
+    let count = |m: usize| (0..hosts).filter(|h| h.is_multiple_of(m)).count() as u64;
+    (count(1000), count(500), count(700))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn populate(store: &SledStore, hosts: usize, packages: usize) -> Result<()> {
+    let now = SystemTime::now();
+    for h in 0..hosts {
+        let agent = format!("agt-{h:08}");
+        let instance = format!("inst-{h:08}");
+        let identity = HostIdentity {
+            hostname: Some(hostname(h)),
+            fqdn: None,
+            machine_id: Some(format!("{h:032x}")),
+            product_uuid: None,
+            serial_number: None,
+            board_serial: None,
+            cloud_instance_id: None,
+            macs: vec![],
+        };
+        store.put_agent(&AgentRecord::new(
+            &agent,
+            &instance,
+            "bench",
+            identity.clone(),
+            now,
+        ))?;
+        store.identify(&agent, &instance, &identity, now)?;
+        let items: Vec<v1::Item> = live(h, packages)
+            .map(|(k, v)| {
+                let mut attrs = Attrs::new();
+                attrs.insert("version".into(), AttrValue::Str(v));
+                v1::Item {
+                    class: "package".into(),
+                    key: k,
+                    attrs: cmdb_proto::convert::attrs_to_proto(&attrs),
+                }
+            })
+            .collect();
+        let n = items.len() as u64;
+        let snapshot = v1::Snapshot {
+            inventory: Some(v1::Inventory {
+                schema: "cmdb.inventory/v1".into(),
+                collected_at: Some(timestamp_from_system(now)),
+                agent: Some(v1::AgentInfo {
+                    version: "bench".into(),
+                    instance_id: instance.clone(),
+                }),
+                host: Some(v1::HostIdentity {
+                    hostname: identity.hostname.clone(),
+                    fqdn: None,
+                    machine_id: identity.machine_id.clone(),
+                    product_uuid: None,
+                    serial_number: None,
+                    board_serial: None,
+                    cloud_instance_id: None,
+                    macs: vec![],
+                }),
+                collectors: vec![v1::CollectorStatus {
+                    name: "dpkg".into(),
+                    state: v1::CollectorState::Ok as i32,
+                    duration_ms: 1,
+                    items: n,
+                    message: None,
+                    classes: vec!["package".into()],
+                }],
+                items,
+                relations: vec![],
+            }),
+            content_hash: vec![0; 32],
+        };
+        let ev = v1::Event {
+            seq: 1,
+            observed_at: Some(timestamp_from_system(now)),
+            kind: Some(event::Kind::Snapshot(snapshot)),
+        };
+        let out = store.apply(&agent, &[ev])?;
+        anyhow::ensure!(out.rejected == 0, "snapshot of host {h} rejected");
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let runs = args.runs.max(1);
+    let n = args.hosts * args.packages;
+    println!(
+        "audit-bench: {} hosts x {} packages = {n} register rows and live CIs, {runs} runs",
+        args.hosts, args.packages
+    );
+    let t = Instant::now();
+    let rows = register(args.hosts, args.packages);
+    println!("  register generated in {:.1} s", t.elapsed().as_secs_f64());
+    let mut hosts = Hosts::default();
+    for h in 0..args.hosts {
+        hosts.add(&host_id(h), Some(&hostname(h)));
+    }
+    let (want_missing, want_unreg, want_mismatch) = expected(args.hosts);
+
+    let mut gens = Vec::new();
+    let mut audits = Vec::new();
+    for run in 0..runs {
+        // Generation only.
+        let t = Instant::now();
+        let mut sink = 0usize;
+        for h in 0..args.hosts {
+            let host = host_id(h);
+            for (k, v) in live(h, args.packages) {
+                let c = ci(&host, k, v);
+                sink = sink.wrapping_add(c.key.len());
+            }
+        }
+        let g = t.elapsed();
+        std::hint::black_box(sink);
+        // Index + generation + observe + finish.
+        let t = Instant::now();
+        let mut a = Auditor::new(&rows, &hosts, SystemTime::UNIX_EPOCH);
+        let built = t.elapsed();
+        for h in 0..args.hosts {
+            let host = host_id(h);
+            for (k, v) in live(h, args.packages) {
+                a.observe(&ci(&host, k, v));
+            }
+        }
+        let out = a.finish();
+        let d = t.elapsed();
+        let s = &out.summary;
+        anyhow::ensure!(
+            (s.missing, s.unregistered, s.mismatched) == (want_missing, want_unreg, want_mismatch),
+            "wrong answer: {s:?}, want missing {want_missing}, unregistered {want_unreg}, \
+             mismatched {want_mismatch}"
+        );
+        println!(
+            "  run {run}: audit {:.0} ms (index {:.0} ms) incl. CI generation {:.0} ms \
+             => audit alone {:.0} ms; {} deficiencies",
+            ms(d),
+            ms(built),
+            ms(g),
+            ms(d.saturating_sub(g)),
+            out.found.len()
+        );
+        gens.push(g);
+        audits.push(d);
+    }
+    let (a, g) = (median(audits), median(gens));
+    println!(
+        "median: audit {:.0} ms incl. generating the CIs ({:.0} ms), {:.0} ms without",
+        ms(a),
+        ms(g),
+        ms(a.saturating_sub(g))
+    );
+
+    if args.scan_hosts > 0 {
+        let dir = std::env::temp_dir().join(format!("audit-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).context("temp dir")?;
+        let store = Arc::new(SledStore::open(&dir.join("store"), 256 * 1024 * 1024)?);
+        let t = Instant::now();
+        populate(&store, args.scan_hosts, args.packages)?;
+        println!(
+            "  sled: {} hosts x {} packages written in {:.1} s",
+            args.scan_hosts,
+            args.packages,
+            t.elapsed().as_secs_f64()
+        );
+        let svc = ConfigAudit::open(store.clone() as Arc<dyn Store>, None)?;
+        let actor = Actor {
+            name: "bench".into(),
+            role: "admin".into(),
+        };
+        svc.import(
+            &actor,
+            register(args.scan_hosts, args.packages),
+            SystemTime::now(),
+        )?;
+        let mut scans = Vec::new();
+        let mut cis = 0;
+        for run in 0..runs {
+            let t = Instant::now();
+            let info = svc.run_audit(&actor, Some(0), SystemTime::now())?;
+            let d = t.elapsed();
+            cis = info.summary.live + info.summary.missing;
+            println!(
+                "  store run {run}: {:.0} ms for {} live CIs ({} deficiencies)",
+                ms(d),
+                info.summary.live,
+                info.deficiencies_total
+            );
+            scans.push(d);
+        }
+        let d = median(scans);
+        let per = d.as_secs_f64() / cis.max(1) as f64;
+        println!(
+            "median: store audit {:.0} ms = {:.2} µs per CI => {:.1} s extrapolated to {n} CIs",
+            ms(d),
+            per * 1e6,
+            per * n as f64
+        );
+        drop(svc);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}

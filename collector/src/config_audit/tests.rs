@@ -1,0 +1,692 @@
+//! The audit against a planted register with known missing, unregistered and mismatched
+//! CIs; imports refused with row numbers and nothing committed; state transitions;
+//! persistence; the compliance contract.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
+use cmdb_proto::v1;
+
+use super::*;
+use crate::store::memory::MemoryRecords;
+use crate::store::{
+    AgentRecord, ApplyOutcome, CiRecord, CiState, CiVersion, CloneRecord, FeedEntry, FeedPos,
+    HostId, MetricRecord, RelationRecord,
+};
+
+/// Records in memory plus a fixed set of agents and CIs.
+#[derive(Default)]
+struct Fake {
+    rec: MemoryRecords,
+    agents: Vec<AgentRecord>,
+    cis: Vec<CiRecord>,
+}
+
+impl Store for Fake {
+    fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        Ok(self.agents.iter().find(|a| a.agent_id == id).cloned())
+    }
+    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        Ok(self.agents.clone())
+    }
+    fn put_agent(&self, r: &AgentRecord) -> Result<(), StoreError> {
+        self.rec.put_agent(r)
+    }
+    fn identify(
+        &self,
+        a: &str,
+        b: &str,
+        c: &HostIdentity,
+        d: SystemTime,
+    ) -> Result<HostId, StoreError> {
+        self.rec.identify(a, b, c, d)
+    }
+    fn apply(&self, a: &str, e: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
+        self.rec.apply(a, e)
+    }
+    fn ci(&self, id: &str) -> Result<Option<CiRecord>, StoreError> {
+        Ok(self.cis.iter().find(|c| c.id == id).cloned())
+    }
+    fn ci_versions(&self, id: &str) -> Result<Vec<CiVersion>, StoreError> {
+        self.rec.ci_versions(id)
+    }
+    fn cis(&self, f: &CiFilter) -> Result<Vec<CiRecord>, StoreError> {
+        let mut v: Vec<CiRecord> = self
+            .cis
+            .iter()
+            .filter(|c| f.class.as_ref().is_none_or(|k| *k == c.class))
+            .filter(|c| f.include_absent || c.state == CiState::Present)
+            .filter(|c| f.after.as_ref().is_none_or(|a| c.id > *a))
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v.truncate(f.limit);
+        Ok(v)
+    }
+    fn relations_of(&self, id: &str) -> Result<Vec<RelationRecord>, StoreError> {
+        self.rec.relations_of(id)
+    }
+    fn metrics(
+        &self,
+        h: &str,
+        a: SystemTime,
+        b: SystemTime,
+    ) -> Result<Vec<MetricRecord>, StoreError> {
+        self.rec.metrics(h, a, b)
+    }
+    fn clones(&self) -> Result<Vec<CloneRecord>, StoreError> {
+        self.rec.clones()
+    }
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+    fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn feed(&self, a: Option<&FeedPos>, l: usize) -> Result<Vec<FeedEntry>, StoreError> {
+        self.rec.feed(a, l)
+    }
+    fn record(&self, c: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.rec.record(c, id)
+    }
+    fn records(
+        &self,
+        c: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        self.rec.records(c, after, limit)
+    }
+    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
+        self.rec.write_records(ops)
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    entries: Mutex<Vec<String>>,
+    refuse: bool,
+}
+
+impl AuditSink for Log {
+    fn append(
+        &self,
+        _: &Actor,
+        action: &str,
+        _: &str,
+        _: Option<&str>,
+        _: serde_json::Value,
+    ) -> Result<(), String> {
+        if self.refuse {
+            return Err("disk full".into());
+        }
+        self.entries.lock().unwrap().push(action.to_owned());
+        Ok(())
+    }
+}
+
+fn auditor() -> Actor {
+    Actor {
+        name: "ann".into(),
+        role: "auditor".into(),
+    }
+}
+
+fn t(secs: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+const NOW: u64 = 1_800_000_000;
+const DAY: u64 = 86_400;
+
+fn agent(n: u32, host: &str, name: &str) -> AgentRecord {
+    let mut a = AgentRecord::new(&format!("agt-{n}"), "i", "1", HostIdentity::default(), t(0));
+    a.host_id = Some(host.to_owned());
+    a.hostname = Some(name.to_owned());
+    a
+}
+
+fn ci(host: &str, class: &str, key: &str, attrs: &[(&str, AttrValue)]) -> CiRecord {
+    CiRecord {
+        id: crate::store::ci_id(host, class, key),
+        host_id: host.to_owned(),
+        class: class.to_owned(),
+        key: key.to_owned(),
+        state: CiState::Present,
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.clone()))
+            .collect::<Attrs>(),
+        version: 1,
+        first_seen: t(NOW - 10 * DAY),
+        last_seen: t(NOW - DAY),
+        last_changed: t(NOW - 10 * DAY),
+        source_agent: "agt-1".into(),
+        source_seq: 1,
+    }
+}
+
+fn s(v: &str) -> AttrValue {
+    AttrValue::Str(v.into())
+}
+
+const H1: &str = "host-0000000000000001";
+const H2: &str = "host-0000000000000002";
+const H3: &str = "host-0000000000000003";
+
+/// Two audited hosts (web-01 by name, db-01 by id) and one outside the register (H3).
+fn planted() -> Fake {
+    let mut absent_recent = ci(H1, "package", "curl", &[("version", s("8.0"))]);
+    absent_recent.state = CiState::Absent;
+    absent_recent.last_seen = t(NOW - 2 * DAY);
+    let mut absent_old = ci(H2, "package", "vim", &[("version", s("9.0"))]);
+    absent_old.state = CiState::Absent;
+    absent_old.last_seen = t(NOW - 30 * DAY);
+    Fake {
+        rec: MemoryRecords::default(),
+        agents: vec![
+            agent(1, H1, "web-01"),
+            agent(2, H2, "db-01"),
+            agent(3, H3, "x-01"),
+        ],
+        cis: vec![
+            // healthy
+            ci(
+                H1,
+                "package",
+                "nginx",
+                &[("version", s("1.24")), ("arch", s("amd64"))],
+            ),
+            // mismatched version (string vs string)
+            ci(
+                H1,
+                "package",
+                "openssl",
+                &[("version", s("3.0.2")), ("arch", s("amd64"))],
+            ),
+            // unregistered on an audited host
+            ci(H1, "package", "netcat", &[("version", s("1.0"))]),
+            // absent two days ago: within the 7-day grace, healthy
+            absent_recent,
+            // absent 30 days: missing
+            absent_old,
+            // numeric attribute compared with a CSV string: healthy; with a wrong number:
+            // mismatched
+            ci(H2, "cpu", "0", &[("cores", AttrValue::Int(8))]),
+            ci(H2, "cpu", "1", &[("cores", AttrValue::Int(4))]),
+            // unregistered package on the host outside the register: out of scope
+            ci(H3, "package", "nginx", &[("version", s("1.24"))]),
+            // class outside the register: ignored
+            ci(H1, "user", "root", &[]),
+        ],
+    }
+}
+
+const REGISTER_CSV: &str = "class,key,host,attr.version,attr.arch,attr.cores\n\
+package,nginx,web-01,1.24,amd64,\n\
+package,openssl,WEB-01,3.0.7,amd64,\n\
+package,curl,web-01,8.0,,\n\
+package,vim,host-0000000000000002,9.0,,\n\
+package,postgresql,db-01,16,,\n\
+cpu,0,db-01,,,8\n\
+cpu,1,db-01,,,6\n\
+package,nginx,ghost-01,,,\n";
+
+fn open(store: Arc<Fake>, log: Option<Arc<Log>>) -> ConfigAudit {
+    ConfigAudit::open(store, log.map(|l| l as Arc<dyn AuditSink>)).unwrap()
+}
+
+fn triples(run: &Run, kind: Kind) -> Vec<(String, String, String, Option<String>)> {
+    run.deficiencies
+        .iter()
+        .filter(|d| d.kind == kind)
+        .map(|d| {
+            (
+                d.class.clone(),
+                d.host.clone(),
+                d.key.clone(),
+                d.attribute.clone(),
+            )
+        })
+        .collect()
+}
+
+fn q(c: &str, h: &str, k: &str, a: Option<&str>) -> (String, String, String, Option<String>) {
+    (c.into(), h.into(), k.into(), a.map(str::to_owned))
+}
+
+#[test]
+fn planted_register_gives_exactly_the_planted_deficiencies() {
+    let store = Arc::new(planted());
+    let log = Arc::new(Log::default());
+    let a = open(store.clone(), Some(log.clone()));
+    let rows = register::parse_csv(REGISTER_CSV.as_bytes()).unwrap();
+    assert_eq!(a.import(&auditor(), rows, t(NOW)).unwrap(), 8);
+    let info = a.run_audit(&auditor(), None, t(NOW)).unwrap();
+    let run = a.run(&info.id).unwrap();
+    assert_eq!(
+        triples(&run, Kind::Missing),
+        vec![
+            q("package", "db-01", "postgresql", None),
+            q("package", "ghost-01", "nginx", None),
+            q("package", "host-0000000000000002", "vim", None),
+        ]
+    );
+    assert_eq!(
+        triples(&run, Kind::Unregistered),
+        vec![q("package", "web-01", "netcat", None)]
+    );
+    assert_eq!(
+        triples(&run, Kind::Mismatched),
+        vec![
+            q("cpu", "db-01", "1", Some("cores")),
+            q("package", "WEB-01", "openssl", Some("version")),
+        ]
+    );
+    let m = run
+        .deficiencies
+        .iter()
+        .find(|d| d.key == "openssl")
+        .unwrap();
+    assert_eq!(m.expected.as_deref(), Some("3.0.7"));
+    assert_eq!(m.actual.as_deref(), Some("3.0.2"));
+    assert_eq!(
+        m.ci_id.as_deref(),
+        Some(crate::store::ci_id(H1, "package", "openssl").as_str())
+    );
+    assert_eq!(
+        info.summary,
+        Summary {
+            registered: 8,
+            // nginx, openssl, netcat on web-01; cpu 0 and 1 on db-01 (curl is absent)
+            live: 5,
+            missing: 3,
+            unregistered: 1,
+            mismatched: 2,
+        }
+    );
+    assert_eq!(
+        info.classes,
+        vec![
+            ClassCount {
+                class: "cpu".into(),
+                registered: 2,
+                healthy: 1,
+                unregistered: 0
+            },
+            ClassCount {
+                class: "package".into(),
+                registered: 6,
+                healthy: 2,
+                unregistered: 1
+            },
+        ]
+    );
+    // Ids follow the sorted order.
+    let ids: Vec<&str> = run.deficiencies.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "d-000001", "d-000002", "d-000003", "d-000004", "d-000005", "d-000006"
+        ]
+    );
+    assert!(run.deficiencies.iter().all(|d| d.state == DefState::Open));
+    assert_eq!(
+        *log.entries.lock().unwrap(),
+        ["audit.register.import", "audit.run"]
+    );
+
+    // With no grace the recently absent curl is missing too.
+    let strict = a.run_audit(&auditor(), Some(0), t(NOW)).unwrap();
+    assert_eq!(strict.summary.missing, 4);
+    assert_eq!(strict.id, "run-000002");
+}
+
+#[test]
+fn compliance_follows_the_contract() {
+    let store = Arc::new(planted());
+    let a = open(store, None);
+    assert_eq!(ComplianceSource::latest(&a).unwrap(), None);
+    a.import(
+        &auditor(),
+        register::parse_csv(REGISTER_CSV.as_bytes()).unwrap(),
+        t(NOW),
+    )
+    .unwrap();
+    let info = a.run_audit(&auditor(), None, t(NOW)).unwrap();
+    let r = ComplianceSource::latest(&a).unwrap().unwrap();
+    assert_eq!(r.run_id, info.id);
+    assert_eq!(
+        r.classes,
+        vec![
+            ComplianceRow {
+                class: "cpu".into(),
+                healthy: 1,
+                total: 2
+            },
+            ComplianceRow {
+                class: "package".into(),
+                healthy: 2,
+                total: 7
+            },
+        ]
+    );
+    let mut reasons: Vec<(String, String)> = r
+        .failing
+        .iter()
+        .map(|f| (f.key.clone(), f.reason.clone()))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        vec![
+            ("1".to_owned(), "mismatched: cores".to_owned()),
+            ("netcat".into(), "unregistered".into()),
+            ("nginx".into(), "missing".into()),
+            ("openssl".into(), "mismatched: version".into()),
+            ("postgresql".into(), "missing".into()),
+            ("vim".into(), "missing".into()),
+        ]
+    );
+    let vim = r.failing.iter().find(|f| f.key == "vim").unwrap();
+    assert_eq!(vim.host_id.as_deref(), Some(H2));
+    assert_eq!(vim.ci_id, None);
+}
+
+#[test]
+fn several_mismatched_attributes_are_one_failing_item() {
+    let mut store = planted();
+    store.cis.push(ci(
+        H1,
+        "service",
+        "sshd",
+        &[("state", s("stopped")), ("enabled", AttrValue::Bool(false))],
+    ));
+    let a = open(Arc::new(store), None);
+    let rows = register::parse_json(
+        br#"[{"class":"service","key":"sshd","host":"web-01",
+              "attributes":{"state":"running","enabled":true}}]"#,
+    )
+    .unwrap();
+    a.import(&auditor(), rows, t(NOW)).unwrap();
+    let info = a.run_audit(&auditor(), None, t(NOW)).unwrap();
+    assert_eq!(info.summary.mismatched, 1);
+    assert_eq!(info.deficiencies_total, 2);
+    let r = a.compliance().unwrap().unwrap();
+    assert_eq!(r.failing.len(), 1);
+    assert_eq!(r.failing[0].reason, "mismatched: enabled, state");
+}
+
+#[test]
+fn states_move_forward_only_and_persist() {
+    let store = Arc::new(planted());
+    let a = open(store.clone(), None);
+    a.import(
+        &auditor(),
+        register::parse_csv(REGISTER_CSV.as_bytes()).unwrap(),
+        t(NOW),
+    )
+    .unwrap();
+    let run = a.run_audit(&auditor(), None, t(NOW)).unwrap().id;
+    let d = a
+        .set_state(
+            &auditor(),
+            &run,
+            "d-000002",
+            DefState::ActionTaken,
+            Some("ticket 42".into()),
+            t(NOW + 60),
+        )
+        .unwrap();
+    assert_eq!(d.state, DefState::ActionTaken);
+    assert_eq!(d.note, "ticket 42");
+    assert_eq!(d.updated_by.as_deref(), Some("ann"));
+    assert!(matches!(
+        a.set_state(
+            &auditor(),
+            &run,
+            "d-000002",
+            DefState::ActionTaken,
+            None,
+            t(NOW)
+        ),
+        Err(AuditError::Conflict(_))
+    ));
+    a.set_state(
+        &auditor(),
+        &run,
+        "d-000002",
+        DefState::Verified,
+        None,
+        t(NOW + 120),
+    )
+    .unwrap();
+    assert!(matches!(
+        a.set_state(
+            &auditor(),
+            &run,
+            "d-000002",
+            DefState::ActionTaken,
+            None,
+            t(NOW)
+        ),
+        Err(AuditError::Conflict(_))
+    ));
+    assert!(matches!(
+        a.set_state(&auditor(), &run, "d-000002", DefState::Open, None, t(NOW)),
+        Err(AuditError::Conflict(_))
+    ));
+    assert!(matches!(
+        a.set_state(
+            &auditor(),
+            &run,
+            "d-000099",
+            DefState::Verified,
+            None,
+            t(NOW)
+        ),
+        Err(AuditError::NotFound(_))
+    ));
+    assert!(matches!(
+        a.set_state(
+            &auditor(),
+            "run-000042",
+            "d-000001",
+            DefState::Verified,
+            None,
+            t(NOW)
+        ),
+        Err(AuditError::NotFound(_))
+    ));
+    // Open straight to verified is forward too.
+    a.set_state(
+        &auditor(),
+        &run,
+        "d-000001",
+        DefState::Verified,
+        None,
+        t(NOW),
+    )
+    .unwrap();
+    // Everything survives a reopen.
+    let again = open(store, None);
+    assert_eq!(again.register().0.rows, 8);
+    let r = again.run(&run).unwrap();
+    assert_eq!(r.deficiencies[1].state, DefState::Verified);
+    assert_eq!(r.deficiencies[1].note, "ticket 42");
+    assert_eq!(r.deficiencies[0].state, DefState::Verified);
+    assert_eq!(r.deficiencies[2].state, DefState::Open);
+    assert_eq!(again.runs().len(), 1);
+}
+
+#[test]
+fn bad_imports_name_rows_and_commit_nothing() {
+    let store = Arc::new(planted());
+    let a = open(store.clone(), None);
+    a.import(
+        &auditor(),
+        register::parse_csv(REGISTER_CSV.as_bytes()).unwrap(),
+        t(NOW),
+    )
+    .unwrap();
+    let before = store.rec.all(REGISTER);
+
+    // Unknown column.
+    let e = register::parse_csv(b"class,key,host,colour\npackage,a,h,red\n").unwrap_err();
+    assert_eq!(e.errors[0].row, 1);
+    assert!(
+        e.errors[0].reason.contains("unknown column \"colour\""),
+        "{e}"
+    );
+    // Missing required column.
+    let e = register::parse_csv(b"class,key\npackage,a\n").unwrap_err();
+    assert!(e.to_string().contains("required column \"host\""), "{e}");
+    // Malformed row, empty field, duplicate key: each with its line number.
+    let e = register::parse_csv(
+        b"class,key,host\npackage,a,h\npackage,b\npackage,,h\npackage,a,h\npackage,c,h\n",
+    )
+    .unwrap_err();
+    let rows: Vec<(usize, &str)> = e
+        .errors
+        .iter()
+        .map(|r| (r.row, r.reason.as_str()))
+        .collect();
+    assert_eq!(rows.len(), 3, "{e}");
+    assert_eq!(rows[0].0, 3);
+    assert!(rows[0].1.contains("2 fields where the header has 3"), "{e}");
+    assert_eq!(rows[1], (4, "key is empty"));
+    assert_eq!(rows[2].0, 5);
+    assert!(
+        rows[2].1.contains("duplicate") && rows[2].1.contains("row 2"),
+        "{e}"
+    );
+    // JSON: wrong types, unknown fields, non-objects.
+    let e = register::parse_json(
+        br#"[{"class":"package","key":"a","host":"h"},
+             {"class":"package","key":"b","host":"h","attributes":{"v":[1]}},
+             {"class":5,"key":"c","host":"h"},
+             {"class":"package","key":"d","host":"h","colour":"red"},
+             "row"]"#,
+    )
+    .unwrap_err();
+    let rows: Vec<usize> = e.errors.iter().map(|r| r.row).collect();
+    assert_eq!(rows, [2, 3, 4, 5], "{e}");
+    assert!(e.errors[0].reason.contains("an array"), "{e}");
+    assert!(e.errors[2].reason.contains("colour"), "{e}");
+    let e = register::parse_json(b"{\"rows\": 1}").unwrap_err();
+    assert_eq!(e.errors[0].row, 0);
+
+    // A refused audit entry changes nothing either.
+    let refusing = ConfigAudit::open(
+        store.clone(),
+        Some(Arc::new(Log {
+            refuse: true,
+            ..Log::default()
+        })),
+    )
+    .unwrap();
+    let rows = register::parse_csv(b"class,key,host\npackage,zzz,web-01\n").unwrap();
+    assert!(matches!(
+        refusing.import(&auditor(), rows, t(NOW)),
+        Err(AuditError::Audit(_))
+    ));
+    assert_eq!(store.rec.all(REGISTER), before);
+    assert_eq!(refusing.register().0.rows, 8);
+}
+
+#[test]
+fn a_large_register_is_chunked_and_replaced_whole() {
+    let store = Arc::new(Fake::default());
+    let a = open(store.clone(), None);
+    let big: Vec<RegisterRow> = (0..60_000)
+        .map(|i| RegisterRow {
+            class: "package".into(),
+            key: format!("pkg-{i:06}-{}", "x".repeat(120)),
+            host: "web-01".into(),
+            attributes: BTreeMap::from([("version".to_owned(), serde_json::json!("1.0"))]),
+        })
+        .collect();
+    a.import(&auditor(), big.clone(), t(NOW)).unwrap();
+    let chunks = a.register().0.chunks;
+    assert!(chunks >= 2, "{chunks}");
+    let again = open(store.clone(), None);
+    assert_eq!(*again.register().1, big);
+    // A smaller import removes the surplus chunks.
+    a.import(&auditor(), big[..3].to_vec(), t(NOW)).unwrap();
+    assert_eq!(store.rec.all(REGISTER).len(), 2);
+    assert_eq!(open(store, None).register().1.len(), 3);
+}
+
+#[test]
+fn reports_escape_and_defuse() {
+    let mut store = planted();
+    store.cis.push(ci(
+        H1,
+        "file",
+        "<script>alert(1)</script>",
+        &[("mode", s("=cmd|' /C calc'!A0"))],
+    ));
+    let a = open(Arc::new(store), None);
+    let rows = register::parse_json(
+        br#"[{"class":"file","key":"<script>alert(1)</script>","host":"web-01","attributes":{"mode":"0644"}}]"#,
+    )
+    .unwrap();
+    a.import(&auditor(), rows, t(NOW)).unwrap();
+    let id = a.run_audit(&auditor(), None, t(NOW)).unwrap().id;
+    let run = a.run(&id).unwrap();
+    let html = report::html(&run);
+    assert!(!html.contains("<script>"));
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("src="));
+    let csv = String::from_utf8(report::csv(&run).unwrap()).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), report::CSV_COLUMNS.join(","));
+    let row = lines.next().unwrap();
+    assert!(row.contains("mismatched") && row.contains("'=cmd"), "{row}");
+}
+
+#[test]
+fn attribute_comparison() {
+    use engine::matches;
+    use serde_json::json;
+    assert!(matches(&json!("8"), Some(&AttrValue::Int(8))));
+    assert!(!matches(&json!("8.5"), Some(&AttrValue::Int(8))));
+    assert!(matches(&json!(8), Some(&AttrValue::Int(8))));
+    assert!(matches(&json!(2.5), Some(&AttrValue::Float(2.5))));
+    assert!(matches(&json!("true"), Some(&AttrValue::Bool(true))));
+    assert!(matches(&json!(true), Some(&AttrValue::Bool(true))));
+    assert!(!matches(&json!(true), Some(&AttrValue::Bool(false))));
+    assert!(matches(&json!("a"), Some(&s("a"))));
+    assert!(!matches(&json!("a"), Some(&s("A"))));
+    assert!(!matches(&json!("a"), None));
+}
+
+mod prop {
+    use proptest::prelude::*;
+
+    use super::register;
+
+    proptest! {
+        #[test]
+        fn csv_parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = register::parse_csv(&data);
+        }
+
+        #[test]
+        fn csv_parser_never_panics_on_csv_like_text(
+            lines in proptest::collection::vec("[a-z.,\"\\n ]{0,40}", 0..12)
+        ) {
+            let text = format!("class,key,host,attr.v\n{}", lines.join("\n"));
+            let _ = register::parse_csv(text.as_bytes());
+        }
+
+        #[test]
+        fn json_parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = register::parse_json(&data);
+        }
+    }
+}
