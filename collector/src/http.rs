@@ -39,6 +39,8 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::Telemetry;
 
 pub mod capacity;
+pub mod cmdb_health;
+pub mod fleet;
 pub mod json;
 pub mod judgment;
 pub mod licenses;
@@ -105,6 +107,10 @@ pub struct ApiState {
     pub audit: Option<Arc<dyn AuditReader>>,
     /// The licence service; `None` answers its routes with 503.
     pub licenses: Option<Arc<crate::licenses::Licenses>>,
+    /// The CMDB health KPIs; `None` answers their routes with 503.
+    pub cmdb_health: Option<Arc<crate::cmdb_health::CmdbHealth>>,
+    /// The fleet view; `None` answers its route with 503.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// The bounds of the HTTP surface; [`Limits::default`] is what [`router`] uses.
@@ -147,6 +153,8 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .merge(judgment::routes())
         .merge(capacity::routes())
         .merge(licenses::routes())
+        .merge(cmdb_health::routes())
+        .merge(fleet::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

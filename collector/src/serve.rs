@@ -234,6 +234,18 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             let _ = grpc_stop.recv().await;
         });
+    // CMDB health KPIs; the compliance source (the configuration audit) is wired by the
+    // lead when that feature lands: None until then ("no audit source").
+    let cmdb_health = Arc::new(crate::cmdb_health::CmdbHealth::new(
+        Arc::clone(&store) as Arc<dyn crate::store::Store>,
+        None,
+        cfg.cmdb_health.clone(),
+    ));
+    let fleet = Arc::new(crate::fleet::Fleet::new(
+        Arc::clone(&store) as Arc<dyn crate::store::Store>,
+        cfg.agents.heartbeat,
+        cfg.availability.missed_heartbeats,
+    ));
     let api = crate::http::router(ApiState {
         store: Arc::clone(&store),
         auth: Arc::new(TokenAuth(Arc::clone(&tokens))),
@@ -241,6 +253,8 @@ pub async fn serve_with(
         judgment: Some(Arc::clone(&judgment)),
         audit: Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn crate::http::AuditReader>),
         licenses: Some(licenses),
+        cmdb_health: Some(cmdb_health),
+        fleet: Some(fleet),
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;

@@ -369,6 +369,8 @@ fn app_with(store: FakeStore) -> (Router, Arc<Telemetry>) {
         judgment: None,
         audit: None,
         licenses: None,
+        cmdb_health: None,
+        fleet: None,
     };
     (router(state), telemetry)
 }
@@ -844,6 +846,8 @@ async fn slow_requests_time_out_and_queue_behind_the_limit() {
         judgment: None,
         audit: None,
         licenses: None,
+        cmdb_health: None,
+        fleet: None,
     };
     let limits = Limits {
         max_concurrent_requests: 1,

@@ -1306,6 +1306,8 @@ fn engine_server() -> Server {
         judgment: Some(Arc::new(judgment)),
         audit: None,
         licenses: None,
+        cmdb_health: None,
+        fleet: None,
     }))
 }
 

@@ -247,6 +247,8 @@ impl Server {
             judgment: None,
             audit: None,
             licenses: None,
+            cmdb_health: None,
+            fleet: None,
         }))
     }
 
