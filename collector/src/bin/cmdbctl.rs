@@ -13,6 +13,8 @@
 // every file for a binary of its own: the modules live in src/bin/cmdbctl/ instead.
 #[path = "cmdbctl/capacity.rs"]
 mod capacity;
+#[path = "cmdbctl/health.rs"]
+mod health;
 #[path = "cmdbctl/cli.rs"]
 mod cli;
 #[path = "cmdbctl/client.rs"]
@@ -127,7 +129,10 @@ fn complain(msg: &str) {
 
 /// Commands with a CSV view (the report-style ones); the rest are table or JSON.
 fn supports_csv(cmd: &Command) -> bool {
-    matches!(cmd, Command::Capacity(_) | Command::Licenses(_))
+    matches!(
+        cmd,
+        Command::Capacity(_) | Command::Licenses(_) | Command::Health(_) | Command::Fleet(_)
+    )
 }
 
 fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
@@ -208,6 +213,8 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
             writeln!(out, "{} ({})", me.name, me.role)?;
         }
         Command::Capacity(a) => return capacity::run(&api, a, s.format, now, out),
+        Command::Health(a) => return health::run_health(&api, a, s.format, out),
+        Command::Fleet(a) => return health::run_fleet(&api, a, s.format, out),
         // Built by `requests` and handled above.
         Command::Changes(_)
         | Command::Change(_)

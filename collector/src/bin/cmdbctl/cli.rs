@@ -108,6 +108,10 @@ pub enum Command {
     /// Software licences: position, inventory, entitlements, rules, lists.
     #[command(subcommand)]
     Licenses(crate::licenses::LicensesCommand),
+    /// CMDB health KPIs (`health`), or the failing CIs (`health failing`).
+    Health(crate::health::HealthArgs),
+    /// The fleet: agents with version, last seen, up/down, backlog, collector failures.
+    Fleet(crate::health::FleetArgs),
 }
 
 /// A page size of the judgment lists.

@@ -135,7 +135,9 @@ pub fn build(cmd: &Command, now: SystemTime) -> Result<Option<(Request, View)>, 
         | Command::Clones
         | Command::Whoami
         | Command::Capacity(_)
-        | Command::Licenses(_) => return Ok(None),
+        | Command::Licenses(_)
+        | Command::Health(_)
+        | Command::Fleet(_) => return Ok(None),
         Command::Changes(a) => (changes(a, now)?, View::Changes),
         Command::Change(c) => change(c, now)?,
         Command::Baselines => (get("/api/v1/baselines".into()), View::Baselines),
