@@ -148,7 +148,9 @@ impl HealthSettings {
             if class.is_empty() || attrs.len() > MAX_REQUIRED_ATTRS {
                 return Err((
                     "cmdb_health.required",
-                    format!("class {class:?}: a non-empty class with at most {MAX_REQUIRED_ATTRS} attributes"),
+                    format!(
+                        "class {class:?}: a non-empty class with at most {MAX_REQUIRED_ATTRS} attributes"
+                    ),
                 ));
             }
             if let Some(a) = attrs.iter().find(|a| a.is_empty() || a.len() > 256) {

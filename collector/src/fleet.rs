@@ -286,7 +286,10 @@ mod tests {
         assert_eq!(ids, ["a", "b", "c"]);
         let ia = &v.items[0];
         assert_eq!(ia.hostname.as_deref(), Some("web-1"));
-        assert_eq!((ia.outbox_events, ia.outbox_bytes, ia.failures), (7, 700, 1));
+        assert_eq!(
+            (ia.outbox_events, ia.outbox_bytes, ia.failures),
+            (7, 700, 1)
+        );
         assert!(ia.up);
         assert_eq!(v.items[1].hostname.as_deref(), Some("reported-b"));
         let down = view(
@@ -314,7 +317,10 @@ mod tests {
         );
         assert_eq!(ver.items.len(), 1);
         let json = serde_json::to_value(&ver).unwrap_or_default();
-        assert_eq!(json["items"][0]["collectors"][1]["status"], "permission_denied");
+        assert_eq!(
+            json["items"][0]["collectors"][1]["status"],
+            "permission_denied"
+        );
         assert_eq!(json["summary"]["versions"]["1.1.0"], 2);
     }
 }

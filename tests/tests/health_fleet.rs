@@ -1,8 +1,8 @@
 //! End-to-end: CMDB health KPIs and the fleet view through the real `cmdb-collector` and
 //! `cmdbctl`, fed by raw agents over real mTLS. Planted: one package without a version
-//! (incomplete), and a second agent claiming the first one's product UUID while it is live
-//! (a clone: two live host CIs sharing a strong identity key, both failing correctness;
-//! the clone also lacks a machine id, so its host CI is incomplete). The fleet view shows
+//! (incomplete), and a second machine with the first one's hostname while both are live
+//! (two live host CIs sharing a hostname, both failing correctness; the second also lacks
+//! a machine id, so its host CI is incomplete). The fleet view shows
 //! both agents up with the backlog their heartbeats reported, then one down once its
 //! connection is gone. Every wait is bounded.
 
@@ -99,11 +99,14 @@ fn health_kpis_and_fleet_end_to_end() {
     ]);
     a.send(vec![RawAgent::event(seq, SystemTime::now(), snap)]);
 
-    // A clone: the same product UUID, another instance, no machine id, while web-01 is live.
-    let mut clone_identity = a.identity.clone();
-    clone_identity.hostname = Some("web-02".into());
-    clone_identity.machine_id = None;
-    let mut b = RawAgent::enroll_with(&c, clone_identity);
+    // Another machine (its own product UUID, no machine id) calling itself web-01 too,
+    // while the first is live: two live host CIs with one hostname.
+    let other = v1::HostIdentity {
+        hostname: Some("web-01".into()),
+        product_uuid: Some("11111111-2222-4333-8444-555555555555".into()),
+        ..v1::HostIdentity::default()
+    };
+    let mut b = RawAgent::enroll_with(&c, other);
     heartbeat(&mut b, 0, 0);
 
     let h = wait_for(Duration::from_secs(30), "the KPIs of both hosts", || {
@@ -146,7 +149,10 @@ fn health_kpis_and_fleet_end_to_end() {
     for i in items {
         assert_eq!(i["class"], "host");
         let reason = i["reason"].as_str().unwrap();
-        assert!(reason.starts_with("duplicate host: product_uuid="), "{reason}");
+        assert!(
+            reason.starts_with("duplicate host: hostname=web-01 shared with host-"),
+            "{reason}"
+        );
     }
     let f = c.get("/api/v1/cmdb-health/failing?limit=1");
     assert_eq!(f["items"].as_array().unwrap().len(), 1);
@@ -154,7 +160,12 @@ fn health_kpis_and_fleet_end_to_end() {
     assert_eq!(f["truncated"], true);
     let (code, _, _) = cmdbctl(&c, &["health", "failing", "--limit", "0"]);
     assert_ne!(code, 0);
-    let bad = c.send("GET", "/api/v1/cmdb-health?kpi=nope", &c.admin_token.clone(), None);
+    let bad = c.send(
+        "GET",
+        "/api/v1/cmdb-health?kpi=nope",
+        &c.admin_token.clone(),
+        None,
+    );
     assert_eq!(bad.0, 400);
 
     let (code, out, err) = cmdbctl(&c, &["--format", "csv", "health", "--class", "package"]);
@@ -163,17 +174,24 @@ fn health_kpis_and_fleet_end_to_end() {
     assert!(out.contains("correctness,package,2,2,1.0000"), "{out}");
     let (code, out, err) = cmdbctl(&c, &["health", "failing", "--kpi", "completeness"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("dpkg:curl:amd64") && out.contains("missing: version"), "{out}");
+    assert!(
+        out.contains("dpkg:curl:amd64") && out.contains("missing: version"),
+        "{out}"
+    );
 
     // The fleet: both up, with the backlog of their last heartbeat.
     heartbeat(&mut a, 7, 7000);
-    let fl = wait_for(Duration::from_secs(20), "a's backlog in the fleet view", || {
-        heartbeat(&mut a, 7, 7000);
-        heartbeat(&mut b, 0, 0);
-        let fl = c.get("/api/v1/fleet");
-        (fleet_item(&fl, &a.agent_id)?["outbox_events"] == 7 && fl["summary"]["up"] == 2)
-            .then_some(fl)
-    });
+    let fl = wait_for(
+        Duration::from_secs(20),
+        "a's backlog in the fleet view",
+        || {
+            heartbeat(&mut a, 7, 7000);
+            heartbeat(&mut b, 0, 0);
+            let fl = c.get("/api/v1/fleet");
+            (fleet_item(&fl, &a.agent_id)?["outbox_events"] == 7 && fl["summary"]["up"] == 2)
+                .then_some(fl)
+        },
+    );
     assert_eq!(fl["summary"]["agents"], 2);
     assert_eq!(fl["summary"]["down"], 0);
     let versions: u64 = fl["summary"]["versions"]
@@ -211,7 +229,13 @@ fn health_kpis_and_fleet_end_to_end() {
         .map(|i| i["agent_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [b_id.as_str()]);
-    let up = c.get("/api/v1/fleet?status=up");
+    // Heartbeats are not acked: wait for the new backlog to land.
+    let up = wait_for(Duration::from_secs(20), "a's new backlog", || {
+        heartbeat(&mut a, 3, 300);
+        let up = c.get("/api/v1/fleet?status=up");
+        (up["items"][0]["outbox_events"] == 3).then_some(up)
+    });
+    assert_eq!(up["items"].as_array().unwrap().len(), 1);
     assert_eq!(up["items"][0]["agent_id"], a.agent_id.as_str());
-    assert_eq!(up["items"][0]["outbox_events"], 3);
+    assert_eq!(up["items"][0]["outbox_bytes"], 300);
 }

@@ -13,12 +13,12 @@
 // every file for a binary of its own: the modules live in src/bin/cmdbctl/ instead.
 #[path = "cmdbctl/capacity.rs"]
 mod capacity;
-#[path = "cmdbctl/health.rs"]
-mod health;
 #[path = "cmdbctl/cli.rs"]
 mod cli;
 #[path = "cmdbctl/client.rs"]
 mod client;
+#[path = "cmdbctl/health.rs"]
+mod health;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;

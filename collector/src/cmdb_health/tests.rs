@@ -213,10 +213,7 @@ fn row(rep: &HealthReport, kpi: Kpi, class: &str) -> (u64, u64) {
 
 fn reasons(rep: &HealthReport, kpi: Kpi, class: &str) -> Vec<(String, String)> {
     let (items, _) = rep.failing(Some(kpi), Some(class), 1000);
-    let mut v: Vec<(String, String)> = items
-        .into_iter()
-        .map(|f| (f.key, f.reason))
-        .collect();
+    let mut v: Vec<(String, String)> = items.into_iter().map(|f| (f.key, f.reason)).collect();
     v.sort();
     v
 }
@@ -242,12 +239,20 @@ fn planted_cmdb_gives_known_completeness_and_correctness() {
     assert_eq!(r[0].1, "duplicate host: product_uuid=u1 shared with host-b");
     assert_eq!(r[1].1, "duplicate host: product_uuid=u1 shared with host-a");
     assert_eq!(r[2].0, "host-e");
-    assert!(r[2].1.starts_with("stale: last seen 2days ago"), "{}", r[2].1);
+    assert!(
+        r[2].1.starts_with("stale: last seen 2days ago"),
+        "{}",
+        r[2].1
+    );
     // Packages: b/bash stale (3 d > 2 d), d/old orphan (retired host), z/ghost orphan.
     assert_eq!(row(&rep, Kpi::Correctness, "package"), (3, 6));
     let r = reasons(&rep, Kpi::Correctness, "package");
     assert_eq!(r[0].0, "dpkg:bash:amd64");
-    assert!(r[0].1.starts_with("stale: last seen 3days ago"), "{}", r[0].1);
+    assert!(
+        r[0].1.starts_with("stale: last seen 3days ago"),
+        "{}",
+        r[0].1
+    );
     assert_eq!(
         r[1],
         (
@@ -263,7 +268,10 @@ fn planted_cmdb_gives_known_completeness_and_correctness() {
         )
     );
     assert_eq!(rep.cis_scanned, 10);
-    assert_eq!(rep.compliance, ComplianceStatus::None("no audit source".into()));
+    assert_eq!(
+        rep.compliance,
+        ComplianceStatus::None("no audit source".into())
+    );
     assert!(rep.rows(Some(Kpi::Compliance), None).is_empty());
     let ratio = rep
         .kpis
@@ -278,15 +286,23 @@ fn same_hostname_is_a_duplicate_only_while_both_live() {
     let mut store = planted();
     // host-f shares web-1 with host-a and is live: both fail; host-d (also web-1) is
     // retired and does not count.
-    store.cis.push(host("host-f", "WEB-1", Some("U6"), "m-f", NOW));
+    store
+        .cis
+        .push(host("host-f", "WEB-1", Some("U6"), "m-f", NOW));
     let rep = compute(&store, None, &HealthSettings::default(), t(NOW)).unwrap();
     let r = reasons(&rep, Kpi::Correctness, "host");
-    let f = r.iter().find(|(k, _)| k == "host-f").map(|(_, r)| r.clone());
+    let f = r
+        .iter()
+        .find(|(k, _)| k == "host-f")
+        .map(|(_, r)| r.clone());
     assert_eq!(
         f.as_deref(),
         Some("duplicate host: hostname=web-1 shared with host-a")
     );
-    let a = r.iter().find(|(k, _)| k == "host-a").map(|(_, r)| r.clone());
+    let a = r
+        .iter()
+        .find(|(k, _)| k == "host-a")
+        .map(|(_, r)| r.clone());
     assert_eq!(
         a.as_deref(),
         Some(
@@ -303,7 +319,10 @@ fn same_hostname_is_a_duplicate_only_while_both_live() {
         .push(host("host-g", "web-7", Some("U5"), "m-g", NOW - 5 * 86_400));
     let rep = compute(&store, None, &HealthSettings::default(), t(NOW)).unwrap();
     let r = reasons(&rep, Kpi::Correctness, "host");
-    assert!(r.iter().all(|(_, why)| !why.contains("U5") && !why.contains("u5")));
+    assert!(
+        r.iter()
+            .all(|(_, why)| !why.contains("U5") && !why.contains("u5"))
+    );
 }
 
 #[test]
@@ -341,7 +360,10 @@ fn compliance_comes_from_the_latest_audit_run() {
     let settings = HealthSettings::default();
     let none = FakeCompliance(Ok(None));
     let rep = compute(&store, Some(&none), &settings, t(NOW)).unwrap();
-    assert_eq!(rep.compliance, ComplianceStatus::None("no audit has run".into()));
+    assert_eq!(
+        rep.compliance,
+        ComplianceStatus::None("no audit has run".into())
+    );
     assert!(rep.rows(Some(Kpi::Compliance), None).is_empty());
     let failed = FakeCompliance(Err("disk on fire".into()));
     let rep = compute(&store, Some(&failed), &settings, t(NOW)).unwrap();
@@ -396,7 +418,9 @@ fn failing_lists_are_bounded_and_counted_exactly() {
     let mut store = Planted::default();
     store.cis.push(host("host-a", "web-1", None, "m-a", NOW));
     for i in 0..(MAX_FAILING_KEPT + 5) {
-        store.cis.push(pkg("host-a", &format!("p{i:05}"), None, NOW));
+        store
+            .cis
+            .push(pkg("host-a", &format!("p{i:05}"), None, NOW));
     }
     let rep = compute(&store, None, &HealthSettings::default(), t(NOW)).unwrap();
     assert_eq!(

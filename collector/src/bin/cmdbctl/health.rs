@@ -70,22 +70,24 @@ fn items(v: &Value, field: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-fn csv_out(
-    out: &mut dyn Write,
-    headers: &[&str],
-    rows: Vec<Vec<String>>,
-) -> Result<(), RunError> {
+fn csv_out(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), RunError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(headers).map_err(std::io::Error::other)?;
     for r in rows {
         w.write_record(&r).map_err(std::io::Error::other)?;
     }
-    let bytes = w.into_inner().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let bytes = w
+        .into_inner()
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     out.write_all(&bytes)?;
     Ok(())
 }
 
-fn table_out(out: &mut dyn Write, headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), RunError> {
+fn table_out(
+    out: &mut dyn Write,
+    headers: &[&str],
+    rows: Vec<Vec<String>>,
+) -> Result<(), RunError> {
     let mut t = Table::new(headers);
     for r in rows {
         t.row(r);
@@ -179,7 +181,12 @@ pub fn run_health(
                     ]
                 })
                 .collect();
-            emit(out, format, &["kpi", "class", "healthy", "total", "ratio"], rows)?;
+            emit(
+                out,
+                format,
+                &["kpi", "class", "healthy", "total", "ratio"],
+                rows,
+            )?;
             if let Value::String(why) = &v["compliance"] {
                 crate::complain(&format!("compliance: {why}"));
             }
@@ -222,7 +229,12 @@ pub fn run_fleet(
                 text(&i["hostname"]),
                 text(&i["host_id"]),
                 text(&i["version"]),
-                if i["up"] == Value::Bool(true) { "up" } else { "down" }.to_owned(),
+                if i["up"] == Value::Bool(true) {
+                    "up"
+                } else {
+                    "down"
+                }
+                .to_owned(),
                 text(&i["last_seen"]),
                 text(&i["outbox_events"]),
                 text(&i["outbox_bytes"]),
