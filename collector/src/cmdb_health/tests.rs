@@ -141,10 +141,7 @@ fn ci(host: &str, class: &str, key: &str, state: CiState, a: Attrs, seen: u64) -
 
 fn host(id: &str, hostname: &str, uuid: Option<&str>, machine_id: &str, seen: u64) -> CiRecord {
     let mut a = attrs(&[("hostname", s(hostname)), ("machine_id", s(machine_id))]);
-    a.insert(
-        "product_uuid".into(),
-        uuid.map_or(AttrValue::Null, s),
-    );
+    a.insert("product_uuid".into(), uuid.map_or(AttrValue::Null, s));
     let mut c = ci(id, HOST_CLASS, id, CiState::Present, a, seen);
     c.id = host_ci_id(id);
     c
