@@ -469,3 +469,24 @@ fn the_report_is_cached_for_its_ttl() {
     let d = fresh.report().unwrap();
     assert!(!Arc::ptr_eq(&c, &d));
 }
+
+#[test]
+fn the_collector_config_carries_the_section() {
+    use crate::config::{CollectorConfig, ConfigError};
+    let p = std::path::Path::new("c.toml");
+    let cfg = CollectorConfig::parse("[cmdb_health]\ncache_ttl = \"5s\"\n", p).unwrap();
+    assert_eq!(cfg.cmdb_health.cache_ttl, Duration::from_secs(5));
+    assert_eq!(cfg.cmdb_health.host_stale_after, DAY);
+    let defaults = CollectorConfig::parse("", p).unwrap();
+    assert_eq!(defaults.cmdb_health.cache_ttl, Duration::from_secs(60));
+    assert_eq!(defaults.cmdb_health.stale_after_of("package"), 2 * DAY);
+    let e = CollectorConfig::parse("[cmdb_health]\nttl = \"5s\"\n", p).unwrap_err();
+    assert!(matches!(e, ConfigError::Parse { .. }), "{e}");
+    let e = CollectorConfig::parse("[cmdb_health]\nhost_stale_after = \"0s\"\n", p).unwrap_err();
+    assert!(
+        e.to_string().contains("cmdb_health.host_stale_after"),
+        "{e}"
+    );
+    let e = CollectorConfig::parse("[cmdb_health]\ncache_ttl = \"2h\"\n", p).unwrap_err();
+    assert!(e.to_string().contains("cmdb_health.cache_ttl"), "{e}");
+}
