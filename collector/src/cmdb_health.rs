@@ -354,6 +354,8 @@ pub struct ReportBuilder<'a> {
     counts: BTreeMap<(Kpi, String), (u64, u64)>,
     failing: BTreeMap<(Kpi, String), FailBucket>,
     scanned: u64,
+    /// Every host CI has been fed: other CIs are judged as they come (nothing pending).
+    hosts_complete: bool,
 }
 
 struct HostInfo {
@@ -388,7 +390,15 @@ impl<'a> ReportBuilder<'a> {
             counts: BTreeMap::new(),
             failing: BTreeMap::new(),
             scanned: 0,
+            hosts_complete: false,
         }
+    }
+
+    /// Says every host CI has been fed: later CIs are judged at once instead of being kept
+    /// until [`ReportBuilder::finish`], so memory stays bounded by the hosts, not the CIs.
+    /// Feeding a host CI after this is a caller bug (its CIs may have been called orphans).
+    pub fn hosts_complete(&mut self) {
+        self.hosts_complete = true;
     }
 
     fn fail(&mut self, f: Failing) {
@@ -453,13 +463,44 @@ impl<'a> ReportBuilder<'a> {
                 fmt_age(limit)
             )
         });
-        self.pending.push(Pending {
+        let p = Pending {
             ci_id: ci.id.clone(),
             class: ci.class.clone(),
             key: ci.key.clone(),
             host_id: ci.host_id.clone(),
             stale,
-        });
+        };
+        if self.hosts_complete {
+            self.judge(p);
+        } else {
+            self.pending.push(p);
+        }
+    }
+
+    /// Correctness of a non-host CI: stale, orphan.
+    fn judge(&mut self, p: Pending) {
+        let mut r = Vec::new();
+        if let Some(s) = p.stale {
+            r.push(s);
+        }
+        match self.hosts.get(&p.host_id).map(|h| h.state) {
+            None => r.push(format!("orphan: host CI {} does not exist", p.host_id)),
+            Some(CiState::Retired) => {
+                r.push(format!("orphan: host CI {} is retired", p.host_id));
+            }
+            Some(_) => {}
+        }
+        self.count(Kpi::Correctness, &p.class, r.is_empty());
+        if !r.is_empty() {
+            self.fail(Failing {
+                ci_id: Some(p.ci_id),
+                class: p.class,
+                key: p.key,
+                host_id: Some(p.host_id),
+                kpi: Kpi::Correctness,
+                reason: r.join("; "),
+            });
+        }
     }
 
     /// Counts the completeness of a present CI; returns whether it failed.
@@ -565,30 +606,9 @@ impl<'a> ReportBuilder<'a> {
                 });
             }
         }
-        // Everything else: stale, orphan.
+        // Everything else not judged yet: stale, orphan.
         for p in std::mem::take(&mut self.pending) {
-            let mut r = Vec::new();
-            if let Some(s) = p.stale {
-                r.push(s);
-            }
-            match self.hosts.get(&p.host_id).map(|h| h.state) {
-                None => r.push(format!("orphan: host CI {} does not exist", p.host_id)),
-                Some(CiState::Retired) => {
-                    r.push(format!("orphan: host CI {} is retired", p.host_id));
-                }
-                Some(_) => {}
-            }
-            self.count(Kpi::Correctness, &p.class, r.is_empty());
-            if !r.is_empty() {
-                self.fail(Failing {
-                    ci_id: Some(p.ci_id),
-                    class: p.class,
-                    key: p.key,
-                    host_id: Some(p.host_id),
-                    kpi: Kpi::Correctness,
-                    reason: r.join("; "),
-                });
-            }
+            self.judge(p);
         }
         let status = match compliance {
             ComplianceInput::NoSource => ComplianceStatus::None("no audit source".into()),
@@ -666,6 +686,7 @@ pub fn compute(
     }
     // Host CIs of every state (retired hosts make orphans), then every present CI.
     walk(store, Some(HOST_CLASS), true, |ci| b.add_ci(ci))?;
+    b.hosts_complete();
     walk(store, None, false, |ci| {
         if ci.class != HOST_CLASS {
             b.add_ci(ci);

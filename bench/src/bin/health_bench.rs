@@ -44,6 +44,7 @@ fn main() -> Result<()> {
     // 1. The builder alone.
     let t = Instant::now();
     let mut b = ReportBuilder::new(&settings, now);
+    // As `compute` does: every host CI first, then the rest judged as they come.
     for h in 0..args.hosts {
         let host = format!("host-{h:016x}");
         let dup = h % 200 == 1;
@@ -70,6 +71,10 @@ fn main() -> Result<()> {
             source_agent: "agt".into(),
             source_seq: 1,
         });
+    }
+    b.hosts_complete();
+    for h in 0..args.hosts {
+        let host = format!("host-{h:016x}");
         for c in 0..args.cis {
             let name = format!("pkg{c:04}");
             let mut attrs: Attrs = [

@@ -490,3 +490,21 @@ fn the_collector_config_carries_the_section() {
     let e = CollectorConfig::parse("[cmdb_health]\ncache_ttl = \"2h\"\n", p).unwrap_err();
     assert!(e.to_string().contains("cmdb_health.cache_ttl"), "{e}");
 }
+
+#[test]
+fn the_builder_gives_the_same_answer_in_any_order() {
+    let store = planted();
+    let settings = HealthSettings::default();
+    let walked = compute(&store, None, &settings, t(NOW)).unwrap();
+    // CIs before their hosts, hosts never declared complete: judged at the end.
+    let mut b = ReportBuilder::new(&settings, t(NOW));
+    for a in &store.agents {
+        b.add_agent(a);
+    }
+    for c in store.cis.iter().rev() {
+        b.add_ci(c);
+    }
+    let any_order = b.finish(ComplianceInput::NoSource);
+    assert_eq!(any_order.kpis, walked.kpis);
+    assert_eq!(any_order.cis_scanned, walked.cis_scanned);
+}
