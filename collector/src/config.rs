@@ -66,6 +66,10 @@ pub struct CollectorConfig {
     /// Software licences (`[licenses]`).
     #[serde(default)]
     pub licenses: LicensesConfig,
+    /// CMDB health KPIs: required attributes, effective durations, report cache
+    /// (`[cmdb_health]`, see [`crate::cmdb_health::HealthSettings`]).
+    #[serde(default)]
+    pub cmdb_health: crate::cmdb_health::HealthSettings,
 }
 
 /// Software licence settings (`[licenses]`).
@@ -548,6 +552,7 @@ impl CollectorConfig {
             capacity: crate::capacity::CapacitySettings::default(),
             notify: NotifySettings::default(),
             licenses: LicensesConfig::default(),
+            cmdb_health: crate::cmdb_health::HealthSettings::default(),
         }
     }
 
@@ -605,6 +610,9 @@ impl CollectorConfig {
             ));
         }
         if let Err((field, message)) = cfg.capacity.validate() {
+            return Err(invalid(field, &message));
+        }
+        if let Err((field, message)) = cfg.cmdb_health.validate() {
             return Err(invalid(field, &message));
         }
         let mut names = std::collections::BTreeSet::new();

@@ -42,6 +42,9 @@ pub mod capacity;
 pub mod impact;
 
 pub mod config_audit;
+
+pub mod cmdb_health;
+pub mod fleet;
 pub mod json;
 pub mod judgment;
 pub mod licenses;
@@ -112,6 +115,11 @@ pub struct ApiState {
     pub licenses: Option<Arc<crate::licenses::Licenses>>,
     /// The configuration audit service; `None` answers its routes with 503.
     pub config_audit: Option<Arc<crate::config_audit::ConfigAudit>>,
+
+    /// The CMDB health KPIs; `None` answers their routes with 503.
+    pub cmdb_health: Option<Arc<crate::cmdb_health::CmdbHealth>>,
+    /// The fleet view; `None` answers its route with 503.
+    pub fleet: Option<Arc<crate::fleet::Fleet>>,
 }
 
 /// The bounds of the HTTP surface; [`Limits::default`] is what [`router`] uses.
@@ -156,6 +164,8 @@ pub fn router_with_limits(state: ApiState, limits: Limits) -> Router {
         .merge(licenses::routes())
         .merge(impact::routes())
         .merge(config_audit::routes())
+        .merge(cmdb_health::routes())
+        .merge(fleet::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

@@ -12,6 +12,7 @@ pub mod availability;
 pub mod baselines;
 pub mod capacity;
 pub mod changes;
+pub mod cmdb_health;
 pub mod compliance;
 pub mod config;
 pub mod config_audit;
@@ -19,6 +20,8 @@ pub mod console;
 pub mod correlate;
 pub mod drift;
 pub mod host_links;
+
+pub mod fleet;
 pub mod http;
 pub mod impact;
 pub mod incidents;

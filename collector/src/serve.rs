@@ -245,6 +245,17 @@ pub async fn serve_with(
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), async move {
             let _ = grpc_stop.recv().await;
         });
+    // CMDB health KPIs; compliance comes from the latest configuration audit run.
+    let cmdb_health = Arc::new(crate::cmdb_health::CmdbHealth::new(
+        Arc::clone(&store) as Arc<dyn crate::store::Store>,
+        Some(Arc::clone(&config_audit) as Arc<dyn crate::compliance::ComplianceSource>),
+        cfg.cmdb_health.clone(),
+    ));
+    let fleet = Arc::new(crate::fleet::Fleet::new(
+        Arc::clone(&store) as Arc<dyn crate::store::Store>,
+        cfg.agents.heartbeat,
+        cfg.availability.missed_heartbeats,
+    ));
     let api = crate::http::router(ApiState {
         store: Arc::clone(&store),
         auth: Arc::new(TokenAuth(Arc::clone(&tokens))),
@@ -253,6 +264,9 @@ pub async fn serve_with(
         audit: Some(Arc::new(AuditAdapter(Arc::clone(&audit))) as Arc<dyn crate::http::AuditReader>),
         licenses: Some(licenses),
         config_audit: Some(config_audit),
+
+        cmdb_health: Some(cmdb_health),
+        fleet: Some(fleet),
     });
     let http = axum::serve(http_listener, api).with_graceful_shutdown(async move {
         let _ = http_stop.recv().await;

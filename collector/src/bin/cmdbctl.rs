@@ -22,6 +22,9 @@ mod impact;
 
 #[path = "cmdbctl/config_audit.rs"]
 mod config_audit;
+
+#[path = "cmdbctl/health.rs"]
+mod health;
 #[cfg(test)]
 #[path = "cmdbctl/judgment_tests.rs"]
 mod judgment_tests;
@@ -134,7 +137,12 @@ fn complain(msg: &str) {
 fn supports_csv(cmd: &Command) -> bool {
     matches!(
         cmd,
-        Command::Capacity(_) | Command::Licenses(_) | Command::Impact(_) | Command::Audit(_)
+        Command::Capacity(_)
+            | Command::Licenses(_)
+            | Command::Impact(_)
+            | Command::Audit(_)
+            | Command::Health(_)
+            | Command::Fleet(_)
     )
 }
 
@@ -220,6 +228,8 @@ fn run(s: &Settings, out: &mut dyn Write) -> Result<(), RunError> {
         }
         Command::Capacity(a) => return capacity::run(&api, a, s.format, now, out),
         Command::Impact(a) => return impact::run(&api, a, s.format, out),
+        Command::Health(a) => return health::run_health(&api, a, s.format, out),
+        Command::Fleet(a) => return health::run_fleet(&api, a, s.format, out),
         // Built by `requests` and handled above.
         Command::Changes(_)
         | Command::Change(_)

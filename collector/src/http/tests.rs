@@ -370,6 +370,9 @@ fn app_with(store: FakeStore) -> (Router, Arc<Telemetry>) {
         audit: None,
         licenses: None,
         config_audit: None,
+
+        cmdb_health: None,
+        fleet: None,
     };
     (router(state), telemetry)
 }
@@ -846,6 +849,9 @@ async fn slow_requests_time_out_and_queue_behind_the_limit() {
         audit: None,
         licenses: None,
         config_audit: None,
+
+        cmdb_health: None,
+        fleet: None,
     };
     let limits = Limits {
         max_concurrent_requests: 1,
@@ -894,4 +900,60 @@ async fn the_console_is_served_at_the_root_without_a_token() {
         StatusCode::UNAUTHORIZED
     );
     assert_eq!(get_anon(&app, "/nope").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn health_and_fleet_answer_503_without_their_services() {
+    let (app, _) = app_with(fixture(Failure::None));
+    for uri in [
+        "/api/v1/cmdb-health",
+        "/api/v1/cmdb-health/failing",
+        "/api/v1/fleet",
+    ] {
+        let r = get(&app, uri).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn health_and_fleet_routes_check_their_parameters() {
+    let store: Arc<dyn Store> = Arc::new(fixture(Failure::None));
+    let state = ApiState {
+        store: Arc::clone(&store),
+        auth: Arc::new(FixedTokens),
+        telemetry: Arc::new(Telemetry::new()),
+        judgment: None,
+        audit: None,
+        licenses: None,
+        config_audit: None,
+        cmdb_health: Some(Arc::new(crate::cmdb_health::CmdbHealth::new(
+            Arc::clone(&store),
+            None,
+            crate::cmdb_health::HealthSettings::default(),
+        ))),
+        fleet: Some(Arc::new(crate::fleet::Fleet::new(
+            store,
+            std::time::Duration::from_secs(30),
+            3,
+        ))),
+    };
+    let app = router(state);
+    for uri in [
+        "/api/v1/cmdb-health?kpi=nope",
+        "/api/v1/cmdb-health?bogus=1",
+        "/api/v1/cmdb-health/failing?limit=0",
+        "/api/v1/cmdb-health/failing?limit=1001",
+        "/api/v1/fleet?status=sideways",
+    ] {
+        let r = get(&app, uri).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{uri}");
+    }
+    let r = get(&app, "/api/v1/cmdb-health/failing?limit=1000").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = get(&app, "/api/v1/fleet").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    let n = v["items"].as_array().map_or(0, Vec::len) as u64;
+    assert_eq!(v["summary"]["agents"].as_u64(), Some(n));
+    assert_eq!(v["up_window_seconds"], 90);
 }

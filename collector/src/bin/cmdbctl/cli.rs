@@ -114,6 +114,11 @@ pub enum Command {
     /// ISO/IEC 20000 configuration audit: register import, runs, reports, deficiencies.
     #[command(subcommand)]
     Audit(crate::config_audit::AuditCommand),
+
+    /// CMDB health KPIs (`health`), or the failing CIs (`health failing`).
+    Health(crate::health::HealthArgs),
+    /// The fleet: agents with version, last seen, up/down, backlog, collector failures.
+    Fleet(crate::health::FleetArgs),
 }
 
 /// A page size of the judgment lists.

@@ -1307,6 +1307,9 @@ fn engine_server() -> Server {
         audit: None,
         licenses: None,
         config_audit: None,
+
+        cmdb_health: None,
+        fleet: None,
     }))
 }
 

@@ -137,7 +137,9 @@ pub fn build(cmd: &Command, now: SystemTime) -> Result<Option<(Request, View)>, 
         | Command::Capacity(_)
         | Command::Impact(_)
         | Command::Licenses(_)
-        | Command::Audit(_) => return Ok(None),
+        | Command::Audit(_)
+        | Command::Health(_)
+        | Command::Fleet(_) => return Ok(None),
         Command::Changes(a) => (changes(a, now)?, View::Changes),
         Command::Change(c) => change(c, now)?,
         Command::Baselines => (get("/api/v1/baselines".into()), View::Baselines),

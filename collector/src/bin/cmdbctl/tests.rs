@@ -248,6 +248,9 @@ impl Server {
             audit: None,
             licenses: None,
             config_audit: None,
+
+            cmdb_health: None,
+            fleet: None,
         }))
     }
 
