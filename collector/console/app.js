@@ -8,6 +8,7 @@ const TOKEN_KEY = 'cmdb.token';
 const WRITERS = ['operator', 'change-manager', 'admin'];
 const MANAGERS = ['change-manager', 'admin'];
 const AUDITORS = ['auditor', 'admin'];
+const DEFICIENCY_MOVERS = ['auditor', 'admin', 'operator'];
 const CLASSES = ['host', 'system', 'os', 'cpu', 'memory', 'memory_module', 'disk', 'filesystem',
   'network_interface', 'package', 'service', 'listening_port', 'connection', 'user', 'group',
   'kernel_module', 'file', 'process', 'monitor'];
@@ -126,7 +127,10 @@ const isMissing = (e) => e instanceof ApiError && (e.status === 404 || e.status 
 async function api(path, opts = {}) {
   const headers = { Authorization: 'Bearer ' + (sessionStorage.getItem(TOKEN_KEY) || '') };
   let body;
-  if (opts.body !== undefined) {
+  if (opts.raw !== undefined) {
+    headers['Content-Type'] = opts.contentType || 'text/csv';
+    body = opts.raw;
+  } else if (opts.body !== undefined) {
     headers['Content-Type'] = 'application/json';
     body = JSON.stringify(opts.body);
   }
@@ -413,8 +417,10 @@ async function ci(out, id) {
       { t: 'Direction', v: (n) => n.direction },
       { t: 'Hops', num: true, v: (n) => n.hops },
       { t: 'CI', v: (n) => link('#/ci/' + enc(n.id), `${n.class} ${n.key}`) },
+      { t: 'Via', v: (n) => n.via || '—' },
       { t: 'Host', v: (n) => n.hostname || n.host_id },
     ], (impact.nodes || []).filter((n) => n.id !== impact.root), 'Nothing depends on this CI, and it depends on nothing.'));
+    if (impact.truncated) out.appendChild(h('p', { class: 'notice' }, 'The impact set is larger than shown: the answer was truncated (cmdbctl impact lists it with --format csv).'));
   }
 
   out.appendChild(h('h2', {}, 'Drift'));
@@ -753,8 +759,12 @@ async function licenses(out) {
       { t: 'Consumed', num: true, v: (p) => fmtNum(p.consumed) },
       { t: 'Balance', num: true, v: (p) => fmtNum(p.balance) },
       { t: 'Status', v: (p) => badge(p.status) },
-      { t: 'Hosts', v: (p) => (p.hosts || []).slice(0, 5).map((x) => x.hostname || x.host_id).join(', ') + ((p.hosts || []).length > 5 ? ` +${p.hosts.length - 5}` : '') },
+      { t: 'Hosts', v: (p) => {
+        const hosts = p.hosts || [], count = p.host_count ?? hosts.length;
+        return hosts.slice(0, 5).map((x) => x.hostname || x.host_id).join(', ') + (count > 5 ? ` +${count - 5}` : '');
+      } },
       { t: 'Expiring', num: true, v: (p) => (p.expiring || []).length },
+      { t: 'Expired', num: true, v: (p) => (p.expired || []).length },
     ], position.items, 'No entitlements or licensable software yet.'));
   }
   out.appendChild(h('h2', {}, 'Software inventory'));
@@ -771,12 +781,6 @@ async function licenses(out) {
   }
 }
 
-// A table of objects whose fields this console does not know in advance.
-function genericTable(items, empty) {
-  const keys = [...new Set((items || []).slice(0, 20).flatMap((i) => Object.keys(i)))].slice(0, 9);
-  return table(keys.map((k) => ({ t: k, v: (i) => fmtVal(i[k]) })), items, empty);
-}
-
 async function download(path, filename) {
   const resp = await fetch(path, { headers: { Authorization: 'Bearer ' + sessionStorage.getItem(TOKEN_KEY) } });
   if (!resp.ok) throw new ApiError(resp.status, 'http', `download failed (HTTP ${resp.status})`);
@@ -788,12 +792,50 @@ async function download(path, filename) {
   setTimeout(() => URL.revokeObjectURL(url), 10e3);
 }
 
+// The authorised register from a CSV or JSON file (replaces the whole register).
+function registerUpload() {
+  const status = h('span');
+  const file = h('input', { type: 'file', id: 'register-file', accept: '.csv,.json,text/csv,application/json' });
+  file.addEventListener('change', async () => {
+    const f = file.files && file.files[0];
+    if (!f) return;
+    try {
+      const json = /\.json$/i.test(f.name) || f.type === 'application/json';
+      const r = await api('/api/v1/audit/register', { method: 'PUT', raw: await f.text(), contentType: json ? 'application/json' : 'text/csv' });
+      status.replaceChildren(h('span', { class: 'ok' }, `register imported: ${r.rows ?? '?'} rows`));
+    } catch (e) { status.replaceChildren(errorBox(e)); }
+  });
+  return h('label', {}, 'Import the authorised register (CSV or JSON) ', file, status);
+}
+
+const DEF_NEXT = { open: ['action_taken', 'verified'], action_taken: ['verified'], verified: [] };
+const DEF_VERB = { action_taken: 'Action taken', verified: 'Verified' };
+
+function deficiencyTable(run) {
+  const defs = run.deficiencies || [];
+  const table_ = table([
+    { t: 'Id', v: (d) => h('span', { class: 'mono' }, d.id) },
+    { t: 'Kind', v: (d) => badge(d.kind, d.kind === 'mismatched' ? 'warn' : 'bad') },
+    { t: 'CI', v: (d) => (d.ci_id ? link('#/ci/' + enc(d.ci_id), `${d.class} ${d.key}`) : `${d.class} ${d.key}`) },
+    { t: 'Host', v: (d) => d.host },
+    { t: 'Attribute', v: (d) => (d.attribute ? `${d.attribute}: expected ${d.expected ?? '—'}, found ${d.actual ?? '—'}` : '—') },
+    { t: 'State', v: (d) => badge(d.state, d.state === 'verified' ? 'ok' : '') },
+    { t: 'Note', v: (d) => [d.note || '', d.updated_by ? ` (${d.updated_by}, ${fmtTime(d.updated_at)})` : ''] },
+    { t: '', v: (d) => (can(DEFICIENCY_MOVERS) ? (DEF_NEXT[d.state] || []).map((st) => action(DEF_VERB[st],
+      () => api(`/api/v1/audit/runs/${enc(run.id)}/deficiencies/${enc(d.id)}`, { method: 'POST', body: { state: st } }),
+      { class: 'secondary def-' + st })) : null) },
+  ], defs, 'No deficiencies: live state matches the register.');
+  const total = run.deficiencies_total ?? defs.length;
+  return h('div', {}, table_, total > defs.length || run.truncated
+    ? h('p', { class: 'notice' }, `${defs.length} of ${total} deficiencies shown: the full list is in the CSV report.`) : null);
+}
+
 async function audit(out, _arg, params) {
   out.appendChild(h('h1', {}, 'Configuration audit'));
   const runs = await optional('/api/v1/audit/runs');
   if (!runs) out.appendChild(notAvailable('Configuration audit'));
   else {
-    if (can(AUDITORS)) out.appendChild(h('div', { class: 'toolbar' }, action('Run an audit now', () => api('/api/v1/audit/runs', { method: 'POST', body: {} }))));
+    if (can(AUDITORS)) out.appendChild(h('div', { class: 'toolbar' }, registerUpload(), action('Run an audit now', () => api('/api/v1/audit/runs', { method: 'POST', body: {} }), { id: 'run-audit' })));
     const list = (runs.items || []).slice().sort((a, b) => String(b.started_at).localeCompare(String(a.started_at)));
     out.appendChild(table([
       { t: 'Run', v: (r) => r.id },
@@ -808,7 +850,7 @@ async function audit(out, _arg, params) {
     if (list.length) {
       const latest = await api(`/api/v1/audit/runs/${enc(list[0].id)}`);
       out.appendChild(h('h2', {}, `Deficiencies of run ${latest.id}`));
-      out.appendChild(genericTable(latest.deficiencies, 'No deficiencies: live state matches the register.'));
+      out.appendChild(deficiencyTable(latest));
     }
   }
   out.appendChild(h('h2', {}, 'Audit log'));
@@ -853,6 +895,9 @@ async function health(out, _arg, params) {
     cards.push(stat(total ? `${((100 * healthy) / total).toFixed(1)} %` : '—', `${name} (${healthy} of ${total})`));
   }
   out.appendChild(h('div', { class: 'cards' }, cards));
+  const src = kpis.compliance;
+  out.appendChild(h('p', {}, `Computed ${fmtTime(kpis.generated_at)} over ${kpis.cis_scanned ?? '?'} CIs; compliance from `,
+    src && typeof src === 'object' ? ['audit run ', link('#/audit', src.run_id), ` (${fmtTime(src.finished_at)})`] : String(src || 'no audit run') + '.'));
   out.appendChild(table([
     { t: 'KPI', v: (k) => link(`#/health?kpi=${enc(k.kpi)}&class=${enc(k.class)}`, k.kpi) },
     { t: 'Class', v: (k) => k.class },
@@ -866,11 +911,14 @@ async function health(out, _arg, params) {
   const failing = await optional('/api/v1/cmdb-health/failing?' + q);
   if (!failing) return out.appendChild(notAvailable('The list of failing CIs'));
   out.appendChild(table([
-    { t: 'CI', v: (f) => link('#/ci/' + enc(f.ci_id), f.key || f.ci_id) },
+    { t: 'CI', v: (f) => (f.ci_id ? link('#/ci/' + enc(f.ci_id), f.key || f.ci_id) : f.key) },
     { t: 'Class', v: (f) => f.class },
-    { t: 'Host', v: (f) => f.host_id },
+    { t: 'KPI', v: (f) => f.kpi },
+    { t: 'Host', v: (f) => (f.host_id ? link('#/host/' + enc(f.host_id), f.host_id) : '—') },
     { t: 'Reason', v: (f) => f.reason },
   ], (failing.items || []).slice(0, 500), 'No failing CI.'));
+  const shown = Math.min(500, (failing.items || []).length);
+  if ((failing.total ?? shown) > shown) out.appendChild(h('p', { class: 'notice' }, `${shown} of ${failing.total} failing CIs shown (cmdbctl health failing --format csv lists them all).`));
 }
 
 const PAGES = { fleet, host, cis, ci, incidents, incident, changes, drift, baselines, baseline, availability, capacity, licenses, audit, health };

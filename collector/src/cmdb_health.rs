@@ -735,7 +735,8 @@ pub struct CmdbHealth {
     store: Arc<dyn Store>,
     compliance: Option<Arc<dyn ComplianceSource>>,
     settings: HealthSettings,
-    cache: Mutex<Option<(Instant, Arc<HealthReport>)>>,
+    /// When it was computed, the compliance source's latest run id then, the report.
+    cache: Mutex<Option<(Instant, Option<String>, Arc<HealthReport>)>>,
 }
 
 impl CmdbHealth {
@@ -756,12 +757,15 @@ impl CmdbHealth {
         &self.settings
     }
 
-    /// The cached report, or a new one when it is older than `cache_ttl` (blocking; one
-    /// computation at a time, the others wait for it and share it).
+    /// The cached report, or a new one when it is older than `cache_ttl` or a newer audit
+    /// run has finished since (blocking; one computation at a time, the others wait for it
+    /// and share it).
     pub fn report(&self) -> Result<Arc<HealthReport>, StoreError> {
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, rep)) = cache.as_ref()
+        let run = self.compliance.as_ref().and_then(|c| c.latest_run_id());
+        if let Some((at, cached_run, rep)) = cache.as_ref()
             && at.elapsed() < self.settings.cache_ttl
+            && *cached_run == run
         {
             return Ok(Arc::clone(rep));
         }
@@ -771,7 +775,7 @@ impl CmdbHealth {
             &self.settings,
             SystemTime::now(),
         )?);
-        *cache = Some((Instant::now(), Arc::clone(&rep)));
+        *cache = Some((Instant::now(), run, Arc::clone(&rep)));
         Ok(rep)
     }
 }

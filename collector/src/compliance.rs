@@ -51,6 +51,13 @@ pub struct ComplianceReport {
 pub trait ComplianceSource: Send + Sync + 'static {
     /// The latest finished audit run's compliance, `None` when no audit has run.
     fn latest(&self) -> Result<Option<ComplianceReport>, String>;
+
+    /// The id of the latest finished run, cheaply: a consumer caching [`Self::latest`] asks
+    /// this to know when a new run makes its cache stale. `None`: no run, or the source
+    /// cannot tell (the consumer then relies on its own expiry).
+    fn latest_run_id(&self) -> Option<String> {
+        None
+    }
 }
 
 fn ser_time<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {

@@ -618,6 +618,10 @@ impl ComplianceSource for ConfigAudit {
     fn latest(&self) -> Result<Option<ComplianceReport>, String> {
         self.compliance().map_err(|e| e.to_string())
     }
+
+    fn latest_run_id(&self) -> Option<String> {
+        self.latest().map(|r| r.id)
+    }
 }
 
 fn deficiency(i: usize, f: Found) -> Deficiency {

@@ -49,6 +49,8 @@ pub mod json;
 pub mod judgment;
 pub mod licenses;
 #[cfg(test)]
+pub(crate) mod openapi_schema;
+#[cfg(test)]
 mod openapi_tests;
 pub mod query;
 #[cfg(test)]

@@ -11,6 +11,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../collector/src/http/openapi_schema.rs"]
+mod openapi_schema;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -383,6 +385,8 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
         "Relations",
         "Impact",
     ]);
+    let text = b.wait_text(&["Via"]);
+    assert!(!text.contains("not available on this collector"), "{text}");
     b.screenshot("02-host-ci");
 
     // The CI browser, filtered to this host's files, then the watched file's page.
@@ -444,20 +448,14 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
     b.wait_text(&["Version history (2)", "~ sha256: "]);
     b.screenshot("07-ci-history");
 
-    // Capacity and licenses: data, or a clear "not available" on a collector without them.
+    // Capacity and licenses, served by this collector (a fresh host has no forecast yet).
     b.go(&format!("{api}/#/capacity"));
-    let text = b.wait_text(&["Capacity"]);
-    assert!(
-        text.contains("not available on this collector") || text.contains("At risk"),
-        "{text}"
-    );
+    let text = b.wait_text(&["Capacity", "At risk (0)", "Trend and forecast"]);
+    assert!(!text.contains("not available on this collector"), "{text}");
     b.screenshot("08-capacity");
     b.go(&format!("{api}/#/licenses"));
-    let text = b.wait_text(&["License position"]);
-    assert!(
-        text.contains("not available on this collector") || text.contains("Software inventory"),
-        "{text}"
-    );
+    let text = b.wait_text(&["License position", "Software inventory", "compliant"]);
+    assert!(!text.contains("not available on this collector"), "{text}");
     b.screenshot("09-licenses");
 
     // Every other page loads without an error.
@@ -466,12 +464,16 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
         ("11-drift", "drift", "Drift per day"),
         ("12-baselines", "baselines", "initial "),
         ("13-availability", "availability", "Availability"),
-        ("14-audit", "audit", "Configuration audit"),
-        ("15-health", "health", "CMDB health"),
+        ("14-audit", "audit", "No audit has run yet"),
+        ("15-health", "health", "completeness"),
     ] {
         b.go(&format!("{api}/#/{page}"));
         let text = b.wait_text(&[heading]);
         assert!(!text.contains("(HTTP 5"), "{page}: {text}");
+        assert!(
+            !text.contains("not available on this collector"),
+            "{page}: {text}"
+        );
         b.screenshot(step);
     }
     let text = b.wait_text(&["CMDB health"]);
@@ -558,6 +560,46 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
     });
     b.wait_text(&["CHG0000001", "approved", "Start"]);
     b.screenshot("19-change-approved");
+
+    // The auditor's work: import the authorised register from a file (the watched file,
+    // present, and one that is not there), run an audit from the console, record the
+    // corrective action on the missing file; the CMDB health page then reads compliance
+    // from that run.
+    let register = tmp.path().join("register.csv");
+    std::fs::write(
+        &register,
+        format!(
+            "class,key,host\nfile,/etc/cmdb-test/app.conf,{hostname}\n\
+             file,/etc/cmdb-test/retired.conf,{hostname}\n"
+        ),
+    )
+    .unwrap();
+    b.go(&format!("{api}/#/audit"));
+    b.wait_text(&["No audit has run yet", "Import the authorised register"]);
+    b.type_into(&b.find("#register-file"), register.to_str().unwrap());
+    b.wait_text(&["register imported: 2 rows"]);
+    assert_eq!(c.call("GET", "/api/v1/audit/register", None)["rows"], 2);
+    b.click(&b.find("#run-audit"));
+    let text = b.wait_text(&[
+        "Deficiencies of run run-000001",
+        "missing",
+        "file /etc/cmdb-test/retired.conf",
+    ]);
+    assert!(!text.contains("unregistered"), "{text}");
+    let run = c.call("GET", "/api/v1/audit/runs/run-000001", None);
+    assert_eq!(run["summary"]["missing"], 1, "{run}");
+    assert_eq!(run["summary"]["registered"], 2, "{run}");
+    b.screenshot("19b-audit-run");
+    b.click(&b.find("button.def-action_taken"));
+    wait_for(PAGE_WAIT, "the deficiency moved to action_taken", || {
+        (c.call("GET", "/api/v1/audit/runs/run-000001", None)["deficiencies"][0]["state"]
+            == "action_taken")
+            .then_some(())
+    });
+    b.wait_text(&["action_taken", "(test-admin, "]);
+    b.go(&format!("{api}/#/health"));
+    b.wait_text(&["compliance from audit run run-000001"]);
+    b.screenshot("19c-health-compliance");
     assert_eq!(
         b.script_errors(),
         Vec::<String>::new(),
@@ -565,10 +607,13 @@ fn the_console_shows_the_host_its_incident_and_every_page_to_the_right_roles() {
     );
 }
 
-/// Answers of the routes other parts of the collector add (capacity, licenses, audit, CMDB
-/// health, fleet, impact), shaped as docs/API.md promises: the console's pages for them are
-/// checked against these even on a collector that does not serve them yet. Matched by
-/// substring of the request path, first match wins.
+/// Stand-in answers for the pages whose interesting states a fresh test collector cannot
+/// reach in seconds (a capacity forecast needs days of metrics, a licence shortfall needs
+/// entitlements and licensable software, a failing fleet needs a second, broken agent).
+/// Each is (substring of the request path, the docs/openapi.json path whose 200 answer it
+/// stands in for, the body); `stand_ins_match_the_openapi_schemas` checks every body against
+/// that schema, so the stand-ins cannot drift from what the collector really answers.
+/// Matched by substring of the request path, first match wins.
 fn contract_fixtures() -> Value {
     let now = SystemTime::now();
     let t = |offset_h: i64| {
@@ -582,70 +627,138 @@ fn contract_fixtures() -> Value {
     let points: Vec<Value> = (0..48)
         .map(|i| {
             let v = 70.0 + f64::from(i32::try_from(i).unwrap()) * 0.2;
-            json!({"t": t(i - 48), "min": v - 1.0, "avg": v, "max": v + 2.0, "p95": v + 1.5})
+            json!({"t": t(i - 48), "min": v - 1.0, "avg": v, "max": v + 2.0, "p95": v + 1.5,
+                   "samples": 60})
         })
         .collect();
+    let summary =
+        json!({"registered": 40, "live": 41, "missing": 1, "unregistered": 2, "mismatched": 0});
+    let run_info = json!({
+        "id": "run-000001", "started_at": t(-1), "finished_at": t(-1), "started_by": "test-admin",
+        "missing_after_days": 7, "summary": summary,
+        "classes": [{"class": "host", "registered": 40, "healthy": 39, "unregistered": 2}],
+        "deficiencies_total": 3, "truncated": false, "millis": 12});
+    let mut run = run_info.clone();
+    run["deficiencies"] = json!([
+        {"id": "d-000001", "kind": "missing", "class": "host", "key": "old-db-7", "host": "old-db-7",
+         "host_id": null, "ci_id": null, "attribute": null, "expected": null, "actual": null,
+         "state": "open", "note": "", "updated_at": null, "updated_by": null},
+        {"id": "d-000002", "kind": "mismatched", "class": "package", "key": "dpkg:openssl:amd64",
+         "host": "web-1", "host_id": "host-a", "ci_id": "ci-ssl", "attribute": "version",
+         "expected": "3.0.15", "actual": "3.0.11", "state": "action_taken", "note": "CHG-7",
+         "updated_at": t(0), "updated_by": "olivia"}]);
+    let fleet_item = |id: &str, host: &str, name: &str, version: &str, seen: i64, up: bool| {
+        json!({"agent_id": id, "host_id": host, "hostname": name, "version": version,
+               "last_seen": t(seen), "up": up, "connected": up, "outbox_events": 0,
+               "outbox_bytes": 0, "collectors": [], "failures": 0, "revoked": false, "gaps": 0,
+               "dropped_metrics": 0, "dropped_inventory_changes": 0})
+    };
+    let mut db = fleet_item("agt-b", "host-b", "db-1", "0.1.0", -30, false);
+    db["outbox_events"] = json!(1200);
+    db["outbox_bytes"] = json!(5_000_000);
+    db["collectors"] = json!([{"name": "rpm", "status": "timeout", "message": "rpm -qa took 30s"}]);
+    db["failures"] = json!(3);
+    let forecast = |resource: &str,
+                    status: &str,
+                    current: f64,
+                    threshold: f64,
+                    slope: f64,
+                    exhaustion: Value,
+                    days: Value,
+                    confidence: f64| {
+        json!({"host_id": "host-a", "hostname": "web-1", "resource": resource, "unit": "percent",
+               "status": status, "current": current, "capacity": null, "threshold": threshold,
+               "threshold_percent": threshold, "slope_per_day": slope, "exhaustion_at": exhaustion,
+               "days_to_threshold": days, "confidence": confidence, "points": 48,
+               "incident": null, "computed_at": t(0)})
+    };
+    let position = |product: &str,
+                    vendor: &str,
+                    edition: &str,
+                    metric: &str,
+                    entitled: i64,
+                    consumed: i64,
+                    status: &str,
+                    hosts: Value| {
+        let host_count = hosts.as_array().map_or(0, Vec::len);
+        json!({"vendor": vendor, "product": product, "edition": edition, "metric": metric,
+               "entitled": entitled, "consumed": consumed, "balance": entitled - consumed,
+               "status": status, "installs": host_count, "host_count": host_count,
+               "hosts": hosts, "hosts_truncated": false, "entitlements": [], "expiring": [],
+               "expired": []})
+    };
+    let node = |id: &str, class: &str, key: &str, hops: u64, via: &str| {
+        json!({"id": id, "class": class, "key": key, "host_id": "host-a", "hostname": "web-1",
+               "hops": hops, "direction": "downstream", "via": via})
+    };
     json!([
-        ["/api/v1/fleet", {
+        ["/api/v1/fleet", "/api/v1/fleet", {
             "summary": {"agents": 2, "up": 1, "down": 1, "versions": {"0.2.0": 1, "0.1.0": 1}},
-            "items": [
-                {"agent_id": "agt-a", "host_id": "host-a", "hostname": "web-1", "version": "0.2.0",
-                 "last_seen": t(0), "up": true, "outbox_events": 0, "outbox_bytes": 0,
-                 "collectors": [], "failures": 0},
-                {"agent_id": "agt-b", "host_id": "host-b", "hostname": "db-1", "version": "0.1.0",
-                 "last_seen": t(-30), "up": false, "outbox_events": 1200, "outbox_bytes": 5_000_000,
-                 "collectors": [{"name": "rpm", "status": "timeout", "message": "rpm -qa took 30s"}],
-                 "failures": 3}]}],
-        ["/api/v1/capacity/forecast", {"items": [
-            {"host_id": "host-a", "hostname": "web-1", "resource": "filesystem:/var",
-             "status": "at_risk", "current": 79.4, "threshold": 90.0, "slope_per_day": 4.8,
-             "exhaustion_at": t(53), "days_to_threshold": 2.2, "confidence": 0.93, "incident": null},
-            {"host_id": "host-a", "hostname": "web-1", "resource": "cpu", "status": "ok",
-             "current": 12.0, "threshold": 95.0, "slope_per_day": 0.0, "exhaustion_at": null,
-             "days_to_threshold": null, "confidence": 0.4, "incident": null}]}],
-        ["/api/v1/capacity", {"items": [
+            "items": [fleet_item("agt-a", "host-a", "web-1", "0.2.0", 0, true), db],
+            "truncated": false, "up_window_seconds": 90}],
+        ["/api/v1/capacity/forecast", "/api/v1/capacity/forecast", {"items": [
+            forecast("filesystem:/var", "at_risk", 79.4, 90.0, 4.8, json!(t(53)), json!(2.2), 0.93),
+            forecast("cpu", "ok", 12.0, 95.0, 0.0, Value::Null, Value::Null, 0.4)],
+            "truncated": false}],
+        ["/api/v1/capacity", "/api/v1/capacity", {"items": [
             {"host_id": "host-a", "hostname": "web-1", "resource": "filesystem:/var",
              "unit": "percent", "capacity": null, "tier": "hour", "points": points}]}],
-        ["/api/v1/licenses/position", {"items": [
+        ["/api/v1/licenses/position", "/api/v1/licenses/position", {"items": [
+            position("Database", "Oracle", "Enterprise", "per-core", 8, 16, "shortfall",
+                     json!([{"host_id": "host-b", "hostname": "db-1", "consumed": 16}])),
+            position("Ubuntu Pro", "Canonical", "", "per-host", 10, 2, "surplus", json!([]))],
+            "built_at": t(0), "expiry_window_days": 90}],
+        ["/api/v1/licenses/software", "/api/v1/licenses/software", {"items": [
             {"vendor": "Oracle", "product": "Database", "edition": "Enterprise",
-             "metric": "per-core", "entitled": 8, "consumed": 16, "balance": -8,
-             "status": "shortfall", "hosts": [{"host_id": "host-b", "hostname": "db-1"}],
-             "expiring": []},
-            {"vendor": "Canonical", "product": "Ubuntu Pro", "edition": null,
-             "metric": "per-host", "entitled": 10, "consumed": 2, "balance": 8,
-             "status": "surplus", "hosts": [], "expiring": []}]}],
-        ["/api/v1/licenses/software", {"items": [
-            {"vendor": "Oracle", "product": "Database", "edition": "Enterprise",
-             "versions": ["19.3.0"], "installs": 1, "hosts": 1, "cores": 16}]}],
-        ["/api/v1/audit/runs/RUN0001", {
-            "id": "RUN0001", "started_at": t(-1), "finished_at": t(-1),
-            "summary": {"missing": 1, "unregistered": 2, "mismatched": 0, "registered": 40, "live": 41},
-            "deficiencies": [{"id": "DEF0001", "kind": "missing", "class": "host",
-                              "key": "old-db-7", "state": "open"}]}],
-        ["/api/v1/audit/runs", {"items": [
-            {"id": "RUN0001", "started_at": t(-1), "finished_at": t(-1),
-             "summary": {"missing": 1, "unregistered": 2, "mismatched": 0, "registered": 40, "live": 41}}]}],
-        ["/api/v1/cmdb-health/failing", {"items": [
+             "versions": ["19.3.0"], "installs": 1, "hosts": 1, "cores": 16, "users": 0,
+             "normalised": true, "licensable": true}],
+            "built_at": t(0), "packages_scanned": 812, "products_overflow": 0}],
+        ["/api/v1/audit/runs/run-000001", "/api/v1/audit/runs/{id}", run],
+        ["/api/v1/audit/runs", "/api/v1/audit/runs", {"items": [run_info]}],
+        ["/api/v1/cmdb-health/failing", "/api/v1/cmdb-health/failing", {
+            "generated_at": t(0), "total": 1, "truncated": false, "items": [
             {"ci_id": "ci-h1", "class": "host", "key": "host-z", "host_id": "host-z",
-             "reason": "no owner attribute"}]}],
-        ["/api/v1/cmdb-health", {"kpis": [
+             "kpi": "completeness", "reason": "no owner attribute"}]}],
+        ["/api/v1/cmdb-health", "/api/v1/cmdb-health", {
+            "generated_at": t(0), "cache_ttl_seconds": 300, "cis_scanned": 510,
+            "compliance": {"run_id": "run-000001", "finished_at": t(-1)}, "kpis": [
             {"kpi": "completeness", "class": "host", "healthy": 9, "total": 10, "ratio": 0.9},
             {"kpi": "correctness", "class": "package", "healthy": 480, "total": 500, "ratio": 0.96}]}],
-        ["/api/v1/cis/ci-root/impact", {"root": "ci-root", "nodes": [
-            {"id": "ci-root", "class": "host", "key": "host-a", "host_id": "host-a",
-             "hostname": "web-1", "hops": 0, "direction": "downstream"},
-            {"id": "ci-svc", "class": "service", "key": "nginx.service", "host_id": "host-a",
-             "hostname": "web-1", "hops": 1, "direction": "downstream"}],
-            "edges": [{"from": "ci-root", "to": "ci-svc", "kind": "runs"}]}],
-        ["/api/v1/cis/ci-root/relations", {"items": []}],
-        ["/api/v1/cis/ci-root", {"id": "ci-root", "host_id": "host-a", "class": "host",
-            "key": "host-a", "state": "present", "attrs": {"hostname": "web-1"}, "version": 1,
-            "first_seen": t(-2), "last_seen": t(0), "last_changed": t(-2),
+        ["/api/v1/cis/ci-root/impact", "/api/v1/cis/{id}/impact", {"root": "ci-root", "depth": 3,
+            "nodes": [node("ci-root", "host", "host-a", 0, "ci-root"),
+                      node("ci-svc", "service", "nginx.service", 1, "ci-root")],
+            "edges": [{"from": "ci-root", "to": "ci-svc", "kind": "contains"}],
+            "truncated": false}],
+        ["/api/v1/cis/ci-root/relations", "/api/v1/cis/{id}/relations", {"items": []}],
+        ["/api/v1/cis/ci-root", "/api/v1/cis/{id}", {"id": "ci-root", "host_id": "host-a",
+            "class": "host", "key": "host-a", "state": "present", "attrs": {"hostname": "web-1"},
+            "version": 1, "first_seen": t(-2), "last_seen": t(0), "last_changed": t(-2),
             "source_agent": "agt-a", "source_seq": 1,
             "versions": [{"ci_id": "ci-root", "version": 1, "change": "added", "state": "present",
                           "attrs": {"hostname": "web-1"}, "old_attrs": {}, "observed_at": t(-2),
-                          "agent_id": "agt-a", "seq": 1, "change_id": null}]}]
+                          "agent_id": "agt-a", "seq": 1, "change_id": null}]}],
     ])
+}
+
+/// Every stand-in body is a valid 200 answer of its route in docs/openapi.json.
+#[test]
+fn stand_ins_match_the_openapi_schemas() {
+    let spec: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let mut problems = Vec::new();
+    for f in contract_fixtures().as_array().unwrap() {
+        let (route, body) = (f[1].as_str().unwrap(), &f[2]);
+        let schema = &spec["paths"][route]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"];
+        assert!(!schema.is_null(), "{route}: no 200 JSON schema in the spec");
+        openapi_schema::schema_errors(schema, body, &spec, route, &mut problems);
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 /// Replaces `fetch` in the page: paths matching a fixture get its JSON, the rest go to the
@@ -655,7 +768,7 @@ const fixtures = arguments[0];
 const real = window.fetch.bind(window);
 window.fetch = (url, opts) => {
   const path = String(url);
-  for (const [part, body] of fixtures) {
+  for (const [part, _route, body] of fixtures) {
     if (path.includes(part)) {
       return Promise.resolve(new Response(JSON.stringify(body),
         { status: 200, headers: { 'Content-Type': 'application/json' } }));
@@ -721,15 +834,24 @@ fn the_pages_of_newer_routes_render_their_documented_shapes() {
     b.screenshot("22-contract-licenses");
 
     b.go(&format!("{api}/#/audit"));
-    b.wait_text(&[
-        "Deficiencies of run RUN0001",
+    let text = b.wait_text(&[
+        "Deficiencies of run run-000001",
         "old-db-7",
         "Run an audit now",
+        "version: expected 3.0.15, found 3.0.11",
     ]);
+    assert!(text.contains("CHG-7 (olivia"), "{text}");
+    // open → action taken or verified; action taken → verified only.
+    assert_eq!(b.find_all("button.def-action_taken").len(), 1, "{text}");
+    assert_eq!(b.find_all("button.def-verified").len(), 2, "{text}");
     b.screenshot("23-contract-audit");
 
     b.go(&format!("{api}/#/health"));
-    b.wait_text(&["completeness", "90.0 %", "no owner attribute"]);
+    let text = b.wait_text(&["completeness", "90.0 %", "no owner attribute"]);
+    assert!(
+        text.contains("compliance from audit run run-000001"),
+        "{text}"
+    );
     b.screenshot("24-contract-health");
 
     b.go(&format!("{api}/#/ci/ci-root"));

@@ -118,7 +118,8 @@ fn health_kpis_and_fleet_end_to_end() {
     assert_eq!(kpi(&h, "completeness", "package"), (1, 2), "{h}");
     assert_eq!(kpi(&h, "correctness", "host"), (0, 2), "{h}");
     assert_eq!(kpi(&h, "correctness", "package"), (2, 2), "{h}");
-    assert_eq!(h["compliance"], "no audit source");
+    // The configuration audit is the compliance source; nothing has run yet.
+    assert_eq!(h["compliance"], "no audit has run");
     assert!(
         h["kpis"]
             .as_array()
@@ -167,6 +168,32 @@ fn health_kpis_and_fleet_end_to_end() {
         None,
     );
     assert_eq!(bad.0, 400);
+
+    // Compliance from a configuration audit run: the first host's register expects bash
+    // as installed and a curl version the CI lacks (a mismatch).
+    let host_a = c
+        .agents()
+        .iter()
+        .find(|x| x["agent_id"] == a.agent_id.as_str())
+        .and_then(|x| x["host_id"].as_str())
+        .unwrap()
+        .to_owned();
+    let register = serde_json::json!([
+        {"class": "package", "key": "dpkg:bash:amd64", "host": host_a,
+         "attributes": {"version": "5.2.15-2"}},
+        {"class": "package", "key": "dpkg:curl:amd64", "host": host_a,
+         "attributes": {"version": "7.88.1-10"}},
+    ]);
+    c.call("PUT", "/api/v1/audit/register", Some(&register));
+    let run = c.call("POST", "/api/v1/audit/runs", Some(&serde_json::json!({})));
+    assert_eq!(run["summary"]["mismatched"], 1, "{run}");
+    let h = c.get("/api/v1/cmdb-health");
+    assert_eq!(h["compliance"]["run_id"], run["id"], "{h}");
+    assert_eq!(kpi(&h, "compliance", "package"), (1, 2), "{h}");
+    let f = c.get("/api/v1/cmdb-health/failing?kpi=compliance");
+    let items = f["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{f}");
+    assert_eq!(items[0]["key"], "dpkg:curl:amd64", "{f}");
 
     let (code, out, err) = cmdbctl(&c, &["--format", "csv", "health", "--class", "package"]);
     assert_eq!(code, 0, "{err}");

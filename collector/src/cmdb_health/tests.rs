@@ -470,6 +470,41 @@ fn the_report_is_cached_for_its_ttl() {
     assert!(!Arc::ptr_eq(&c, &d));
 }
 
+/// A source whose latest run id the test moves on.
+struct MovingRun(std::sync::Mutex<Option<String>>);
+
+impl ComplianceSource for MovingRun {
+    fn latest(&self) -> Result<Option<ComplianceReport>, String> {
+        Ok(None)
+    }
+    fn latest_run_id(&self) -> Option<String> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_new_audit_run_makes_the_cached_report_stale() {
+    let store = Arc::new(planted());
+    let source = Arc::new(MovingRun(std::sync::Mutex::new(None)));
+    let health = CmdbHealth::new(
+        Arc::clone(&store) as Arc<dyn Store>,
+        Some(Arc::clone(&source) as Arc<dyn ComplianceSource>),
+        HealthSettings::default(),
+    );
+    let a = health.report().unwrap();
+    assert!(
+        Arc::ptr_eq(&a, &health.report().unwrap()),
+        "cached within the TTL"
+    );
+    *source.0.lock().unwrap() = Some("run-000001".into());
+    let b = health.report().unwrap();
+    assert!(!Arc::ptr_eq(&a, &b), "recomputed after a new run");
+    assert!(
+        Arc::ptr_eq(&b, &health.report().unwrap()),
+        "then cached again"
+    );
+}
+
 #[test]
 fn the_collector_config_carries_the_section() {
     use crate::config::{CollectorConfig, ConfigError};
