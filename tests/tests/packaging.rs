@@ -117,6 +117,28 @@ fn packaged_configs_parse_and_agree_with_the_units() {
     let defaults = cmdb_collector::config::CollectorConfig::with_data_dir(collector.data_dir);
     assert_eq!(collector.store.cache_bytes, defaults.store.cache_bytes);
     assert_eq!(collector.limits.max_streams, defaults.limits.max_streams);
+    assert_eq!(collector.capacity.horizon, defaults.capacity.horizon);
+    assert_eq!(
+        collector.capacity.day_retention,
+        defaults.capacity.day_retention
+    );
+    assert_eq!(
+        collector.capacity.thresholds.memory,
+        defaults.capacity.thresholds.memory
+    );
+    assert_eq!(collector.licenses.refresh, defaults.licenses.refresh);
+    assert_eq!(
+        collector.licenses.expiry_window,
+        defaults.licenses.expiry_window
+    );
+    assert_eq!(
+        collector.cmdb_health.cache_ttl,
+        defaults.cmdb_health.cache_ttl
+    );
+    assert_eq!(
+        collector.cmdb_health.default_stale_after,
+        defaults.cmdb_health.default_stale_after
+    );
 
     let container = cmdb_collector::config::CollectorConfig::load(
         &packaging().join("container/collector.toml"),
