@@ -25,11 +25,16 @@
 //! Totals count present CIs only (absent and retired ones are not part of the live CMDB).
 //! The report walks the whole store, so it is cached for `cache_ttl` (default 60 s): a
 //! request within that time of the last computation gets the same report (its
-//! `generated_at` tells its age). Concurrent requests on a stale cache compute it once.
+//! `generated_at` tells its age). Concurrent requests on a stale cache compute it once. A
+//! new audit run makes the cache stale at once. When the last computation took longer than
+//! [`SERVE_STALE_ABOVE`] (a large CMDB: ~5 µs per CI), a request on a stale cache is not made
+//! to wait: it gets the previous report while one background thread computes the next, so
+//! only the very first report of a large CMDB can outlive the API's request timeout.
 //! The failing CIs kept per (KPI, class) are bounded by [`MAX_FAILING_KEPT`]; the counts
 //! are exact.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -730,13 +735,32 @@ fn walk(
     }
 }
 
+/// A computation that took longer than this makes later requests on a stale cache get the
+/// previous report while the next is computed in the background.
+pub const SERVE_STALE_ABOVE: Duration = Duration::from_secs(5);
+
+/// A computed report and what it was computed from.
+struct Cached {
+    at: Instant,
+    /// The compliance source's latest run id at the time.
+    run: Option<String>,
+    /// How long the computation took.
+    cost: Duration,
+    report: Arc<HealthReport>,
+}
+
 /// The health service: the store, the compliance source and a cached report.
 pub struct CmdbHealth {
     store: Arc<dyn Store>,
     compliance: Option<Arc<dyn ComplianceSource>>,
     settings: HealthSettings,
-    /// When it was computed, the compliance source's latest run id then, the report.
-    cache: Mutex<Option<(Instant, Option<String>, Arc<HealthReport>)>>,
+    cache: Mutex<Option<Cached>>,
+    /// Held while a report is computed (one computation at a time).
+    computing: Mutex<()>,
+    /// A background refresh is running.
+    refreshing: AtomicBool,
+    /// [`SERVE_STALE_ABOVE`], lowered by tests.
+    serve_stale_above: Duration,
 }
 
 impl CmdbHealth {
@@ -750,33 +774,103 @@ impl CmdbHealth {
             compliance,
             settings,
             cache: Mutex::new(None),
+            computing: Mutex::new(()),
+            refreshing: AtomicBool::new(false),
+            serve_stale_above: SERVE_STALE_ABOVE,
         }
+    }
+
+    #[cfg(test)]
+    fn with_serve_stale_above(mut self, d: Duration) -> Self {
+        self.serve_stale_above = d;
+        self
     }
 
     pub fn settings(&self) -> &HealthSettings {
         &self.settings
     }
 
-    /// The cached report, or a new one when it is older than `cache_ttl` or a newer audit
-    /// run has finished since (blocking; one computation at a time, the others wait for it
-    /// and share it).
-    pub fn report(&self) -> Result<Arc<HealthReport>, StoreError> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let run = self.compliance.as_ref().and_then(|c| c.latest_run_id());
-        if let Some((at, cached_run, rep)) = cache.as_ref()
-            && at.elapsed() < self.settings.cache_ttl
-            && *cached_run == run
+    /// The cached report while it is fresh (younger than `cache_ttl`, no newer audit run);
+    /// otherwise a new one (blocking; one computation at a time, the others wait for it and
+    /// share it) — or, when the last computation took longer than [`SERVE_STALE_ABOVE`],
+    /// the previous report at once while a background thread computes the next.
+    pub fn report(self: &Arc<Self>) -> Result<Arc<HealthReport>, StoreError> {
+        let run = self.latest_run();
         {
-            return Ok(Arc::clone(rep));
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(c) = cache.as_ref() {
+                if self.fresh(c, &run) {
+                    return Ok(Arc::clone(&c.report));
+                }
+                if c.cost > self.serve_stale_above {
+                    let stale = Arc::clone(&c.report);
+                    drop(cache);
+                    self.refresh_in_background();
+                    return Ok(stale);
+                }
+            }
         }
-        let rep = Arc::new(compute(
+        self.compute_now()
+    }
+
+    fn latest_run(&self) -> Option<String> {
+        self.compliance.as_ref().and_then(|c| c.latest_run_id())
+    }
+
+    fn fresh(&self, c: &Cached, run: &Option<String>) -> bool {
+        c.at.elapsed() < self.settings.cache_ttl && c.run == *run
+    }
+
+    /// Computes a report unless another computation finished a fresh one meanwhile.
+    fn compute_now(&self) -> Result<Arc<HealthReport>, StoreError> {
+        let _one = self
+            .computing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let run = self.latest_run();
+        if let Some(c) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|c| self.fresh(c, &run))
+        {
+            return Ok(Arc::clone(&c.report));
+        }
+        let started = Instant::now();
+        let report = Arc::new(compute(
             self.store.as_ref(),
             self.compliance.as_deref(),
             &self.settings,
             SystemTime::now(),
         )?);
-        *cache = Some((Instant::now(), run, Arc::clone(&rep)));
-        Ok(rep)
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some(Cached {
+            at: Instant::now(),
+            run,
+            cost: started.elapsed(),
+            report: Arc::clone(&report),
+        });
+        Ok(report)
+    }
+
+    /// Starts one background computation unless one is running.
+    fn refresh_in_background(self: &Arc<Self>) {
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("cmdb-health".into())
+            .spawn(move || {
+                if let Err(e) = me.compute_now() {
+                    tracing::error!(error = %e, "The background CMDB health report failed; the previous one is served.");
+                }
+                me.refreshing.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "Could not start the background CMDB health report.");
+            self.refreshing.store(false, Ordering::Release);
+        }
     }
 }
 

@@ -447,24 +447,24 @@ fn walking_pages_sees_every_ci() {
 #[test]
 fn the_report_is_cached_for_its_ttl() {
     let store = Arc::new(planted());
-    let health = CmdbHealth::new(
+    let health = Arc::new(CmdbHealth::new(
         Arc::clone(&store) as Arc<dyn Store>,
         None,
         HealthSettings::default(),
-    );
+    ));
     let a = health.report().unwrap();
     let reads = *store.reads.lock().unwrap();
     let b = health.report().unwrap();
     assert!(Arc::ptr_eq(&a, &b));
     assert_eq!(*store.reads.lock().unwrap(), reads);
-    let fresh = CmdbHealth::new(
+    let fresh = Arc::new(CmdbHealth::new(
         Arc::clone(&store) as Arc<dyn Store>,
         None,
         HealthSettings {
             cache_ttl: Duration::ZERO,
             ..HealthSettings::default()
         },
-    );
+    ));
     let c = fresh.report().unwrap();
     let d = fresh.report().unwrap();
     assert!(!Arc::ptr_eq(&c, &d));
@@ -486,11 +486,11 @@ impl ComplianceSource for MovingRun {
 fn a_new_audit_run_makes_the_cached_report_stale() {
     let store = Arc::new(planted());
     let source = Arc::new(MovingRun(std::sync::Mutex::new(None)));
-    let health = CmdbHealth::new(
+    let health = Arc::new(CmdbHealth::new(
         Arc::clone(&store) as Arc<dyn Store>,
         Some(Arc::clone(&source) as Arc<dyn ComplianceSource>),
         HealthSettings::default(),
-    );
+    ));
     let a = health.report().unwrap();
     assert!(
         Arc::ptr_eq(&a, &health.report().unwrap()),
@@ -503,6 +503,41 @@ fn a_new_audit_run_makes_the_cached_report_stale() {
         Arc::ptr_eq(&b, &health.report().unwrap()),
         "then cached again"
     );
+}
+
+#[test]
+fn a_slow_report_is_served_stale_while_the_next_is_computed() {
+    let store = Arc::new(planted());
+    let health = Arc::new(
+        CmdbHealth::new(
+            Arc::clone(&store) as Arc<dyn Store>,
+            None,
+            HealthSettings {
+                cache_ttl: Duration::ZERO,
+                ..HealthSettings::default()
+            },
+        )
+        // Every computation counts as slow.
+        .with_serve_stale_above(Duration::ZERO),
+    );
+    let first = health.report().unwrap();
+    // Expired at once, but slow: the previous report comes back without waiting...
+    let second = health.report().unwrap();
+    assert!(Arc::ptr_eq(&first, &second));
+    // ... and a background computation replaces it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = health.report().unwrap();
+        if !Arc::ptr_eq(&first, &r) {
+            assert_eq!(r.cis_scanned, first.cis_scanned);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background refresh"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
