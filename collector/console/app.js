@@ -407,6 +407,7 @@ async function ci(out, id) {
     { t: 'Kind', v: (r) => r.kind },
     { t: 'Other CI', v: (r) => (r.other ? link('#/ci/' + enc(r.other.id), `${r.other.class} ${r.other.key}`) : (r.direction === 'outgoing' ? r.to : r.from)) },
     { t: 'Present', v: (r) => (r.present ? 'yes' : 'no') },
+    { t: 'Source', v: (r) => (r.derived ? 'derived from connections' : 'agent') },
   ], rel.items, 'No relations.'));
 
   out.appendChild(h('h2', {}, 'Impact'));

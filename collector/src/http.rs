@@ -505,11 +505,14 @@ async fn ci_relations(
             return Ok(None);
         }
         // The agents' relations, then the derived host links (crate::host_links).
-        let relations = crate::host_links::relations_of(s, &lookup)?;
+        let reported = s.relations_of(&lookup)?;
+        let first_derived = reported.len();
+        let mut relations = reported;
+        relations.extend(crate::host_links::derived_relations_of(s, &lookup)?);
         // Resolve each other end once, however many relations point at it.
         let mut resolved = std::collections::HashMap::<String, Option<CiRef>>::new();
         let mut items = Vec::with_capacity(relations.len());
-        for relation in relations {
+        for (i, relation) in relations.into_iter().enumerate() {
             let (direction, other_id) = if relation.from == lookup {
                 (Direction::Outgoing, relation.to.clone())
             } else {
@@ -532,6 +535,7 @@ async fn ci_relations(
                 relation,
                 direction,
                 other,
+                derived: i >= first_derived,
             });
         }
         Ok(Some(items))

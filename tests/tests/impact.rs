@@ -202,6 +202,18 @@ fn connections_between_hosts_become_relations_and_drive_the_impact_set() {
     assert_eq!(link["present"], true, "{link}");
     assert_eq!(link["direction"], "outgoing", "{link}");
     assert_eq!(link["other"]["class"], "host", "{link}");
+    assert_eq!(link["derived"], true, "{link}");
+    // The agents' own relations of the host (if any) are not marked derived.
+    let host_rel = c.get(&format!("/api/v1/cis/{host_a}/relations"));
+    for r in host_rel["items"].as_array().unwrap() {
+        assert_eq!(
+            r["derived"],
+            r["kind"] == "connects_to"
+                && r["from"] == host_a.as_str()
+                && r["to"] == host_b.as_str(),
+            "{r}"
+        );
+    }
     let of_b = c.get(&format!("/api/v1/cis/{host_b}/relations"));
     assert!(
         of_b["items"]

@@ -75,6 +75,10 @@ pub struct RelationView {
     pub direction: Direction,
     /// The other end's class and key; `null` when that CI is not in the store.
     pub other: Option<CiRef>,
+    /// Derived by the collector from observed connections (`crate::host_links`), not
+    /// reported by an agent.
+    #[serde(default)]
+    pub derived: bool,
 }
 
 /// `GET /api/v1/hosts/{id}/metrics`.

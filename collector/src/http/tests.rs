@@ -715,11 +715,11 @@ async fn relations_resolve_the_other_end() {
              "host_id": "host-00000000000000a1", "present": true, "direction": "incoming",
              "from_ref": "", "to_ref": "",
              "other": {"id": "ci-0000000000000003", "class": "service", "key": "ssh.service",
-                       "state": "present"}},
+                       "state": "present"}, "derived": false},
             {"from": "ci-0000000000000001", "to": "ci-ffffffffffffffff", "kind": "depends_on",
              "host_id": "host-00000000000000a1", "present": true, "direction": "outgoing",
              "from_ref": "", "to_ref": "",
-             "other": null},
+             "other": null, "derived": false},
         ]})
     );
     let back: List<json::RelationView> = serde_json::from_slice(&r.body).unwrap();

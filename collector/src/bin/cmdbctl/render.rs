@@ -254,6 +254,7 @@ pub fn relations(items: &[RelationView]) -> String {
         "KEY",
         "STATE",
         "PRESENT",
+        "SOURCE",
     ]);
     for r in items {
         let (direction, other_id) = match r.direction {
@@ -272,6 +273,7 @@ pub fn relations(items: &[RelationView]) -> String {
             key,
             other_state,
             if r.relation.present { "yes" } else { "no" },
+            if r.derived { "derived" } else { "agent" },
         ]);
     }
     t.render()
@@ -472,6 +474,7 @@ VER  CHANGE   STATE    OBSERVED AT           SOURCE        ATTRIBUTE  OLD       
                     key: "ssh.service".into(),
                     state: CiState::Present,
                 }),
+                derived: false,
             },
             RelationView {
                 relation: RelationRecord {
@@ -485,13 +488,14 @@ VER  CHANGE   STATE    OBSERVED AT           SOURCE        ATTRIBUTE  OLD       
                 },
                 direction: Direction::Outgoing,
                 other: None,
+                derived: true,
             },
         ];
         assert_eq!(
             relations(&items),
-            "DIRECTION  KIND        OTHER    CLASS    KEY          STATE    PRESENT\n\
-             in         runs        ci-svc   service  ssh.service  present  yes\n\
-             out        depends_on  ci-gone  -        -            unknown  no\n"
+            "DIRECTION  KIND        OTHER    CLASS    KEY          STATE    PRESENT  SOURCE\n\
+             in         runs        ci-svc   service  ssh.service  present  yes      agent\n\
+             out        depends_on  ci-gone  -        -            unknown  no       derived\n"
         );
     }
 
