@@ -289,7 +289,7 @@ async function fleet(out) {
       agent_id: a.agent_id, host_id: a.host_id, hostname: a.hostname, version: a.version,
       last_seen: a.last_seen, up: !!a.connected && !a.revoked, outbox_events: a.outbox_events,
       outbox_bytes: a.outbox_bytes, collectors: a.collectors || [],
-      failures: (a.collectors || []).filter((c) => c.status !== 'ok').length,
+      failures: (a.collectors || []).filter((c) => c.status !== 'ok' && c.status !== 'unsupported').length,
     }));
     const versions = {};
     for (const a of items) versions[a.version] = (versions[a.version] || 0) + 1;
@@ -307,7 +307,7 @@ async function fleet(out) {
     { t: 'Version', v: (a) => a.version },
     { t: 'Last seen', v: (a) => h('span', { title: fmtTime(a.last_seen) }, ago(a.last_seen)) },
     { t: 'Backlog', num: true, v: (a) => `${a.outbox_events ?? 0} events / ${fmtBytes(a.outbox_bytes ?? 0)}` },
-    { t: 'Collector problems', v: (a) => (a.collectors || []).filter((c) => c.status !== 'ok')
+    { t: 'Collector problems', v: (a) => (a.collectors || []).filter((c) => c.status !== 'ok' && c.status !== 'unsupported')
       .map((c) => h('div', {}, badge(c.status, 'warn'), ' ', c.name, c.message ? ': ' + c.message : '')) },
     { t: 'Agent', v: (a) => h('span', { class: 'mono' }, a.agent_id) },
     { t: '', v: (a) => (a.host_id ? link('#/cis?host=' + enc(a.host_id), 'CIs') : '') },

@@ -44,7 +44,8 @@ pub struct FleetItem {
     pub outbox_events: u64,
     pub outbox_bytes: u64,
     pub collectors: Vec<CollectorStatus>,
-    /// Collectors whose last status was not `ok`.
+    /// Collectors whose last status was a failure: not `ok`, and not `unsupported` (the
+    /// source does not exist on this host, e.g. rpm on Debian: nothing to fix).
     pub failures: u64,
     pub revoked: bool,
     /// Gap events received (the agent's outbox had to drop something).
@@ -134,10 +135,7 @@ pub fn view(
                 message: c.message.clone(),
             })
             .collect();
-        let failures = collectors
-            .iter()
-            .filter(|c| c.status != CollectorState::Ok)
-            .count() as u64;
+        let failures = collectors.iter().filter(|c| is_failure(c.status)).count() as u64;
         items.push(FleetItem {
             agent_id: a.agent_id,
             host_id: a.host_id,
@@ -210,6 +208,11 @@ impl Fleet {
     }
 }
 
+/// A collector status that needs someone's attention.
+pub fn is_failure(s: CollectorState) -> bool {
+    !matches!(s, CollectorState::Ok | CollectorState::Unsupported)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::UNIX_EPOCH;
@@ -266,6 +269,15 @@ mod tests {
                 items: 0,
                 message: Some("no root".into()),
                 classes: vec!["system".into()],
+            },
+            // rpm on a Debian host: not a failure.
+            CollectorReport {
+                name: "rpm".into(),
+                status: CollectorState::Unsupported,
+                duration_ms: 0,
+                items: 0,
+                message: Some("no rpm database".into()),
+                classes: vec!["package".into()],
             },
         ];
         let b = agent("b", "1.1.0", false, 100);

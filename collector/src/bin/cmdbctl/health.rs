@@ -219,7 +219,7 @@ pub fn run_fleet(
                 .as_array()
                 .map(|cs| {
                     cs.iter()
-                        .filter(|c| c["status"] != "ok")
+                        .filter(|c| c["status"] != "ok" && c["status"] != "unsupported")
                         .map(|c| format!("{}={}", text(&c["name"]), text(&c["status"])))
                         .collect()
                 })
