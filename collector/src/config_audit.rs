@@ -283,9 +283,10 @@ impl ConfigAudit {
     pub fn import(
         &self,
         actor: &Actor,
-        rows: Vec<RegisterRow>,
+        rows: impl Into<Register>,
         now: SystemTime,
     ) -> Result<u64, AuditError> {
+        let rows: Register = rows.into();
         if rows.len() > register::MAX_ROWS {
             return Err(AuditError::Invalid(format!(
                 "more than {} register rows",
@@ -306,8 +307,8 @@ impl ConfigAudit {
                 });
             }
         };
-        for r in &rows {
-            let one = serde_json::to_vec(r).map_err(|e| AuditError::Invalid(e.to_string()))?;
+        for r in (0..rows.len()).filter_map(|i| rows.row(i)) {
+            let one = serde_json::to_vec(&r).map_err(|e| AuditError::Invalid(e.to_string()))?;
             if !buf.is_empty() && buf.len() + one.len() + 2 > CHUNK_BYTES {
                 flush(&mut buf, &mut ops);
             }
@@ -340,7 +341,7 @@ impl ConfigAudit {
         )?;
         self.store.write_records(&ops)?;
         let n = meta.rows;
-        let rows = Arc::new(Register::from_rows(rows));
+        let rows = Arc::new(rows);
         match self.register.write() {
             Ok(mut g) => *g = (meta, rows),
             Err(p) => *p.into_inner() = (meta, rows),

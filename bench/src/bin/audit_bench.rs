@@ -377,7 +377,7 @@ fn main() -> Result<()> {
         };
         svc.import(
             &actor,
-            register_rows(args.scan_hosts, args.packages).collect(),
+            Register::from_rows(register_rows(args.scan_hosts, args.packages)),
             SystemTime::now(),
         )?;
         let mut scans = Vec::new();

@@ -395,6 +395,12 @@ struct Row {
     attrs_end: u32,
 }
 
+impl From<Vec<RegisterRow>> for Register {
+    fn from(rows: Vec<RegisterRow>) -> Register {
+        Register::from_rows(rows)
+    }
+}
+
 impl Register {
     pub fn from_rows(rows: impl IntoIterator<Item = RegisterRow>) -> Register {
         let mut r = Register::default();
