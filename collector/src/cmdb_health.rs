@@ -730,13 +730,16 @@ fn walk(
     }
 }
 
+/// A cached report: when it was computed, the compliance source's latest run id then, the
+/// report.
+type Cached = (Instant, Option<String>, Arc<HealthReport>);
+
 /// The health service: the store, the compliance source and a cached report.
 pub struct CmdbHealth {
     store: Arc<dyn Store>,
     compliance: Option<Arc<dyn ComplianceSource>>,
     settings: HealthSettings,
-    /// When it was computed, the compliance source's latest run id then, the report.
-    cache: Mutex<Option<(Instant, Option<String>, Arc<HealthReport>)>>,
+    cache: Mutex<Option<Cached>>,
 }
 
 impl CmdbHealth {

@@ -239,8 +239,8 @@ impl<'r> Index<'r> {
         let mut resolved: FxMap<Sym, Vec<u32>> = FxMap::default();
         for i in 0..reg.len() {
             let (c, h, _) = reg.syms_of(i);
-            if !classes.contains_key(&c) {
-                classes.insert(c, class_syms.len() as u32);
+            if let std::collections::hash_map::Entry::Vacant(e) = classes.entry(c) {
+                e.insert(class_syms.len() as u32);
                 class_syms.push(c);
             }
             resolved.entry(h).or_insert_with(|| {

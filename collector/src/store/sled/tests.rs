@@ -925,7 +925,7 @@ fn scan_class_sees_what_cis_sees() {
                 })
                 .unwrap();
         }
-        got.sort_by(|a, b| (a.0.clone(), a.7).cmp(&(b.0.clone(), b.7)));
+        got.sort_by_key(|a| (a.0.clone(), a.7));
         let want: Vec<_> = want
             .into_iter()
             .flat_map(|c| {
