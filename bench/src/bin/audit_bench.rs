@@ -45,6 +45,10 @@ struct Args {
     scan_hosts: usize,
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// sled cache of the store measurement, MiB (the collector's default `cache_bytes` is
+    /// 256 MiB).
+    #[arg(long, default_value_t = 256)]
+    cache_mib: u64,
     /// Observer threads of the compute measurement.
     #[arg(long, default_value_t = cmdb_collector::config_audit::engine::SHARDS)]
     threads: usize,
@@ -362,7 +366,7 @@ fn main() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("audit-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).context("temp dir")?;
-        let store = Arc::new(SledStore::open(&dir.join("store"), 256 * 1024 * 1024)?);
+        let store = Arc::new(SledStore::open(&dir.join("store"), args.cache_mib * 1024 * 1024)?);
         let t = Instant::now();
         populate(&store, args.scan_hosts, args.packages)?;
         println!(
