@@ -366,7 +366,10 @@ fn main() -> Result<()> {
         let dir = std::env::temp_dir().join(format!("audit-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).context("temp dir")?;
-        let store = Arc::new(SledStore::open(&dir.join("store"), args.cache_mib * 1024 * 1024)?);
+        let store = Arc::new(SledStore::open(
+            &dir.join("store"),
+            args.cache_mib * 1024 * 1024,
+        )?);
         let t = Instant::now();
         populate(&store, args.scan_hosts, args.packages)?;
         println!(

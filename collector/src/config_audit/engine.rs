@@ -9,10 +9,9 @@
 //! cost two cache misses per CI, which was nearly all of the observation's time. An
 //! [`Observer`] takes CIs of the audited classes in any order: the key's number (one
 //! lookup in the register's texts), one index lookup, then a comparison of the row's
-//! expected attributes. Several observers may run at once on
-//! disjoint sets of CIs (the service and the bench use one per shard of hosts);
-//! [`Index::finish`] merges them and turns the rows never seen into `missing`
-//! deficiencies.
+//! expected attributes. Several observers may run at once on disjoint sets of CIs (the
+//! service and the bench use one per part of the hosts); [`Index::finish`] merges them and
+//! turns the rows never seen into `missing` deficiencies.
 //!
 //! The outcome does not depend on the order CIs arrive in nor on how they are split: a
 //! row whose hostname names several hosts (the only row more than one CI can match) takes

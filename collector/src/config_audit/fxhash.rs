@@ -1,6 +1,6 @@
 //! FxHash (the rustc hasher) for the audit's in-memory maps: the register's interned texts
-//! and the (host, class, key) index. What is inserted comes from the register (imported by
-//! an auditor); CI data is only looked up.
+//! and a run's class, host and contested-row maps. What is inserted comes from the
+//! register (imported by an auditor) and the known hosts; CI data is only looked up.
 
 use std::collections::HashMap;
 
