@@ -4,13 +4,15 @@
 //! id — and expected attributes), imported from CSV or JSON. An import replaces the whole
 //! register atomically (one `write_records`) or is refused whole, naming each bad row.
 //! Stored in the record collection `audit_register` as JSON chunks (`chunk-NNNNNN`, each
-//! under [`CHUNK_BYTES`]) plus a `meta` record, and held in memory for runs.
+//! under [`CHUNK_BYTES`]) plus a `meta` record, and held in memory for runs in the compact
+//! form [`register::Register`].
 //!
 //! **Scope.** The audited classes are those present in the register; the audited hosts
 //! are those the register names (a hostname names every host with that name, compared
 //! case-insensitively; a host id names that host). A run ([`engine`]) reads the CIs of
-//! each audited class with one streamed, paged `Store::cis` scan (absent ones included)
-//! and finds:
+//! each audited class with the store's bulk scan (`Store::scan_class`, absent ones
+//! included; [`engine::SHARDS`] scans at once, each over its part of the hosts, each
+//! feeding its own observer) and finds:
 //! - **missing**: a register row with no CI of that (host, class, key) seen live: a CI is
 //!   seen live when present, or absent but last seen within `missing_after_days` (default
 //!   [`DEFAULT_MISSING_AFTER_DAYS`]; 0 = present only). A row whose host the CMDB does
@@ -36,6 +38,7 @@
 //! self-contained HTML page.
 
 pub mod engine;
+mod fxhash;
 pub mod register;
 pub mod report;
 
@@ -46,9 +49,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::compliance::{ComplianceFailure, ComplianceReport, ComplianceRow, ComplianceSource};
 use crate::judgment::{Actor, AuditSink};
-use crate::store::{CiFilter, RecordOp, Store, StoreError};
-use engine::{Auditor, ClassCount, Found, Hosts, Kind, Summary};
-use register::{ImportError, RegisterRow};
+use crate::store::{RecordOp, ScanPart, Store, StoreError};
+use engine::{ClassCount, Found, Hosts, Index, Kind, SHARDS, Summary};
+use register::{ImportError, Register, RegisterRow};
 
 /// Register collection.
 pub const REGISTER: &str = "audit_register";
@@ -70,8 +73,6 @@ pub const DEFAULT_MISSING_AFTER_DAYS: u64 = 7;
 pub const MAX_MISSING_AFTER_DAYS: u64 = 3650;
 /// Longest note on a deficiency.
 pub const MAX_NOTE_BYTES: usize = 4096;
-/// CIs read per store page.
-const SCAN_PAGE: usize = 5_000;
 
 /// Why an audit operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +175,7 @@ pub struct RegisterMeta {
 pub struct ConfigAudit {
     store: Arc<dyn Store>,
     audit: Option<Arc<dyn AuditSink>>,
-    register: RwLock<(RegisterMeta, Arc<Vec<RegisterRow>>)>,
+    register: RwLock<(RegisterMeta, Arc<Register>)>,
     /// Runs, oldest first.
     runs: Mutex<Vec<RunInfo>>,
     /// One write (import, run, state change) at a time.
@@ -220,15 +221,17 @@ impl ConfigAudit {
             Some(b) => serde_json::from_slice(&b).map_err(|e| corrupt("meta", e))?,
             None => RegisterMeta::default(),
         };
-        let mut rows = Vec::with_capacity(usize::try_from(meta.rows).unwrap_or(0));
+        let mut rows = Register::default();
         for n in 0..meta.chunks {
             let id = chunk_id(n);
             let b = store
                 .record(REGISTER, &id)?
                 .ok_or_else(|| corrupt(&id, "the chunk is missing"))?;
-            let mut chunk: Vec<RegisterRow> =
+            let chunk: Vec<RegisterRow> =
                 serde_json::from_slice(&b).map_err(|e| corrupt(&id, e))?;
-            rows.append(&mut chunk);
+            for r in &chunk {
+                rows.push(r);
+            }
         }
         let mut runs = Vec::new();
         let mut after: Option<String> = None;
@@ -266,7 +269,7 @@ impl ConfigAudit {
     }
 
     /// The register as stored: its description and rows.
-    pub fn register(&self) -> (RegisterMeta, Arc<Vec<RegisterRow>>) {
+    pub fn register(&self) -> (RegisterMeta, Arc<Register>) {
         match self.register.read() {
             Ok(g) => (g.0.clone(), Arc::clone(&g.1)),
             Err(p) => {
@@ -280,9 +283,10 @@ impl ConfigAudit {
     pub fn import(
         &self,
         actor: &Actor,
-        rows: Vec<RegisterRow>,
+        rows: impl Into<Register>,
         now: SystemTime,
     ) -> Result<u64, AuditError> {
+        let rows: Register = rows.into();
         if rows.len() > register::MAX_ROWS {
             return Err(AuditError::Invalid(format!(
                 "more than {} register rows",
@@ -303,8 +307,8 @@ impl ConfigAudit {
                 });
             }
         };
-        for r in &rows {
-            let one = serde_json::to_vec(r).map_err(|e| AuditError::Invalid(e.to_string()))?;
+        for r in (0..rows.len()).filter_map(|i| rows.row(i)) {
+            let one = serde_json::to_vec(&r).map_err(|e| AuditError::Invalid(e.to_string()))?;
             if !buf.is_empty() && buf.len() + one.len() + 2 > CHUNK_BYTES {
                 flush(&mut buf, &mut ops);
             }
@@ -337,9 +341,10 @@ impl ConfigAudit {
         )?;
         self.store.write_records(&ops)?;
         let n = meta.rows;
+        let rows = Arc::new(rows);
         match self.register.write() {
-            Ok(mut g) => *g = (meta, Arc::new(rows)),
-            Err(p) => *p.into_inner() = (meta, Arc::new(rows)),
+            Ok(mut g) => *g = (meta, rows),
+            Err(p) => *p.into_inner() = (meta, rows),
         }
         Ok(n)
     }
@@ -413,11 +418,32 @@ impl ConfigAudit {
         let cutoff = now
             .checked_sub(Duration::from_secs(days * 86_400))
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut auditor = Auditor::new(&rows, &hosts, cutoff);
-        for class in auditor.classes() {
-            scan(self.store.as_ref(), &class, |ci| auditor.observe(ci))?;
-        }
-        let outcome = auditor.finish();
+        let index = Index::new(&rows, &hosts, cutoff);
+        let classes = index.classes();
+        let store = self.store.as_ref();
+        let observers = std::thread::scope(|s| {
+            let parts: Vec<_> = (0..SHARDS)
+                .map(|index_of| {
+                    let (index, classes) = (&index, &classes);
+                    s.spawn(move || {
+                        let part = ScanPart {
+                            index: index_of,
+                            of: SHARDS,
+                        };
+                        let mut o = index.observer();
+                        for class in classes {
+                            store.scan_class(class, part, &mut |ci| o.observe(ci))?;
+                        }
+                        Ok::<_, StoreError>(o)
+                    })
+                })
+                .collect();
+            parts
+                .into_iter()
+                .map(|p| p.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        let outcome = index.finish(observers);
         let finished = SystemTime::now().max(now);
         let id = {
             let runs = lock(&self.runs);
@@ -640,31 +666,6 @@ fn deficiency(i: usize, f: Found) -> Deficiency {
         note: String::new(),
         updated_at: None,
         updated_by: None,
-    }
-}
-
-/// Every CI of `class` (absent ones included), page by page.
-fn scan(
-    store: &dyn Store,
-    class: &str,
-    mut f: impl FnMut(&crate::store::CiRecord),
-) -> Result<(), StoreError> {
-    let mut after: Option<String> = None;
-    loop {
-        let page = store.cis(&CiFilter {
-            class: Some(class.to_owned()),
-            include_absent: true,
-            limit: SCAN_PAGE,
-            after: after.clone(),
-            ..CiFilter::default()
-        })?;
-        for ci in &page {
-            f(ci);
-        }
-        match page.last() {
-            Some(last) if page.len() >= SCAN_PAGE => after = Some(last.id.clone()),
-            _ => return Ok(()),
-        }
     }
 }
 

@@ -2,13 +2,15 @@
 //! packages against a register of the same size ≤ 5 s" (docs/BENCHMARKS.md).
 //!
 //! Two measurements, medians of `--runs` runs:
-//! 1. **compute**: [`Auditor`] over a register of `--hosts` × `--packages` rows (one
-//!    expected attribute each, hosts named by hostname) and as many live package CIs,
-//!    generated in memory and streamed one by one (never all held). Reported with and
-//!    without the cost of generating the CIs (a pass that only generates them), so the
-//!    audit's own cost is the difference. Planted: every 1000th host lacks one registered
-//!    package (missing), every 500th has one extra (unregistered), every 700th has one
-//!    version differing (mismatched); the counts are checked against the result.
+//! 1. **compute**: the engine ([`Index`] + one [`Observer`] per thread, `--threads`) over a
+//!    register of `--hosts` × `--packages` rows (one expected attribute each, hosts named
+//!    by hostname, held as a compact [`Register`]) and as many live package CIs, generated
+//!    in memory and streamed one by one (never all held; each thread generates the hosts
+//!    of its shard). Reported with and without the cost of generating the CIs (a pass that
+//!    only generates them, on as many threads), so the audit's own cost is the difference;
+//!    wall and process CPU time. Planted: every 1000th host lacks one registered package
+//!    (missing), every 500th has one extra (unregistered), every 700th has one version
+//!    differing (mismatched); the counts are checked against the result.
 //! 2. **store scan**: a full `ConfigAudit::run_audit` against the real sled store holding
 //!    `--scan-hosts` × `--packages` package CIs, i.e. store read + decode + audit +
 //!    storing the run; reported per CI and extrapolated to the full fleet.
@@ -22,11 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, Result};
 use clap::Parser;
 use cmdb_collector::config_audit::ConfigAudit;
-use cmdb_collector::config_audit::engine::{Auditor, Hosts};
-use cmdb_collector::config_audit::register::RegisterRow;
+use cmdb_collector::config_audit::engine::{Hosts, Index, Observer};
+use cmdb_collector::config_audit::register::{Register, RegisterRow};
 use cmdb_collector::judgment::Actor;
 use cmdb_collector::store::sled::SledStore;
-use cmdb_collector::store::{AgentRecord, CiRecord, CiState, Store};
+use cmdb_collector::store::{AgentRecord, CiRecord, CiState, CiView, Store};
 use cmdb_proto::convert::timestamp_from_system;
 use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
 use cmdb_proto::v1::{self, event};
@@ -37,11 +39,44 @@ struct Args {
     hosts: usize,
     #[arg(long, default_value_t = 800)]
     packages: usize,
-    /// Hosts written to the sled store for the scan measurement (0: skip it).
+    /// Hosts written to the sled store for the scan measurement (0: skip it). At least
+    /// `--hosts` measures the full size (use `--hosts 1` to skip the compute part then).
     #[arg(long, default_value_t = 100)]
     scan_hosts: usize,
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// sled cache of the store measurement, MiB (the collector's default `cache_bytes` is
+    /// 256 MiB).
+    #[arg(long, default_value_t = 256)]
+    cache_mib: u64,
+    /// Observer threads of the compute measurement.
+    #[arg(long, default_value_t = cmdb_collector::config_audit::engine::SHARDS)]
+    threads: usize,
+}
+
+/// CPU time of the process so far (user + system, from /proc; 0 where unreadable).
+fn cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is the 3rd field, utime
+    // and stime the 14th and 15th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    Duration::from_millis(f.iter().sum::<u64>() * 10)
+}
+
+/// Resident memory of the process now, in MiB (0 where unreadable).
+fn rss_mib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024)
 }
 
 fn host_id(h: usize) -> String {
@@ -60,23 +95,19 @@ fn version(h: usize) -> String {
     format!("1.{}.0", h % 4)
 }
 
-fn register(hosts: usize, packages: usize) -> Vec<RegisterRow> {
-    let mut rows = Vec::with_capacity(hosts * packages);
-    for h in 0..hosts {
+fn register_rows(hosts: usize, packages: usize) -> impl Iterator<Item = RegisterRow> {
+    (0..hosts).flat_map(move |h| {
         let name = hostname(h);
-        for p in 0..packages {
-            rows.push(RegisterRow {
-                class: "package".into(),
-                key: key(p),
-                host: name.clone(),
-                attributes: BTreeMap::from([(
-                    "version".to_owned(),
-                    serde_json::Value::String(version(h)),
-                )]),
-            });
-        }
-    }
-    rows
+        (0..packages).map(move |p| RegisterRow {
+            class: "package".into(),
+            key: key(p),
+            host: name.clone(),
+            attributes: BTreeMap::from([(
+                "version".to_owned(),
+                serde_json::Value::String(version(h)),
+            )]),
+        })
+    })
 }
 
 /// The live package CIs of host `h`: (key, version), with the planted deficiencies.
@@ -209,17 +240,41 @@ fn populate(store: &SledStore, hosts: usize, packages: usize) -> Result<()> {
     Ok(())
 }
 
+/// Generates the live CIs of the hosts of shard `shard` (of `threads`), handing each to `f`.
+fn each_ci(
+    hosts: usize,
+    packages: usize,
+    shard: usize,
+    threads: usize,
+    mut f: impl FnMut(&CiRecord),
+) {
+    for h in (shard..hosts).step_by(threads.max(1)) {
+        let host = host_id(h);
+        for (k, v) in live(h, packages) {
+            f(&ci(&host, k, v));
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let runs = args.runs.max(1);
+    let threads = args.threads.max(1);
     let n = args.hosts * args.packages;
     println!(
-        "audit-bench: {} hosts x {} packages = {n} register rows and live CIs, {runs} runs",
+        "audit-bench: {} hosts x {} packages = {n} register rows and live CIs, {runs} runs, \
+         {threads} observer threads",
         args.hosts, args.packages
     );
+    let rss0 = rss_mib();
     let t = Instant::now();
-    let rows = register(args.hosts, args.packages);
-    println!("  register generated in {:.1} s", t.elapsed().as_secs_f64());
+    let reg = Register::from_rows(register_rows(args.hosts, args.packages));
+    println!(
+        "  register generated and held compact in {:.1} s: {} rows, RSS +{} MiB",
+        t.elapsed().as_secs_f64(),
+        reg.len(),
+        rss_mib().saturating_sub(rss0)
+    );
     let mut hosts = Hosts::default();
     for h in 0..args.hosts {
         hosts.add(&host_id(h), Some(&hostname(h)));
@@ -228,31 +283,49 @@ fn main() -> Result<()> {
 
     let mut gens = Vec::new();
     let mut audits = Vec::new();
+    let mut indexes = Vec::new();
+    let mut cpus = Vec::new();
     for run in 0..runs {
         // Generation only.
         let t = Instant::now();
-        let mut sink = 0usize;
-        for h in 0..args.hosts {
-            let host = host_id(h);
-            for (k, v) in live(h, args.packages) {
-                let c = ci(&host, k, v);
-                sink = sink.wrapping_add(c.key.len());
+        std::thread::scope(|s| {
+            for shard in 0..threads {
+                s.spawn(move || {
+                    let mut sink = 0usize;
+                    each_ci(args.hosts, args.packages, shard, threads, |c| {
+                        sink = sink.wrapping_add(c.key.len());
+                    });
+                    std::hint::black_box(sink);
+                });
             }
-        }
+        });
         let g = t.elapsed();
-        std::hint::black_box(sink);
         // Index + generation + observe + finish.
-        let t = Instant::now();
-        let mut a = Auditor::new(&rows, &hosts, SystemTime::UNIX_EPOCH);
+        let (t, c0) = (Instant::now(), cpu());
+        let index = Index::new(&reg, &hosts, SystemTime::UNIX_EPOCH);
         let built = t.elapsed();
-        for h in 0..args.hosts {
-            let host = host_id(h);
-            for (k, v) in live(h, args.packages) {
-                a.observe(&ci(&host, k, v));
-            }
-        }
-        let out = a.finish();
+        let observers: Vec<Observer<'_, '_>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|shard| {
+                    let index = &index;
+                    s.spawn(move || {
+                        let mut o = index.observer();
+                        each_ci(args.hosts, args.packages, shard, threads, |c| {
+                            o.observe(&CiView::of(c));
+                        });
+                        o
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let observed = t.elapsed();
+        let out = index.finish(observers);
         let d = t.elapsed();
+        let used = cpu().saturating_sub(c0);
         let s = &out.summary;
         anyhow::ensure!(
             (s.missing, s.unregistered, s.mismatched) == (want_missing, want_unreg, want_mismatch),
@@ -260,30 +333,43 @@ fn main() -> Result<()> {
              mismatched {want_mismatch}"
         );
         println!(
-            "  run {run}: audit {:.0} ms (index {:.0} ms) incl. CI generation {:.0} ms \
-             => audit alone {:.0} ms; {} deficiencies",
+            "  run {run}: audit {:.0} ms (index {:.0} ms, observe incl. generation {:.0} ms, \
+             finish {:.0} ms; CPU {:.0} ms) incl. CI generation {:.0} ms => audit alone {:.0} ms; \
+             {} deficiencies",
             ms(d),
             ms(built),
+            ms(observed.saturating_sub(built)),
+            ms(d.saturating_sub(observed)),
+            ms(used),
             ms(g),
             ms(d.saturating_sub(g)),
             out.found.len()
         );
         gens.push(g);
         audits.push(d);
+        indexes.push(built);
+        cpus.push(used);
     }
     let (a, g) = (median(audits), median(gens));
     println!(
-        "median: audit {:.0} ms incl. generating the CIs ({:.0} ms), {:.0} ms without",
+        "median: audit {:.0} ms incl. generating the CIs ({:.0} ms), {:.0} ms without; \
+         index {:.0} ms; CPU {:.0} ms",
         ms(a),
         ms(g),
-        ms(a.saturating_sub(g))
+        ms(a.saturating_sub(g)),
+        ms(median(indexes)),
+        ms(median(cpus))
     );
+    drop(reg);
 
     if args.scan_hosts > 0 {
         let dir = std::env::temp_dir().join(format!("audit-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).context("temp dir")?;
-        let store = Arc::new(SledStore::open(&dir.join("store"), 256 * 1024 * 1024)?);
+        let store = Arc::new(SledStore::open(
+            &dir.join("store"),
+            args.cache_mib * 1024 * 1024,
+        )?);
         let t = Instant::now();
         populate(&store, args.scan_hosts, args.packages)?;
         println!(
@@ -299,32 +385,45 @@ fn main() -> Result<()> {
         };
         svc.import(
             &actor,
-            register(args.scan_hosts, args.packages),
+            Register::from_rows(register_rows(args.scan_hosts, args.packages)),
             SystemTime::now(),
         )?;
         let mut scans = Vec::new();
         let mut cis = 0;
+        let mut cpus = Vec::new();
         for run in 0..runs {
-            let t = Instant::now();
+            let (t, c0) = (Instant::now(), cpu());
             let info = svc.run_audit(&actor, Some(0), SystemTime::now())?;
             let d = t.elapsed();
+            let used = cpu().saturating_sub(c0);
             cis = info.summary.live + info.summary.missing;
             println!(
-                "  store run {run}: {:.0} ms for {} live CIs ({} deficiencies)",
+                "  store run {run}: {:.0} ms (CPU {:.0} ms) for {} live CIs ({} deficiencies)",
                 ms(d),
+                ms(used),
                 info.summary.live,
                 info.deficiencies_total
             );
             scans.push(d);
+            cpus.push(used);
         }
+        println!("median: store audit CPU {:.0} ms", ms(median(cpus)));
         let d = median(scans);
         let per = d.as_secs_f64() / cis.max(1) as f64;
-        println!(
-            "median: store audit {:.0} ms = {:.2} µs per CI => {:.1} s extrapolated to {n} CIs",
-            ms(d),
-            per * 1e6,
-            per * n as f64
-        );
+        if args.scan_hosts >= args.hosts {
+            println!(
+                "median: store audit {:.0} ms = {:.2} µs per CI ({cis} CIs, measured at full size)",
+                ms(d),
+                per * 1e6,
+            );
+        } else {
+            println!(
+                "median: store audit {:.0} ms = {:.2} µs per CI => {:.1} s extrapolated to {n} CIs",
+                ms(d),
+                per * 1e6,
+                per * n as f64
+            );
+        }
         drop(svc);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

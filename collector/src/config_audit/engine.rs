@@ -1,11 +1,22 @@
 //! The audit computation: the register against the live CIs, in memory, independent of
-//! the store (the service feeds it one streamed scan; the bench feeds it generated CIs).
+//! the store (the service feeds it the store's bulk scan; the bench feeds it generated CIs).
 //!
-//! [`Auditor::new`] indexes the register by (host, class, key) — host and class interned
-//! to numbers, the key borrowed from the register, so building the index allocates once
-//! per row for the hash map slot only. [`Auditor::observe`] takes each CI of an audited
-//! class: one hash lookup, then a comparison of the row's expected attributes.
-//! [`Auditor::finish`] turns the rows never seen into `missing` deficiencies.
+//! [`Index::new`] indexes the [`Register`] by (host, class, key) — all three numbers (the
+//! audited host's, the register's interned class and key): each audited host gets one
+//! contiguous run of (class, key, row) entries sorted by class and key (a counting sort by
+//! host, then each host's run sorted, on [`SHARDS`] threads). CIs arrive grouped by host,
+//! so a lookup is a binary search in a run already in cache — a hash map over all rows
+//! cost two cache misses per CI, which was nearly all of the observation's time. An
+//! [`Observer`] takes CIs of the audited classes in any order: the key's number (one
+//! lookup in the register's texts), one index lookup, then a comparison of the row's
+//! expected attributes. Several observers may run at once on disjoint sets of CIs (the
+//! service and the bench use one per part of the hosts); [`Index::finish`] merges them and
+//! turns the rows never seen into `missing` deficiencies.
+//!
+//! The outcome does not depend on the order CIs arrive in nor on how they are split: a
+//! row whose hostname names several hosts (the only row more than one CI can match) takes
+//! the qualifying CI with the smallest id, and deficiencies that tie on (kind, class, host,
+//! key, attribute) are ordered by CI id — as a scan in id order would give them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::SystemTime;
@@ -13,8 +24,9 @@ use std::time::SystemTime;
 use cmdb_proto::model::AttrValue;
 use serde::{Deserialize, Serialize};
 
-use super::register::RegisterRow;
-use crate::store::{CiRecord, CiState, HOST_CLASS};
+use super::fxhash::FxMap;
+use super::register::{Register, RegisterRow, Sym};
+use crate::store::{CiState, CiView, HOST_CLASS};
 
 /// Kinds of deficiency.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -176,115 +188,63 @@ pub fn expected_text(v: &serde_json::Value) -> String {
     }
 }
 
-/// FxHash (the rustc hasher): a multiply-rotate hash, several times faster than SipHash
-/// on short keys. The keys are the register's own (class, host, key), not attacker-chosen
-/// per request, and a collision flood would only slow an audit down.
-#[derive(Clone, Copy, Default)]
-pub struct FxHasher(u64);
-
-const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-
-impl FxHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
-    }
-}
-
-impl std::hash::Hasher for FxHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.add(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(w));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type Fx = std::hash::BuildHasherDefault<FxHasher>;
-type FxMap<K, V> = HashMap<K, V, Fx>;
-
 const UNSEEN: u8 = 0;
 const HEALTHY: u8 = 1;
 const MISMATCHED: u8 = 2;
 
-/// One audit computation (see the module doc).
-pub struct Auditor<'r> {
-    rows: &'r [RegisterRow],
-    hosts: &'r Hosts,
-    classes: FxMap<&'r str, u32>,
-    class_names: Vec<&'r str>,
-    /// Each row's class number.
-    row_class: Vec<u32>,
-    /// Audited host id → number.
-    host_ids: FxMap<&'r str, u32>,
-    index: FxMap<(u32, u32, &'r str), u32>,
-    /// The last CI's host id and class, resolved (CIs come grouped by class and often
-    /// by host).
-    last_host: (String, Option<u32>),
-    last_class: (String, Option<u32>),
-    /// Rows whose (host, class, key) an earlier row already holds (one host named by
-    /// hostname and by id): (first, other); the other shares the first's outcome.
-    aliases: Vec<(u32, u32)>,
-    seen: Vec<u8>,
-    /// CI ids seen for rows (for the compliance failures of mismatched rows).
-    cutoff: SystemTime,
-    host_class: Option<u32>,
-    unregistered: Vec<u64>,
-    live: u64,
-    found: Vec<Found>,
+/// Threads that build the index, and parts of the hosts the service observes in parallel:
+/// this machine's cores.
+pub const SHARDS: usize = 2;
+
+/// An index entry's flag: the row's host names several hosts (see the module doc).
+const CONTESTED: u32 = 1 << 31;
+
+/// One index entry of a host: (class, key) → row (| [`CONTESTED`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Entry {
+    class: Sym,
+    key: Sym,
+    row: u32,
 }
 
-impl<'r> Auditor<'r> {
+/// The register indexed for one run (see the module doc). Immutable once built.
+pub struct Index<'r> {
+    reg: &'r Register,
+    hosts: &'r Hosts,
+    cutoff: SystemTime,
+    /// Audited class (register text number) → dense class number, in register order.
+    classes: FxMap<Sym, u32>,
+    class_syms: Vec<Sym>,
+    /// Audited host id → number.
+    host_ids: FxMap<&'r str, u32>,
+    /// Host number `h`'s entries are `entries[host_start[h]..host_start[h + 1]]`, sorted
+    /// by (class, key, row).
+    host_start: Vec<usize>,
+    entries: Vec<Entry>,
+    /// Rows whose (host, class, key) an earlier row already holds (one host named by
+    /// hostname and by id): (first, other), in (other, host) order; the other shares the
+    /// first's outcome.
+    aliases: Vec<(u32, u32)>,
+    host_class: Option<u32>,
+}
+
+impl<'r> Index<'r> {
     /// `cutoff`: an absent CI last seen at or after it still counts as seen live.
-    pub fn new(rows: &'r [RegisterRow], hosts: &'r Hosts, cutoff: SystemTime) -> Self {
-        let mut classes: FxMap<&'r str, u32> = FxMap::default();
-        let mut class_names = Vec::new();
-        let mut row_class = Vec::with_capacity(rows.len());
+    pub fn new(reg: &'r Register, hosts: &'r Hosts, cutoff: SystemTime) -> Self {
+        let mut classes: FxMap<Sym, u32> = FxMap::default();
+        let mut class_syms = Vec::new();
         let mut host_ids: FxMap<&'r str, u32> = FxMap::default();
-        // Resolution per distinct register host, once.
-        let mut resolved: FxMap<&'r str, Vec<u32>> = FxMap::default();
-        let mut index: FxMap<(u32, u32, &'r str), u32> =
-            FxMap::with_capacity_and_hasher(rows.len(), Fx::default());
-        let mut aliases = Vec::new();
-        for (i, r) in rows.iter().enumerate() {
-            let next = class_names.len() as u32;
-            let c = *classes.entry(r.class.as_str()).or_insert_with(|| {
-                class_names.push(r.class.as_str());
-                next
-            });
-            row_class.push(c);
-            let hs = resolved.entry(r.host.as_str()).or_insert_with(|| {
+        // Each distinct register host resolved once: its audited host numbers.
+        let mut resolved: FxMap<Sym, Vec<u32>> = FxMap::default();
+        for i in 0..reg.len() {
+            let (c, h, _) = reg.syms_of(i);
+            if let std::collections::hash_map::Entry::Vacant(e) = classes.entry(c) {
+                e.insert(class_syms.len() as u32);
+                class_syms.push(c);
+            }
+            resolved.entry(h).or_insert_with(|| {
                 hosts
-                    .resolve(&r.host)
+                    .resolve(reg.text(h))
                     .into_iter()
                     .map(|id| {
                         let n = host_ids.len() as u32;
@@ -292,162 +252,141 @@ impl<'r> Auditor<'r> {
                     })
                     .collect()
             });
-            for &h in hs.iter() {
-                match index.entry((h, c, r.key.as_str())) {
-                    std::collections::hash_map::Entry::Occupied(first) => {
-                        if *first.get() != i as u32 {
-                            aliases.push((*first.get(), i as u32));
-                        }
-                    }
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(i as u32);
-                    }
-                }
-            }
         }
-        let host_class = classes.get(HOST_CLASS).copied();
-        let n = class_names.len();
-        Auditor {
-            rows,
+        let (host_start, entries, aliases) = build(reg, &resolved, host_ids.len());
+        let host_class = reg.sym(HOST_CLASS).and_then(|c| classes.get(&c).copied());
+        Index {
+            reg,
             hosts,
+            cutoff,
             classes,
-            class_names,
-            row_class,
+            class_syms,
             host_ids,
-            index,
+            host_start,
+            entries,
+            aliases,
+            host_class,
+        }
+    }
+
+    /// The entry of (host, class, key): the first row holding it.
+    fn lookup(&self, h: u32, class: Sym, key: Sym) -> Option<u32> {
+        let from = *self.host_start.get(h as usize)?;
+        let to = *self.host_start.get(h as usize + 1)?;
+        let run = self.entries.get(from..to)?;
+        let at = run.partition_point(|e| (e.class, e.key) < (class, key));
+        run.get(at)
+            .filter(|e| (e.class, e.key) == (class, key))
+            .map(|e| e.row)
+    }
+
+    /// The audited classes (those of the register), in register order.
+    pub fn classes(&self) -> Vec<String> {
+        self.class_syms
+            .iter()
+            .map(|&c| self.reg.text(c).to_owned())
+            .collect()
+    }
+
+    /// A fresh observer of this index.
+    pub fn observer(&self) -> Observer<'_, 'r> {
+        Observer {
+            index: self,
+            seen: vec![UNSEEN; self.reg.len()],
+            contested: FxMap::default(),
             last_host: (String::new(), None),
             last_class: (String::new(), None),
-            aliases,
-            seen: vec![UNSEEN; rows.len()],
-            cutoff,
-            host_class,
-            unregistered: vec![0; n],
+            unregistered: vec![0; self.class_syms.len()],
             live: 0,
             found: Vec::new(),
         }
     }
 
-    /// The audited classes (those of the register).
-    pub fn classes(&self) -> Vec<String> {
-        self.class_names.iter().map(|c| (*c).to_owned()).collect()
-    }
-
-    /// Takes one CI (any state; CIs of classes outside the register are ignored).
-    pub fn observe(&mut self, ci: &CiRecord) {
-        if self.last_class.0 != ci.class || self.last_class.0.is_empty() {
-            self.last_class = (
-                ci.class.clone(),
-                self.classes.get(ci.class.as_str()).copied(),
-            );
-        }
-        let Some(c) = self.last_class.1 else {
-            return;
-        };
-        let present = ci.state == CiState::Present;
-        if self.last_host.0 != ci.host_id || self.last_host.0.is_empty() {
-            self.last_host = (
-                ci.host_id.clone(),
-                self.host_ids.get(ci.host_id.as_str()).copied(),
-            );
-        }
-        let h = self.last_host.1;
-        if let Some(h) = h
-            && let Some(&row) = self.index.get(&(h, c, ci.key.as_str()))
-        {
-            if !(present || ci.last_seen >= self.cutoff) {
-                return;
-            }
-            let slot = &mut self.seen[row as usize];
-            if *slot != UNSEEN {
-                // Seen through another host of an ambiguous hostname: the first counts.
-                return;
-            }
-            if present {
-                self.live += 1;
-            }
-            let r = &self.rows[row as usize];
-            let mut ok = true;
-            for (name, expected) in &r.attributes {
-                let actual = ci.attrs.get(name);
-                if !matches(expected, actual) {
-                    ok = false;
-                    self.found.push(Found {
-                        kind: Kind::Mismatched,
-                        class: r.class.clone(),
-                        key: r.key.clone(),
-                        host: r.host.clone(),
-                        host_id: Some(ci.host_id.clone()),
-                        ci_id: Some(ci.id.clone()),
-                        attribute: Some(name.clone()),
-                        expected: Some(expected_text(expected)),
-                        actual: actual.map(text),
-                    });
+    /// Merges the observers (each CI seen by at most one of them) into the outcome.
+    pub fn finish(&self, observers: Vec<Observer<'_, 'r>>) -> Outcome {
+        let reg = self.reg;
+        let mut seen = vec![UNSEEN; reg.len()];
+        let mut live = 0;
+        let mut unregistered = vec![0u64; self.class_syms.len()];
+        let mut found = Vec::new();
+        let mut contested: FxMap<u32, Candidate> = FxMap::default();
+        for o in observers {
+            for (s, v) in seen.iter_mut().zip(&o.seen) {
+                if *s == UNSEEN {
+                    *s = *v;
                 }
             }
-            *slot = if ok { HEALTHY } else { MISMATCHED };
-            return;
+            live += o.live;
+            for (u, v) in unregistered.iter_mut().zip(&o.unregistered) {
+                *u += v;
+            }
+            found.extend(o.found);
+            for (row, c) in o.contested {
+                match contested.entry(row) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        if c.ci_id < e.get().ci_id {
+                            e.insert(c);
+                        }
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(c);
+                    }
+                }
+            }
         }
-        // Unregistered: present, of an audited class, on an audited host (every host for
-        // class `host`).
-        if present && (h.is_some() || Some(c) == self.host_class) {
-            self.live += 1;
-            self.unregistered[c as usize] += 1;
-            self.found.push(Found {
-                kind: Kind::Unregistered,
-                class: ci.class.clone(),
-                key: ci.key.clone(),
-                host: self
-                    .hosts
-                    .name(&ci.host_id)
-                    .unwrap_or(&ci.host_id)
-                    .to_owned(),
-                host_id: Some(ci.host_id.clone()),
-                ci_id: Some(ci.id.clone()),
-                attribute: None,
-                expected: None,
-                actual: None,
-            });
+        for (row, c) in contested {
+            if let Some(s) = seen.get_mut(row as usize) {
+                *s = c.state;
+            }
+            live += u64::from(c.present);
+            found.extend(c.found);
         }
-    }
-
-    pub fn finish(mut self) -> Outcome {
         for &(first, other) in &self.aliases {
-            let s = self.seen[first as usize];
-            let o = &mut self.seen[other as usize];
+            let s = seen[first as usize];
+            let o = &mut seen[other as usize];
             if *o == UNSEEN {
                 *o = s;
             }
         }
         let mut classes: Vec<ClassCount> = self
-            .class_names
+            .class_syms
             .iter()
             .enumerate()
-            .map(|(i, c)| ClassCount {
-                class: (*c).to_owned(),
+            .map(|(i, &c)| ClassCount {
+                class: reg.text(c).to_owned(),
                 registered: 0,
                 healthy: 0,
-                unregistered: self.unregistered[i],
+                unregistered: unregistered[i],
             })
             .collect();
         let mut s = Summary {
-            registered: self.rows.len() as u64,
-            live: self.live,
+            registered: reg.len() as u64,
+            live,
             ..Summary::default()
         };
-        for (i, r) in self.rows.iter().enumerate() {
-            let c = self.row_class[i] as usize;
-            classes[c].registered += 1;
-            match self.seen[i] {
-                HEALTHY => classes[c].healthy += 1,
+        let mut last_class = (Sym::MAX, 0usize);
+        for (i, state) in seen.iter().enumerate() {
+            let (class_sym, host_sym, _) = reg.syms_of(i);
+            if class_sym != last_class.0 {
+                last_class = (
+                    class_sym,
+                    self.classes.get(&class_sym).copied().unwrap_or(0) as usize,
+                );
+            }
+            let c = &mut classes[last_class.1];
+            c.registered += 1;
+            match *state {
+                HEALTHY => c.healthy += 1,
                 MISMATCHED => s.mismatched += 1,
                 _ => {
                     s.missing += 1;
-                    let ids = self.hosts.resolve(&r.host);
-                    self.found.push(Found {
+                    let host = reg.text(host_sym);
+                    let ids = self.hosts.resolve(host);
+                    found.push(Found {
                         kind: Kind::Missing,
-                        class: r.class.clone(),
-                        key: r.key.clone(),
-                        host: r.host.clone(),
+                        class: reg.text(class_sym).to_owned(),
+                        key: reg.key(i).to_owned(),
+                        host: host.to_owned(),
                         host_id: (ids.len() == 1).then(|| ids[0].to_owned()),
                         ci_id: None,
                         attribute: None,
@@ -457,23 +396,241 @@ impl<'r> Auditor<'r> {
                 }
             }
         }
-        s.unregistered = self.unregistered.iter().sum();
+        s.unregistered = unregistered.iter().sum();
         classes.sort_by(|a, b| a.class.cmp(&b.class));
-        self.found.sort_by(|a, b| {
-            (a.kind, &a.class, &a.host, &a.key, &a.attribute).cmp(&(
+        found.sort_by(|a, b| {
+            (a.kind, &a.class, &a.host, &a.key, &a.attribute, &a.ci_id).cmp(&(
                 b.kind,
                 &b.class,
                 &b.host,
                 &b.key,
                 &b.attribute,
+                &b.ci_id,
             ))
         });
         Outcome {
             summary: s,
             classes,
-            found: self.found,
+            found,
         }
     }
+}
+
+/// The host runs of the index (see the module doc) and the aliases, in the order one pass
+/// over the rows finds them: (other, host position in the other's resolution, first).
+#[allow(clippy::type_complexity)]
+fn build(
+    reg: &Register,
+    resolved: &FxMap<Sym, Vec<u32>>,
+    hosts: usize,
+) -> (Vec<usize>, Vec<Entry>, Vec<(u32, u32)>) {
+    let hosts_of = |h: Sym| resolved.get(&h).map_or(&[][..], Vec::as_slice);
+    // Counting sort by host: count, then place, in row order.
+    let mut start = vec![0usize; hosts + 1];
+    let mut last: (Sym, &[u32]) = (Sym::MAX, &[]);
+    for i in 0..reg.len() {
+        let h = reg.syms_of(i).1;
+        if h != last.0 {
+            last = (h, hosts_of(h));
+        }
+        for &n in last.1 {
+            start[n as usize + 1] += 1;
+        }
+    }
+    for h in 0..hosts {
+        start[h + 1] += start[h];
+    }
+    let mut entries = vec![Entry::default(); start[hosts]];
+    let mut fill = start.clone();
+    let mut last: (Sym, &[u32]) = (Sym::MAX, &[]);
+    for i in 0..reg.len() {
+        let (class, h, key) = reg.syms_of(i);
+        if h != last.0 {
+            last = (h, hosts_of(h));
+        }
+        let flag = if last.1.len() > 1 { CONTESTED } else { 0 };
+        for &n in last.1 {
+            let at = &mut fill[n as usize];
+            entries[*at] = Entry {
+                class,
+                key,
+                row: i as u32 | flag,
+            };
+            *at += 1;
+        }
+    }
+    // Each host's run sorted (a stable sort: equal (class, key) stay in row order), the
+    // hosts split between the threads at a host boundary.
+    let sort_runs = |runs: &mut [Entry], bounds: &[usize]| {
+        let base = bounds.first().copied().unwrap_or(0);
+        for w in bounds.windows(2) {
+            runs[w[0] - base..w[1] - base].sort_by_key(|e| (e.class, e.key));
+        }
+    };
+    let mid_host = hosts / 2;
+    let (a, b) = entries.split_at_mut(start[mid_host]);
+    std::thread::scope(|s| {
+        s.spawn(|| sort_runs(a, &start[..=mid_host]));
+        sort_runs(b, &start[mid_host..]);
+    });
+    // Equal (class, key) in one host's run: the first row holds, the others are aliases.
+    let mut aliases = Vec::new();
+    for (h, w) in start.windows(2).enumerate() {
+        let run = &entries[w[0]..w[1]];
+        for pair in run.windows(2) {
+            if (pair[0].class, pair[0].key) != (pair[1].class, pair[1].key) {
+                continue;
+            }
+            let first_of_run =
+                run.partition_point(|e| (e.class, e.key) < (pair[1].class, pair[1].key));
+            let first = run[first_of_run].row & !CONTESTED;
+            let other = pair[1].row & !CONTESTED;
+            if other != first {
+                let pos = hosts_of(reg.syms_of(other as usize).1)
+                    .iter()
+                    .position(|&n| n as usize == h)
+                    .unwrap_or(0);
+                aliases.push((other, pos, first));
+            }
+        }
+    }
+    aliases.sort_unstable();
+    let aliases = aliases
+        .into_iter()
+        .map(|(other, _, first)| (first, other))
+        .collect();
+    (start, entries, aliases)
+}
+
+/// What a contested row's qualifying CI made of it (the smallest CI id wins).
+struct Candidate {
+    ci_id: String,
+    present: bool,
+    state: u8,
+    found: Vec<Found>,
+}
+
+/// Takes CIs for one [`Index`] (see the module doc).
+pub struct Observer<'i, 'r> {
+    index: &'i Index<'r>,
+    seen: Vec<u8>,
+    contested: FxMap<u32, Candidate>,
+    /// The last CI's host id and class, resolved (CIs come grouped by class and host).
+    last_host: (String, Option<u32>),
+    last_class: (String, Option<(Sym, u32)>),
+    unregistered: Vec<u64>,
+    live: u64,
+    found: Vec<Found>,
+}
+
+impl Observer<'_, '_> {
+    /// Takes one CI (any state; CIs of classes outside the register are ignored).
+    pub fn observe(&mut self, ci: &CiView<'_>) {
+        let index = self.index;
+        let reg = index.reg;
+        if self.last_class.0 != ci.class || self.last_class.0.is_empty() {
+            let c = reg
+                .sym(ci.class)
+                .and_then(|s| index.classes.get(&s).map(|&n| (s, n)));
+            self.last_class = (ci.class.to_owned(), c);
+        }
+        let Some((class_sym, c)) = self.last_class.1 else {
+            return;
+        };
+        let present = ci.state == CiState::Present;
+        if self.last_host.0 != ci.host_id || self.last_host.0.is_empty() {
+            self.last_host = (
+                ci.host_id.to_owned(),
+                index.host_ids.get(ci.host_id).copied(),
+            );
+        }
+        let h = self.last_host.1;
+        if let Some(h) = h
+            && let Some(key_sym) = reg.sym(ci.key)
+            && let Some(v) = index.lookup(h, class_sym, key_sym)
+        {
+            if !(present || ci.last_seen >= index.cutoff) {
+                return;
+            }
+            let row = v & !CONTESTED;
+            if v & CONTESTED != 0 {
+                let mut found = Vec::new();
+                let state = compare(reg, row as usize, ci, &mut found);
+                let better = self
+                    .contested
+                    .get(&row)
+                    .is_none_or(|c| ci.id < c.ci_id.as_str());
+                if better {
+                    self.contested.insert(
+                        row,
+                        Candidate {
+                            ci_id: ci.id.to_owned(),
+                            present,
+                            state,
+                            found,
+                        },
+                    );
+                }
+                return;
+            }
+            let Some(slot) = self.seen.get_mut(row as usize) else {
+                return;
+            };
+            if *slot != UNSEEN {
+                return;
+            }
+            if present {
+                self.live += 1;
+            }
+            *slot = compare(reg, row as usize, ci, &mut self.found);
+            return;
+        }
+        // Unregistered: present, of an audited class, on an audited host (every host for
+        // class `host`).
+        if present && (h.is_some() || Some(c) == index.host_class) {
+            self.live += 1;
+            self.unregistered[c as usize] += 1;
+            self.found.push(Found {
+                kind: Kind::Unregistered,
+                class: ci.class.to_owned(),
+                key: ci.key.to_owned(),
+                host: index
+                    .hosts
+                    .name(ci.host_id)
+                    .unwrap_or(ci.host_id)
+                    .to_owned(),
+                host_id: Some(ci.host_id.to_owned()),
+                ci_id: Some(ci.id.to_owned()),
+                attribute: None,
+                expected: None,
+                actual: None,
+            });
+        }
+    }
+}
+
+/// Compares row `row`'s expected attributes with `ci`'s; pushes a mismatch per attribute
+/// that differs and returns the row's state.
+fn compare(reg: &Register, row: usize, ci: &CiView<'_>, found: &mut Vec<Found>) -> u8 {
+    let mut ok = true;
+    for (name, expected) in reg.attributes(row) {
+        let actual = ci.attr(name);
+        if !matches(expected, actual.as_deref()) {
+            ok = false;
+            found.push(Found {
+                kind: Kind::Mismatched,
+                class: reg.class(row).to_owned(),
+                key: reg.key(row).to_owned(),
+                host: reg.host(row).to_owned(),
+                host_id: Some(ci.host_id.to_owned()),
+                ci_id: Some(ci.id.to_owned()),
+                attribute: Some(name.to_owned()),
+                expected: Some(expected_text(expected)),
+                actual: actual.as_deref().map(text),
+            });
+        }
+    }
+    if ok { HEALTHY } else { MISMATCHED }
 }
 
 /// Register counts by class (for reports).

@@ -8,10 +8,17 @@
 //! are refused; attribute values are strings, numbers or booleans. A (class, key, host)
 //! twice is refused. Bounded by [`MAX_IMPORT_BYTES`], [`MAX_ROWS`], [`MAX_FIELD_BYTES`],
 //! [`MAX_ATTRS`]; at most [`MAX_REPORTED_ERRORS`] problems are listed.
+//!
+//! [`Register`] is the form held in memory for runs: every text interned once (hosts,
+//! classes, keys, attribute names and values repeat across rows), a row four numbers, its
+//! expected attributes pairs of numbers in one flat vector.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+use super::fxhash::FxMap;
 
 /// Largest import body (the route's body limit).
 pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
@@ -359,4 +366,171 @@ pub fn parse_json(data: &[u8]) -> Result<Vec<RegisterRow>, ImportError> {
     }
     check_duplicates(&rows, &mut p);
     p.finish(rows.into_iter().map(|(_, r)| r).collect())
+}
+
+/// A text's number in a [`Register`].
+pub type Sym = u32;
+
+/// The register as held in memory (see the module doc): about 16 bytes a row plus 8 per
+/// expected attribute and the distinct texts, where a [`RegisterRow`] with its `BTreeMap`
+/// costs several hundred. Rows keep their order and read back equal to what was pushed.
+#[derive(Clone, Debug, Default)]
+pub struct Register {
+    texts: Vec<Arc<str>>,
+    syms: FxMap<Arc<str>, Sym>,
+    /// Distinct expected values, by (kind, text).
+    values: Vec<serde_json::Value>,
+    value_ids: FxMap<(u8, Sym), u32>,
+    rows: Vec<Row>,
+    /// (name, value) of every row's expected attributes, row after row, names in order.
+    attrs: Vec<(Sym, u32)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Row {
+    class: Sym,
+    host: Sym,
+    key: Sym,
+    /// End of this row's attributes in `attrs` (they start where the previous row's end).
+    attrs_end: u32,
+}
+
+impl From<Vec<RegisterRow>> for Register {
+    fn from(rows: Vec<RegisterRow>) -> Register {
+        Register::from_rows(rows)
+    }
+}
+
+impl Register {
+    pub fn from_rows(rows: impl IntoIterator<Item = RegisterRow>) -> Register {
+        let mut r = Register::default();
+        for row in rows {
+            r.push(&row);
+        }
+        r
+    }
+
+    fn intern(&mut self, s: &str) -> Sym {
+        if let Some(&n) = self.syms.get(s) {
+            return n;
+        }
+        let n = self.texts.len() as Sym;
+        let t: Arc<str> = Arc::from(s);
+        self.texts.push(Arc::clone(&t));
+        self.syms.insert(t, n);
+        n
+    }
+
+    fn value_id(&mut self, v: &serde_json::Value) -> u32 {
+        use serde_json::Value as J;
+        // Kind and text identify a value: a float's text always has a '.' or an exponent,
+        // an integer's never does, so equal (kind, text) means equal values.
+        let (kind, sym) = match v {
+            J::String(s) => (0, self.intern(s)),
+            J::Number(n) => (1, self.intern(&n.to_string())),
+            J::Bool(b) => (2, u32::from(*b)),
+            other => (3, self.intern(&other.to_string())),
+        };
+        if let Some(&id) = self.value_ids.get(&(kind, sym)) {
+            return id;
+        }
+        let id = self.values.len() as u32;
+        self.values.push(v.clone());
+        self.value_ids.insert((kind, sym), id);
+        id
+    }
+
+    /// Appends a row (rows are checked before they get here; the register holds at most
+    /// [`MAX_ROWS`] rows of at most [`MAX_ATTRS`] attributes, so the numbers fit).
+    pub fn push(&mut self, row: &RegisterRow) {
+        let class = self.intern(&row.class);
+        let host = self.intern(&row.host);
+        let key = self.intern(&row.key);
+        for (name, v) in &row.attributes {
+            let name = self.intern(name);
+            let v = self.value_id(v);
+            self.attrs.push((name, v));
+        }
+        self.rows.push(Row {
+            class,
+            host,
+            key,
+            attrs_end: self.attrs.len() as u32,
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The number of a text, if any row uses it.
+    pub fn sym(&self, s: &str) -> Option<Sym> {
+        self.syms.get(s).copied()
+    }
+
+    pub fn text(&self, sym: Sym) -> &str {
+        self.texts.get(sym as usize).map_or("", |t| t)
+    }
+
+    /// (class, host, key) of row `i` as numbers.
+    pub fn syms_of(&self, i: usize) -> (Sym, Sym, Sym) {
+        self.rows
+            .get(i)
+            .map_or((Sym::MAX, Sym::MAX, Sym::MAX), |r| (r.class, r.host, r.key))
+    }
+
+    pub fn class(&self, i: usize) -> &str {
+        self.text(self.syms_of(i).0)
+    }
+
+    pub fn host(&self, i: usize) -> &str {
+        self.text(self.syms_of(i).1)
+    }
+
+    pub fn key(&self, i: usize) -> &str {
+        self.text(self.syms_of(i).2)
+    }
+
+    /// Row `i`'s expected attributes, by name.
+    pub fn attributes(&self, i: usize) -> impl Iterator<Item = (&str, &serde_json::Value)> {
+        let start = match i.checked_sub(1) {
+            Some(p) => self.rows.get(p).map_or(0, |r| r.attrs_end as usize),
+            None => 0,
+        };
+        let end = self.rows.get(i).map_or(start, |r| r.attrs_end as usize);
+        self.attrs
+            .get(start..end)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|&(n, v)| Some((self.text(n), self.values.get(v as usize)?)))
+    }
+
+    /// Row `i` as imported.
+    pub fn row(&self, i: usize) -> Option<RegisterRow> {
+        (i < self.rows.len()).then(|| RegisterRow {
+            class: self.class(i).to_owned(),
+            key: self.key(i).to_owned(),
+            host: self.host(i).to_owned(),
+            attributes: self
+                .attributes(i)
+                .map(|(n, v)| (n.to_owned(), v.clone()))
+                .collect(),
+        })
+    }
+
+    /// Rows `from..to` (clamped to the register).
+    pub fn rows(&self, from: usize, to: usize) -> Vec<RegisterRow> {
+        (from..to.min(self.len()))
+            .filter_map(|i| self.row(i))
+            .collect()
+    }
+
+    /// Every row.
+    pub fn to_rows(&self) -> Vec<RegisterRow> {
+        self.rows(0, self.len())
+    }
 }

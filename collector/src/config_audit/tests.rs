@@ -14,8 +14,8 @@ use cmdb_proto::v1;
 use super::*;
 use crate::store::memory::MemoryRecords;
 use crate::store::{
-    AgentRecord, ApplyOutcome, CiRecord, CiState, CiVersion, CloneRecord, FeedEntry, FeedPos,
-    HostId, MetricRecord, RelationRecord,
+    AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiState, CiVersion, CloneRecord, FeedEntry,
+    FeedPos, HostId, MetricRecord, RelationRecord,
 };
 
 /// Records in memory plus a fixed set of agents and CIs.
@@ -614,7 +614,7 @@ fn a_large_register_is_chunked_and_replaced_whole() {
     let chunks = a.register().0.chunks;
     assert!(chunks >= 2, "{chunks}");
     let again = open(store.clone(), None);
-    assert_eq!(*again.register().1, big);
+    assert_eq!(again.register().1.to_rows(), big);
     // A smaller import removes the surplus chunks.
     a.import(&auditor(), big[..3].to_vec(), t(NOW)).unwrap();
     assert_eq!(store.rec.all(REGISTER).len(), 2);
@@ -687,6 +687,166 @@ mod prop {
         #[test]
         fn json_parser_never_panics(data in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = register::parse_json(&data);
+        }
+    }
+}
+
+mod reference;
+
+/// The engine (compact register, sharded index, observers fed in any order and split in
+/// any way) finds exactly what the reference — the engine before it, one observer fed in
+/// id order — finds: ambiguous hostnames, a host named by hostname and by id, absent CIs
+/// in and out of the grace period, class `host`, unknown hosts.
+mod against_reference {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config_audit::engine::{Index, Outcome};
+    use crate::config_audit::register::Register;
+    use crate::store::CiView;
+
+    const IDS: [&str; 4] = [H1, H2, H3, "host-0000000000000004"];
+
+    fn value() -> impl Strategy<Value = serde_json::Value> {
+        prop_oneof![
+            Just(serde_json::json!("1")),
+            Just(serde_json::json!("2")),
+            Just(serde_json::json!(1)),
+            Just(serde_json::json!(true)),
+        ]
+    }
+
+    fn row() -> impl Strategy<Value = RegisterRow> {
+        (
+            proptest::sample::select(vec!["package", "cpu", "host"]),
+            0..4usize,
+            proptest::sample::select(vec!["a", "A", "b", "c", "ghost", H1, H2, H3]),
+            proptest::collection::btree_map(
+                proptest::sample::select(vec!["version".to_owned(), "arch".to_owned()]),
+                value(),
+                0..3,
+            ),
+        )
+            .prop_map(|(class, k, host, attributes)| RegisterRow {
+                class: class.into(),
+                key: if class == "host" {
+                    IDS[k].to_owned()
+                } else {
+                    format!("k{k}")
+                },
+                host: host.into(),
+                attributes,
+            })
+    }
+
+    fn attr() -> impl Strategy<Value = AttrValue> {
+        prop_oneof![
+            Just(s("1")),
+            Just(s("2")),
+            Just(AttrValue::Int(1)),
+            Just(AttrValue::Bool(true)),
+        ]
+    }
+
+    fn live() -> impl Strategy<Value = CiRecord> {
+        (
+            0..5usize,
+            proptest::sample::select(vec!["package", "cpu", "host", "user"]),
+            0..4usize,
+            proptest::collection::btree_map(
+                proptest::sample::select(vec!["version".to_owned(), "arch".to_owned()]),
+                attr(),
+                0..3,
+            ),
+            proptest::sample::select(vec![
+                (CiState::Present, 1),
+                (CiState::Absent, 2),
+                (CiState::Absent, 30),
+                (CiState::Retired, 2),
+            ]),
+        )
+            .prop_map(|(h, class, k, attrs, (state, days))| {
+                let host = IDS.get(h).copied().unwrap_or("host-unknown");
+                let key = if class == "host" {
+                    IDS[k].to_owned()
+                } else {
+                    format!("k{k}")
+                };
+                let mut c = ci(host, class, &key, &[]);
+                c.attrs = attrs;
+                c.state = state;
+                c.last_seen = t(NOW - days * DAY);
+                c
+            })
+    }
+
+    fn hosts(names: &[&str]) -> Hosts {
+        let mut h = Hosts::default();
+        for (id, name) in IDS.iter().zip(names) {
+            h.add(id, Some(name));
+        }
+        h
+    }
+
+    fn same(got: &Outcome, want: &Outcome) -> Result<(), TestCaseError> {
+        prop_assert_eq!(&got.summary, &want.summary);
+        prop_assert_eq!(&got.classes, &want.classes);
+        prop_assert_eq!(&got.found, &want.found);
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn engine_matches_the_reference(
+            names in proptest::collection::vec(proptest::sample::select(vec!["a", "b", "A", ""]), 4),
+            rows in proptest::collection::vec(row(), 0..24),
+            cis in proptest::collection::vec(live(), 0..40),
+            split in proptest::collection::vec(any::<bool>(), 40),
+            seed in any::<u64>(),
+        ) {
+            // The register refuses a (class, key, host) twice; the store has one CI per id.
+            let mut keys = std::collections::HashSet::new();
+            let rows: Vec<RegisterRow> = rows
+                .into_iter()
+                .filter(|r| keys.insert((r.class.clone(), r.key.clone(), r.host.clone())))
+                .collect();
+            let mut ids = std::collections::HashSet::new();
+            let mut cis: Vec<CiRecord> = cis.into_iter().filter(|c| ids.insert(c.id.clone())).collect();
+            let hosts = hosts(&names);
+            let cutoff = t(NOW - 7 * DAY);
+
+            let mut old = reference::Auditor::new(&rows, &hosts, cutoff);
+            cis.sort_by(|a, b| a.id.cmp(&b.id));
+            for class in old.classes() {
+                for c in cis.iter().filter(|c| c.class == class) {
+                    old.observe(c);
+                }
+            }
+            let want = old.finish();
+
+            let reg = Register::from_rows(rows.clone());
+            prop_assert_eq!(reg.to_rows(), rows);
+            let index = Index::new(&reg, &hosts, cutoff);
+            // Any order, any split.
+            let mut order: Vec<usize> = (0..cis.len()).collect();
+            let mut x = seed | 1;
+            for i in (1..order.len()).rev() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                order.swap(i, (x % (i as u64 + 1)) as usize);
+            }
+            let mut parts = [index.observer(), index.observer()];
+            for i in order {
+                parts[usize::from(split[i])].observe(&CiView::of(&cis[i]));
+            }
+            same(&index.finish(parts.into()), &want)?;
+            // One observer, in id order.
+            let mut one = index.observer();
+            for c in &cis {
+                one.observe(&CiView::of(c));
+            }
+            same(&index.finish(vec![one]), &want)?;
         }
     }
 }

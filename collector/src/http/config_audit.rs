@@ -152,7 +152,7 @@ async fn get_register(
     let to = from.saturating_add(limit).min(rows.len());
     Ok(Json(RegisterPage {
         meta,
-        items: rows[from..to].to_vec(),
+        items: rows.rows(from, to),
         next_after: (to < rows.len()).then(|| to.to_string()),
     }))
 }

@@ -285,6 +285,96 @@ pub struct CiFilter {
     pub after: Option<CiId>,
 }
 
+/// One CI as a bulk scan ([`Store::scan_class`]) hands it over: its identity, state and
+/// last sighting borrowed from the store's own buffers, its attributes looked up one by one
+/// (a backend may leave them encoded and decode only those asked for).
+pub struct CiView<'a> {
+    pub id: &'a str,
+    pub host_id: &'a str,
+    pub class: &'a str,
+    pub key: &'a str,
+    pub state: CiState,
+    pub last_seen: SystemTime,
+    attrs: ViewAttrs<'a>,
+}
+
+enum ViewAttrs<'a> {
+    Decoded(&'a Attrs),
+    /// Bytes the backend checked, and its lookup for them.
+    Encoded {
+        bytes: &'a [u8],
+        find: fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>,
+    },
+}
+
+impl<'a> CiView<'a> {
+    /// A view of a decoded record.
+    pub fn of(rec: &'a CiRecord) -> Self {
+        CiView {
+            id: &rec.id,
+            host_id: &rec.host_id,
+            class: &rec.class,
+            key: &rec.key,
+            state: rec.state,
+            last_seen: rec.last_seen,
+            attrs: ViewAttrs::Decoded(&rec.attrs),
+        }
+    }
+
+    /// A view whose attributes stay encoded: `find(bytes, name)` decodes one of them.
+    pub(crate) fn encoded(
+        (id, host_id, class, key): (&'a str, &'a str, &'a str, &'a str),
+        state: CiState,
+        last_seen: SystemTime,
+        bytes: &'a [u8],
+        find: fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>,
+    ) -> Self {
+        CiView {
+            id,
+            host_id,
+            class,
+            key,
+            state,
+            last_seen,
+            attrs: ViewAttrs::Encoded { bytes, find },
+        }
+    }
+
+    /// The attribute `name`, if the CI has it.
+    pub fn attr(&self, name: &str) -> Option<std::borrow::Cow<'a, cmdb_proto::model::AttrValue>> {
+        match &self.attrs {
+            ViewAttrs::Decoded(a) => a.get(name).map(std::borrow::Cow::Borrowed),
+            ViewAttrs::Encoded { bytes, find } => find(bytes, name).map(std::borrow::Cow::Owned),
+        }
+    }
+}
+
+/// One of several concurrent bulk scans ([`Store::scan_class`]): it reads the CIs of the
+/// hosts whose id hashes to `index` (of `of` parts), so the parts together read every CI
+/// exactly once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanPart {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl ScanPart {
+    /// The whole scan in one part.
+    pub const ALL: ScanPart = ScanPart { index: 0, of: 1 };
+
+    /// Whether this part reads the CIs of `host_id` (FNV-1a of the id, modulo `of`).
+    pub fn holds(&self, host_id: &str) -> bool {
+        if self.of <= 1 {
+            return true;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in host_id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % self.of as u64) as usize == self.index
+    }
+}
+
 /// Result of one [`Store::apply`].
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ApplyOutcome {
@@ -441,6 +531,36 @@ pub trait Store: Send + Sync + 'static {
     /// All versions of a CI, oldest first.
     fn ci_versions(&self, id: &str) -> Result<Vec<CiVersion>, StoreError>;
     fn cis(&self, filter: &CiFilter) -> Result<Vec<CiRecord>, StoreError>;
+    /// Every CI of `class` (absent and retired ones included) on the hosts `part` holds,
+    /// each handed to `f` once, in no promised order: the bulk read of the configuration
+    /// audit (parts may run concurrently). Cheaper than paging [`Store::cis`] where the
+    /// backend can skip the class index and the full decode; the default does exactly that
+    /// paging.
+    fn scan_class(
+        &self,
+        class: &str,
+        part: ScanPart,
+        f: &mut dyn FnMut(&CiView<'_>),
+    ) -> Result<(), StoreError> {
+        const PAGE: usize = 5_000;
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.cis(&CiFilter {
+                class: Some(class.to_owned()),
+                include_absent: true,
+                limit: PAGE,
+                after: after.clone(),
+                ..CiFilter::default()
+            })?;
+            for ci in page.iter().filter(|c| part.holds(&c.host_id)) {
+                f(&CiView::of(ci));
+            }
+            match page.last() {
+                Some(last) if page.len() >= PAGE => after = Some(last.id.clone()),
+                _ => return Ok(()),
+            }
+        }
+    }
     /// Relations with `id` at either end.
     fn relations_of(&self, id: &str) -> Result<Vec<RelationRecord>, StoreError>;
     fn metrics(

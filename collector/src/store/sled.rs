@@ -177,9 +177,9 @@ use cmdb_proto::model::{AttrValue, HostIdentity};
 use cmdb_proto::v1;
 
 use super::{
-    AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiState, CiVersion, CloneRecord, FeedEntry,
-    FeedPos, HOST_CLASS, HostId, MetricRecord, RecordOp, RelationRecord, Store, StoreError,
-    check_collection, check_record_op, valid_record_id,
+    AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiState, CiVersion, CiView, CloneRecord,
+    FeedEntry, FeedPos, HOST_CLASS, HostId, MetricRecord, RecordOp, RelationRecord, ScanPart,
+    Store, StoreError, check_collection, check_record_op, valid_record_id,
 };
 use locate::Locator;
 use txn::{Txn, backend, decode};
@@ -824,6 +824,53 @@ impl Store for SledStore {
             (None, None) => self.cis_of_all_classes(filter, q, limit, &mut out)?,
         }
         Ok(out)
+    }
+
+    /// Walks the CI records themselves, host by host (a skip scan over `c/`: one seek per
+    /// host, then the (host, class) range), instead of the class index plus one lookup per
+    /// CI; decodes only what [`CiView`] exposes, attributes on demand.
+    fn scan_class(
+        &self,
+        class: &str,
+        part: ScanPart,
+        f: &mut dyn FnMut(&CiView<'_>),
+    ) -> Result<(), StoreError> {
+        let mut from = keys::CI.to_vec();
+        while let Some(kv) = self.tree.range(from.as_slice()..).next() {
+            let (k, _) = kv.map_err(backend)?;
+            if !k.starts_with(keys::CI) {
+                break;
+            }
+            let Some((host, _, _)) = keys::ci_parts(&k) else {
+                // Not ours to interpret: step over it.
+                from = k.to_vec();
+                from.push(0);
+                continue;
+            };
+            if part.holds(host) {
+                let prefix = keys::cis_of_host_class(host, class);
+                for kv in self.tree.scan_prefix(&prefix) {
+                    let (k, v) = kv.map_err(backend)?;
+                    let Some((host, class, id)) = keys::ci_parts(&k) else {
+                        continue;
+                    };
+                    let row = codec::decode_scan_row(&k, &v)?;
+                    f(&CiView::encoded(
+                        (id, host, class, row.key),
+                        row.state,
+                        row.last_seen,
+                        row.attrs,
+                        codec::find_attr,
+                    ));
+                }
+            }
+            // Every key of this host starts with `<host>\0`; `<host>\x01` is past them.
+            from = keys::cis_of_host(host);
+            if let Some(last) = from.last_mut() {
+                *last = 1;
+            }
+        }
+        Ok(())
     }
 
     fn relations_of(&self, id: &str) -> Result<Vec<RelationRecord>, StoreError> {

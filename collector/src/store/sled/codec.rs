@@ -505,6 +505,62 @@ pub(super) fn decode_row(key: &[u8], bytes: &[u8]) -> Result<CiRow, StoreError> 
     Ok(row)
 }
 
+/// A CI record as a bulk scan reads it: what an audit needs, borrowed from the value; the
+/// attributes checked (as [`decode_row`] checks them) but left encoded for [`find_attr`].
+#[derive(Debug, PartialEq)]
+pub(super) struct ScanRow<'a> {
+    pub(super) state: CiState,
+    pub(super) last_seen: SystemTime,
+    pub(super) key: &'a str,
+    pub(super) attrs: &'a [u8],
+}
+
+/// Decodes a CI record for a scan (see [`ScanRow`]): nothing is allocated.
+pub(super) fn decode_scan_row<'a>(
+    key: &'a [u8],
+    bytes: &'a [u8],
+) -> Result<ScanRow<'a>, StoreError> {
+    let mut r = Reader::new(key, bytes);
+    if r.u8()? != TAG_CI {
+        return Err(r.corrupt("not a CI record"));
+    }
+    let state = r.state()?;
+    r.varint()?; // version
+    r.varint()?; // head
+    r.time()?; // first_seen
+    let last_seen = r.time()?;
+    r.time()?; // last_changed
+    r.str()?; // source_agent
+    r.varint()?; // source_seq
+    let ci_key = r.str()?;
+    let attrs = r.attrs_bytes()?;
+    r.end()?;
+    Ok(ScanRow {
+        state,
+        last_seen,
+        key: ci_key,
+        attrs,
+    })
+}
+
+/// The attribute `name` of an encoded attribute map ([`encode_attrs`] form), decoded alone
+/// (the others are skipped, keys are in order so the search stops early). `None` when the
+/// map lacks it — or when the bytes are malformed, which a map [`decode_scan_row`] checked
+/// never is.
+pub(crate) fn find_attr(attrs: &[u8], name: &str) -> Option<AttrValue> {
+    let mut r = Reader::new(b"", attrs);
+    let n = r.varint().ok()?;
+    for _ in 0..n {
+        let k = r.str().ok()?;
+        match k.cmp(name) {
+            std::cmp::Ordering::Less => r.skip_value(0).ok()?,
+            std::cmp::Ordering::Equal => return r.value(0).ok(),
+            std::cmp::Ordering::Greater => return None,
+        }
+    }
+    None
+}
+
 /// Decodes attributes stored by [`encode_attrs`].
 pub(super) fn decode_attrs(key: &[u8], bytes: &[u8]) -> Result<Attrs, StoreError> {
     let mut r = Reader::new(key, bytes);
@@ -729,6 +785,30 @@ mod tests {
                 change_id: Some("chg-1".into()),
                 attrs,
             });
+        }
+
+        /// A scan decode sees what the full decode sees; each attribute found alone is
+        /// the decoded map's, and a name it lacks is absent.
+        #[test]
+        fn scan_rows_agree_with_full_decode(attrs in attrs(), probe in ".{0,8}") {
+            let rec = record(attrs);
+            let bytes = encode_ci(&rec, 7);
+            let row = decode_scan_row(b"k", &bytes).unwrap();
+            prop_assert_eq!(row.state, rec.state);
+            prop_assert_eq!(row.last_seen, rec.last_seen);
+            prop_assert_eq!(row.key, rec.key.as_str());
+            for (name, v) in &rec.attrs {
+                prop_assert_eq!(find_attr(row.attrs, name), Some(v.clone()));
+            }
+            prop_assert_eq!(find_attr(row.attrs, &probe), rec.attrs.get(&probe).cloned());
+        }
+
+        /// Scan decodes of garbage never panic, and never accept what the full decode refuses.
+        #[test]
+        fn garbage_scan_rows_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..64), probe in ".{0,4}") {
+            let scan = decode_scan_row(b"k", &bytes);
+            prop_assert_eq!(scan.is_ok(), decode_row(b"k", &bytes).is_ok());
+            let _ = find_attr(&bytes, &probe);
         }
 
         /// Garbage never panics: it decodes to something or is reported corrupt.

@@ -10,8 +10,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::store::{
-    ChangeKind, FeedEntry, FeedPos, MAX_RECORD_BYTES, MAX_RECORD_ID_BYTES, RecordOp, ci_id,
-    host_ci_id,
+    ChangeKind, FeedEntry, FeedPos, MAX_RECORD_BYTES, MAX_RECORD_ID_BYTES, RecordOp, ScanPart,
+    ci_id, host_ci_id,
 };
 
 const CACHE: u64 = 8 << 20;
@@ -846,6 +846,120 @@ fn ci_queries_use_filters_and_pagination() {
     assert_eq!(store.ci("ci-0000000000000000").unwrap(), None);
     assert!(store.ci_versions("ci-0000000000000000").unwrap().is_empty());
     let _ = other;
+}
+
+/// The audit's bulk scan sees exactly what paging `cis` sees (absent CIs included), with
+/// the same attributes, whatever the other classes and hosts.
+#[test]
+fn scan_class_sees_what_cis_sees() {
+    let (_d, store, _host) = setup();
+    store
+        .identify("agt-2", "inst-2", &identity("uuid-2"), SystemTime::now())
+        .unwrap();
+    let mut pkgs: Vec<v1::Item> = (0..30)
+        .map(|i| item("package", &format!("pkg-{i:02}"), i))
+        .collect();
+    pkgs[4].attrs.insert(
+        "vendor".into(),
+        v1::Value::from(&AttrValue::Str("Acme Corp".into())),
+    );
+    pkgs.push(item("service", "sshd", 1));
+    store
+        .apply(
+            "agt-1",
+            &[snapshot(1, pkgs, ok(&["package", "service"]), vec![])],
+        )
+        .unwrap();
+    store
+        .apply(
+            "agt-2",
+            &[
+                snapshot(
+                    1,
+                    vec![item("package", "a", 1), item("package", "b", 2)],
+                    ok(&["package"]),
+                    vec![],
+                ),
+                delta(2, vec![change(v1::ChangeKind::Removed, "package", "b", 0)]),
+            ],
+        )
+        .unwrap();
+    for class in ["package", "service", "host", "nothing"] {
+        let mut want: Vec<CiRecord> = store
+            .cis(&CiFilter {
+                class: Some(class.into()),
+                include_absent: true,
+                limit: MAX_LIST,
+                ..Default::default()
+            })
+            .unwrap();
+        want.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut got = Vec::new();
+        let parts = [
+            ScanPart::ALL,
+            ScanPart { index: 0, of: 2 },
+            ScanPart { index: 1, of: 2 },
+        ];
+        for (i, part) in parts.into_iter().enumerate() {
+            store
+                .scan_class(class, part, &mut |v| {
+                    let names: Vec<String> = want
+                        .iter()
+                        .flat_map(|w| w.attrs.keys().cloned())
+                        .chain(["absent-attr".to_owned()])
+                        .collect();
+                    let attrs: Attrs = names
+                        .iter()
+                        .filter_map(|n| v.attr(n).map(|a| (n.clone(), a.into_owned())))
+                        .collect();
+                    got.push((
+                        v.id.to_owned(),
+                        v.host_id.to_owned(),
+                        v.class.to_owned(),
+                        v.key.to_owned(),
+                        v.state,
+                        v.last_seen,
+                        attrs,
+                        i == 0,
+                    ));
+                })
+                .unwrap();
+        }
+        got.sort_by_key(|a| (a.0.clone(), a.7));
+        let want: Vec<_> = want
+            .into_iter()
+            .flat_map(|c| {
+                // Once in one of the two parts, once in the whole scan.
+                [false, true].map(|whole| {
+                    let c = c.clone();
+                    (
+                        c.id,
+                        c.host_id,
+                        c.class,
+                        c.key,
+                        c.state,
+                        c.last_seen,
+                        c.attrs,
+                        whole,
+                    )
+                })
+            })
+            .collect();
+        assert_eq!(got, want, "class {class}");
+    }
+    assert!(
+        store
+            .cis(&CiFilter {
+                class: Some("package".into()),
+                include_absent: true,
+                limit: MAX_LIST,
+                ..Default::default()
+            })
+            .unwrap()
+            .iter()
+            .any(|c| c.state == CiState::Absent),
+        "the absent CI is part of the comparison"
+    );
 }
 
 #[test]
