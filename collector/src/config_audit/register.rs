@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::fxhash::FxMap;
 
 /// Largest import body (the route's body limit).
-pub const MAX_IMPORT_BYTES: usize = 256 * 1024 * 1024;
+pub const MAX_IMPORT_BYTES: usize = 512 * 1024 * 1024;
 /// Most rows in the register.
 pub const MAX_ROWS: usize = 10_000_000;
 /// Longest text field (class, key, host, attribute name or value).
