@@ -9,7 +9,10 @@ process's RSS (/proc/PID/status VmRSS, including children for the agents that fo
 time (/proc/PID/stat utime+stime). At the end it prints, per tool: RSS at start and end,
 peak RSS, and average CPU as % of one core over the run, with our/peer ratios.
 
-    python3 bench/footprint.py [--seconds 300] [--no-build]
+    python3 bench/footprint.py [--seconds 300] [--no-build] [--agent-only] [--smaps] [--bin-dir DIR]
+
+`--smaps` also prints where the agent's RSS is (/proc/PID/smaps_rollup: file-backed vs
+anonymous) at start and end; `--agent-only` leaves the peers out (quick iterations).
 """
 import argparse
 import json
@@ -71,12 +74,44 @@ def cpu_seconds(pid):
         return 0.0
 
 
+def host_tcp_sockets():
+    """TCP sockets in this network namespace: the agent's port/connection refresh reads all
+    of them (and every process's fd table), so its CPU depends on this."""
+    n = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(name) as f:
+                n += max(sum(1 for _ in f) - 1, 0)
+        except OSError:
+            pass
+    return n
+
+
+def rss_split_kib(pid):
+    """(file-backed, anonymous) resident KiB from /proc/PID/smaps_rollup."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0].endswith(":") and parts[1].isdigit():
+                    fields[parts[0][:-1]] = int(parts[1])
+    except OSError:
+        return (0, 0)
+    anon = fields.get("Anonymous", 0)
+    return (fields.get("Rss", 0) - anon, anon)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=300)
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--bin-dir", default=REL, help="where cmdb-agent and cmdb-collector are (implies --no-build)")
+    ap.add_argument("--agent-only", action="store_true", help="leave the peers out")
+    ap.add_argument("--smaps", action="store_true", help="print the agent's file/anon RSS split")
     args = ap.parse_args()
-    if not args.no_build:
+    rel = args.bin_dir
+    if not args.no_build and rel == REL:
         subprocess.run(["cargo", "build", "--release", "-q", "-p", "cmdb-agent", "-p", "cmdb-collector"],
                        cwd=ROOT, check=True)
     if os.geteuid() == 0 and (shutil.which("prometheus-node-exporter") is None or shutil.which("zabbix_agent2") is None):
@@ -89,11 +124,11 @@ def main():
     try:
         data = os.path.join(work, "collector")
         grpc, http = free_port(), free_port()
-        subprocess.run([f"{REL}/cmdb-collector", "pki", "init", "--data-dir", data], check=True,
+        subprocess.run([f"{rel}/cmdb-collector", "pki", "init", "--data-dir", data], check=True,
                        stdout=subprocess.DEVNULL)
         with open(os.path.join(work, "collector.toml"), "w") as f:
             f.write(f'data_dir = "{data}"\ngrpc_listen = "127.0.0.1:{grpc}"\nhttp_listen = "127.0.0.1:{http}"\n')
-        collector = subprocess.Popen([f"{REL}/cmdb-collector", "serve", "--config", os.path.join(work, "collector.toml")],
+        collector = subprocess.Popen([f"{rel}/cmdb-collector", "serve", "--config", os.path.join(work, "collector.toml")],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(100):
             try:
@@ -101,23 +136,23 @@ def main():
                 break
             except OSError:
                 time.sleep(0.1)
-        token = subprocess.run([f"{REL}/cmdb-collector", "token", "create", "--data-dir", data],
+        token = subprocess.run([f"{rel}/cmdb-collector", "token", "create", "--data-dir", data],
                                check=True, capture_output=True, text=True).stdout.strip()
         state = os.path.join(work, "agent")
-        subprocess.run([f"{REL}/cmdb-agent", "enroll", "--collector", f"https://127.0.0.1:{grpc}", "--token", token,
+        subprocess.run([f"{rel}/cmdb-agent", "enroll", "--collector", f"https://127.0.0.1:{grpc}", "--token", token,
                         "--ca-file", os.path.join(data, "pki", "ca.pem"), "--state-dir", state],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(os.path.join(state, "agent.toml"), "w") as f:
             f.write(f'collectors = ["https://127.0.0.1:{grpc}"]\nstate_dir = "{state}"\n')
-        procs["cmdb-agent"] = subprocess.Popen([f"{REL}/cmdb-agent", "run", "--config", os.path.join(state, "agent.toml")],
+        procs["cmdb-agent"] = subprocess.Popen([f"{rel}/cmdb-agent", "run", "--config", os.path.join(state, "agent.toml")],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ne_port = free_port()
-        if shutil.which("prometheus-node-exporter"):
+        if not args.agent_only and shutil.which("prometheus-node-exporter"):
             procs["node_exporter"] = subprocess.Popen(
                 ["prometheus-node-exporter", f"--web.listen-address=127.0.0.1:{ne_port}"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         zb_port = free_port_below(32767)
-        if shutil.which("zabbix_agent2"):
+        if not args.agent_only and shutil.which("zabbix_agent2"):
             conf = os.path.join(work, "zabbix_agent2.conf")
             with open(conf, "w") as f:
                 f.write(f"ListenIP=127.0.0.1\nListenPort={zb_port}\nServer=127.0.0.1\nLogType=file\n"
@@ -137,6 +172,8 @@ def main():
                         print(open(path).read()[-2000:], file=sys.stderr)
                 del procs[n]
         start = {n: (rss_kib(p.pid), cpu_seconds(p.pid)) for n, p in procs.items()}
+        split_start = rss_split_kib(procs["cmdb-agent"].pid)
+        sockets_start = host_tcp_sockets()
         peak = {n: r for n, (r, _) in start.items()}
         t0 = time.monotonic()
         next_scrape = t0
@@ -158,8 +195,11 @@ def main():
             time.sleep(5)
         elapsed = time.monotonic() - t0
         end = {n: (rss_kib(p.pid), cpu_seconds(p.pid)) for n, p in procs.items()}
+        split_end = rss_split_kib(procs["cmdb-agent"].pid)
+        sockets_end = host_tcp_sockets()
 
-        print(f"resident footprint over {elapsed:.0f} s, default intervals, 2 cores")
+        print(f"resident footprint over {elapsed:.0f} s, default intervals, {os.cpu_count()} cores; "
+              f"host TCP sockets {sockets_start} at start, {sockets_end} at end")
         print()
         print("| tool | RSS start MiB | RSS end MiB | RSS peak MiB | CPU % of one core | RSS ratio (ours/peer) | CPU ratio (ours/peer) |")
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -172,6 +212,11 @@ def main():
             rr = "" if n == "cmdb-agent" else f"{ours[1] / e:.2f}" if e else ""
             cr = "" if n == "cmdb-agent" else (f"{ours[3] / cpu:.2f}" if cpu > 0 else "n/a")
             print(f"| {n} | {s:.1f} | {e:.1f} | {pk:.1f} | {cpu:.3f} | {rr} | {cr} |")
+        if args.smaps:
+            print()
+            for label, (file_kib, anon_kib) in (("start", split_start), ("end", split_end)):
+                print(f"cmdb-agent RSS at {label}: {file_kib / 1024:.1f} MiB file-backed, "
+                      f"{anon_kib / 1024:.1f} MiB anonymous")
         collector.terminate()
     finally:
         for p in procs.values():

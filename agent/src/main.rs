@@ -109,26 +109,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-/// glibc gives every thread that allocates its own malloc arena (up to 8 per core), and
-/// discovery's short-lived threads leave freed memory in each: the resident agent's RSS
-/// would grow with every arena. The limit is read only at process start, so the agent
-/// re-executes itself once with `MALLOC_ARENA_MAX=2` (a unit file may set it instead).
-fn bound_malloc_arenas() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let err = std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("MALLOC_ARENA_MAX", "2")
-        .exec();
-    // exec returns only on failure; the agent then runs with glibc's default.
-    eprintln!("cmdb-agent: could not re-execute with MALLOC_ARENA_MAX=2: {err}");
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -142,7 +122,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
-            bound_malloc_arenas();
+            // glibc gives every thread that allocates its own malloc arena (up to 8 per
+            // core), each keeping its own freed memory; two are plenty for the agent.
+            cmdb_malloc::bound_arenas(2);
             init_logging();
             let cfg = match config::load(&config) {
                 Ok(c) => c,

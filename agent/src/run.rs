@@ -310,6 +310,12 @@ impl MonitorSet {
     }
 }
 
+/// After a burst of work (a discovery pass, a window's metrics) is queued and freed: hands
+/// the freed memory back to the OS, which glibc would otherwise keep resident.
+fn release_free_memory() {
+    cmdb_malloc::release_free_memory();
+}
+
 fn only(classes: &[&str]) -> BTreeSet<String> {
     classes.iter().map(|c| (*c).to_owned()).collect()
 }
@@ -419,6 +425,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
     if let Some(inv) = inv {
         agent.queue_inventory(inv, true, true).await;
     }
+    release_free_memory();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<FromCollector>(8);
@@ -457,6 +464,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
                 if let Some(inv) = agent.discover(None).await {
                     agent.queue_inventory(inv, true, force).await;
                 }
+                release_free_memory();
             }
         }));
     }
@@ -478,6 +486,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
                 if let Some(inv) = agent.discover(Some(only(FAST_CLASSES))).await {
                     agent.queue_inventory(inv, false, false).await;
                 }
+                release_free_memory();
             }
         }));
     }
@@ -560,6 +569,7 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
                     }
                     None => tokio::time::sleep(verify).await,
                 }
+                release_free_memory();
             }
         }));
     }
@@ -593,6 +603,8 @@ pub async fn run(cfg: AgentConfig) -> Result<(), RunError> {
                     {
                         agent.link.new_events.notify_one();
                     }
+                    // Also what the transport freed since (encoded batches, acks).
+                    release_free_memory();
                 }
             }
         }));

@@ -14,7 +14,6 @@ fn run_with(text: &str) -> assert_cmd::assert::Assert {
         .unwrap()
         .args(["run", "--config"])
         .arg(&path)
-        .env("MALLOC_ARENA_MAX", "2")
         .assert()
 }
 
