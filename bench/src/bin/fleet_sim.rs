@@ -73,6 +73,14 @@ enum Cmd {
         /// `fleet`, whose measured window then includes every agent's connect).
         #[arg(long)]
         warmup: Option<u64>,
+        /// Fleet: a stream that connects after its first slot sends at once and keeps
+        /// that phase (what this simulator did before 2026-12-05: a burst every 30 s).
+        #[arg(long)]
+        bunched: bool,
+        /// The collector's sled cache in MiB (`[store] cache_bytes`; default: the
+        /// collector's default).
+        #[arg(long)]
+        cache_mib: Option<u64>,
     },
     /// Serve the decode-and-drop AgentService (used by `run`).
     DropServer {
@@ -296,6 +304,8 @@ struct Run {
     until: Instant,
     totals: Arc<Totals>,
     latencies: Arc<Mutex<Vec<f64>>>,
+    /// Fleet: late streams send at once and keep that phase (see `simulate`).
+    bunched: bool,
 }
 
 async fn simulate(
@@ -403,10 +413,23 @@ async fn simulate(
             }
         }
         Scenario::Fleet => {
-            // Spread the fleet evenly over the 30 s / 60 s periods.
+            // Spread the fleet evenly over the 30 s / 60 s periods, each agent on a fixed
+            // phase like a real agent's timer. A stream that connected after its first slot
+            // (the connect storm takes seconds at 10 000 agents) skips the slots it missed
+            // instead of sending at once: otherwise every late agent fires at connect and
+            // the fleet stays bunched into a burst every 30 s for the whole run
+            // (`--bunched` keeps that behaviour, a reconnect storm's load).
+            const PERIOD: Duration = Duration::from_secs(30);
             let offset = Duration::from_millis((idx as u64 * 60_000) / n.max(1) as u64);
-            tokio::time::sleep_until((run.start_at + offset).into()).await;
+            let mut next = run.start_at + offset;
             let mut tick = 0u64;
+            if !run.bunched {
+                while next < Instant::now() {
+                    next += PERIOD;
+                    tick += 1;
+                }
+            }
+            tokio::time::sleep_until(next.into()).await;
             while Instant::now() < run.until {
                 let hb = ev(0, event::Kind::Heartbeat(v1::Heartbeat::default()));
                 tx.send(AgentMessage {
@@ -418,7 +441,12 @@ async fn simulate(
                     send(seq, vec![ev(seq, event::Kind::Metrics(metrics()))], 1).await?;
                 }
                 tick += 1;
-                tokio::time::sleep(Duration::from_secs(30)).await;
+                if run.bunched {
+                    tokio::time::sleep(PERIOD).await;
+                } else {
+                    next += PERIOD;
+                    tokio::time::sleep_until(next.into()).await;
+                }
             }
         }
     }
@@ -546,15 +574,24 @@ struct Figures {
     errors: u64,
 }
 
-async fn drive(
-    url: &str,
-    ca: &str,
-    agents: Vec<SimAgent>,
+/// What one `drive` simulates besides the agents.
+#[derive(Clone, Copy)]
+struct Load {
     scenario: Scenario,
     seconds: u64,
     changes: usize,
     warmup: Duration,
-) -> Figures {
+    bunched: bool,
+}
+
+async fn drive(url: &str, ca: &str, agents: Vec<SimAgent>, load: Load) -> Figures {
+    let Load {
+        scenario,
+        seconds,
+        changes,
+        warmup,
+        bunched,
+    } = load;
     let n = agents.len();
     let start_at = Instant::now();
     let run = Arc::new(Run {
@@ -566,6 +603,7 @@ async fn drive(
         until: start_at + warmup + Duration::from_secs(seconds),
         totals: Arc::default(),
         latencies: Arc::default(),
+        bunched,
     });
     let ca = Arc::new(ca.to_owned());
     let mut handles = Vec::new();
@@ -606,16 +644,18 @@ async fn drive(
 }
 
 async fn run_bench(
-    scenario: Scenario,
+    load: Load,
     n: usize,
-    seconds: u64,
-    changes: usize,
     collector_bin: PathBuf,
     skip_drop: bool,
-    warmup: Option<u64>,
+    cache_mib: Option<u64>,
 ) -> anyhow::Result<()> {
-    let warmup =
-        Duration::from_secs(warmup.unwrap_or(if scenario == Scenario::Changes { 2 } else { 0 }));
+    let Load {
+        scenario,
+        seconds,
+        warmup,
+        ..
+    } = load;
     let me = std::env::current_exe()?;
     let work = std::env::temp_dir().join(format!("cmdb-fleet-{}", std::process::id()));
     let data = work.join("collector");
@@ -632,9 +672,13 @@ async fn run_bench(
     std::fs::write(
         work.join("collector.toml"),
         format!(
-            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n[limits]\nper_agent_events_per_second = 1000000\nmax_streams = {}\n",
+            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n[limits]\nper_agent_events_per_second = 1000000\nmax_streams = {}\n{}",
             data.display().to_string(),
-            n + 100
+            n + 100,
+            cache_mib.map_or(String::new(), |m| format!(
+                "[store]\ncache_bytes = {}\n",
+                m * 1024 * 1024
+            ))
         ),
     )?;
     let collector = Proc(
@@ -682,7 +726,7 @@ async fn run_bench(
             )
         })
         .collect();
-    let ours = drive(&url, &ca, agents, scenario, seconds, changes, warmup).await;
+    let ours = drive(&url, &ca, agents, load).await;
     let rss = peak_rss_mib(collector.0.id());
     drop(collector);
 
@@ -692,13 +736,15 @@ async fn run_bench(
         "metrics batches/s"
     };
     println!(
-        "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up",
+        "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up{}{}",
         if scenario == Scenario::Changes {
             "changes"
         } else {
             "fleet"
         },
-        warmup.as_secs()
+        warmup.as_secs(),
+        if load.bunched { ", bunched" } else { "" },
+        cache_mib.map_or(String::new(), |m| format!(", sled cache {m} MiB")),
     );
     println!("| server | {unit} | ack p50 ms | ack p99 ms | peak RSS MiB | failed streams |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -727,7 +773,7 @@ async fn run_bench(
             })
             .collect();
         let url = format!("https://127.0.0.1:{port}");
-        let upper = drive(&url, &ca, agents, scenario, seconds, changes, warmup).await;
+        let upper = drive(&url, &ca, agents, load).await;
         let drss = peak_rss_mib(dropper.0.id());
         println!(
             "| decode-and-drop (upper bound) | {:.0} | {:.2} | {:.2} | {drss:.0} | {} |",
@@ -760,6 +806,8 @@ fn main() -> anyhow::Result<()> {
             collector_bin,
             skip_drop,
             warmup,
+            bunched,
+            cache_mib,
         } => {
             let bin = match collector_bin {
                 Some(b) => b,
@@ -768,9 +816,18 @@ fn main() -> anyhow::Result<()> {
                     .map(|d| d.join("cmdb-collector"))
                     .context("no directory for this executable")?,
             };
-            rt.block_on(run_bench(
-                scenario, agents, seconds, changes, bin, skip_drop, warmup,
-            ))
+            let warmup = Duration::from_secs(warmup.unwrap_or(match scenario {
+                Scenario::Changes => 2,
+                Scenario::Fleet => 0,
+            }));
+            let load = Load {
+                scenario,
+                seconds,
+                changes,
+                warmup,
+                bunched,
+            };
+            rt.block_on(run_bench(load, agents, bin, skip_drop, cache_mib))
         }
     }
 }

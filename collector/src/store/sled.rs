@@ -92,11 +92,17 @@
 //! # Durability
 //! `identify`, `apply`, `put_agent`, `retire_absent`, `prune_metrics` and `write_records`
 //! return only after `Db::flush` (fsync): when `apply` returns, the ack may be sent. The
-//! flush runs after the writer lock is released, so concurrent callers share fsyncs (group
-//! commit); a caller never returns before a flush that started after its own batch.
-//! `record_heartbeat` and `set_connected` are NOT flushed (they are liveness, refreshed
-//! every 30 s): they become durable with the next flush by anyone, and a crash may lose
-//! the last few; `connected` is reset to false for every agent at open anyway.
+//! flush runs after the writer lock is released and is shared (`group_commit` module): a
+//! caller whose batch was committed while other writers were still queued waits (at most
+//! 4 ms) for the flush of the last of them instead of running its own, because a sled
+//! batch cannot commit while a flush holds sled's concurrency-control lock — one fsync per
+//! commit made the writer lock the bottleneck in bursts. A caller never returns before a
+//! flush that started after its own batch. `record_heartbeat` and `set_connected` are NOT
+//! flushed (they are liveness, refreshed every 30 s): they become durable with the next
+//! flush by anyone, and a crash may lose the last few; `connected` is reset to false for
+//! every agent at open anyway. Heartbeats are not even a batch each: they wait in memory
+//! (`liveness` module), visible to every read at once, and are written together at most a
+//! second later (or by `Store::flush`, which the collector calls at shutdown).
 //!
 //! # Corruption and refusal
 //! [`SledStore::open`] returns [`StoreError::Open`] — and the collector refuses to start —
@@ -187,9 +193,11 @@ use txn::{Txn, backend, decode};
 mod apply;
 mod codec;
 mod feed;
+mod group_commit;
 mod history;
 mod hosts;
 mod keys;
+mod liveness;
 mod locate;
 mod seal;
 mod txn;
@@ -234,6 +242,10 @@ pub struct SledStore {
     commits: AtomicU64,
     /// Highest commit number written to the seal file.
     sealed: Mutex<u64>,
+    /// Heartbeats not yet written (`liveness` module).
+    liveness: liveness::Liveness,
+    /// Who flushes after a durable write (`group_commit` module).
+    group: group_commit::GroupCommit,
 }
 
 /// What the writer keeps between transactions (guarded by the writer lock).
@@ -343,9 +355,11 @@ impl SledStore {
             live_window: DEFAULT_LIVE_WINDOW,
             commits: AtomicU64::new(commit),
             sealed: Mutex::new(commit),
+            liveness: liveness::Liveness::new(),
+            group: group_commit::GroupCommit::new(commit),
         };
         store.reset_connected().map_err(|e| refuse(e.to_string()))?;
-        store.flush().map_err(|e| refuse(e.to_string()))?;
+        store.sync().map_err(|e| refuse(e.to_string()))?;
         Ok(store)
     }
 
@@ -389,11 +403,16 @@ impl SledStore {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        let _writing = self.group.writing();
         let mut writer = self.lock();
-        let mut txn = self.begin(&writer);
+        let horizon = self.liveness.horizon();
+        let mut txn = self.begin(&writer).with_beats(&self.liveness, horizon);
         let value = f(&mut txn)?;
+        let agents: Vec<String> = txn.agents.keys().cloned().collect();
         let classes = self.commit(txn)?;
         writer.classes.extend(classes);
+        // Under the writer lock: the next transaction reads the records just written.
+        self.liveness.written(agents.iter(), horizon);
         Ok(value)
     }
 
@@ -416,6 +435,48 @@ impl SledStore {
             self.commits.store(next, Ordering::Release);
         }
         Ok(classes)
+    }
+
+    /// Makes every commit so far durable (sled's flush: fsync) and seals it. Pending
+    /// heartbeats stay pending (`Store::flush` writes them first).
+    fn sync(&self) -> Result<u64, StoreError> {
+        // Every batch numbered up to here was applied before this flush starts: it covers them.
+        let covered = self.commits.load(Ordering::Acquire);
+        self.db.flush().map_err(backend)?;
+        let mut sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
+        if covered > *sealed {
+            seal::write(&self.path, covered)
+                .map_err(|e| StoreError::Backend(format!("cannot write the store seal: {e}")))?;
+            *sealed = covered;
+        }
+        Ok(covered)
+    }
+
+    /// Returns once every commit so far is durable: flushed by this caller or by a flush
+    /// another one started later (group commit, `group_commit` module).
+    fn durable(&self) -> Result<(), StoreError> {
+        let mine = self.commits.load(Ordering::Acquire);
+        self.group.wait_durable(mine, || self.sync())
+    }
+
+    /// Writes pending heartbeats when due (`force`: whenever there are any), in chunks.
+    fn write_beats(&self, force: bool) -> Result<(), StoreError> {
+        let Some((_elected, ids)) = self.liveness.due(force) else {
+            return Ok(());
+        };
+        for chunk in ids.chunks(liveness::CHUNK) {
+            self.write(|txn| {
+                for id in chunk {
+                    // The beat is folded in by `peek_agent`; a record written since needs
+                    // nothing (its beat is gone), an agent that vanished neither.
+                    if let Some(rec) = txn.peek_agent(id)? {
+                        txn.agents.insert(id.clone(), rec);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
     }
 
     /// Values under `prefix` after `after` (exclusive), in key order.
@@ -650,7 +711,7 @@ impl SledStore {
                 break;
             }
         }
-        self.flush()?;
+        self.durable()?;
         Ok(total)
     }
 }
@@ -724,13 +785,20 @@ impl Store for SledStore {
     fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
         let key = keys::agent(id);
         match self.tree.get(&key).map_err(backend)? {
-            Some(v) => decode(&key, &v).map(Some),
+            Some(v) => {
+                let mut rec = [decode(&key, &v)?];
+                self.liveness.overlay(&mut rec);
+                let [rec] = rec;
+                Ok(Some(rec))
+            }
             None => Ok(None),
         }
     }
 
     fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        self.list(keys::AGENT, MAX_AGENTS)
+        let mut recs: Vec<AgentRecord> = self.list(keys::AGENT, MAX_AGENTS)?;
+        self.liveness.overlay(&mut recs);
+        Ok(recs)
     }
 
     /// Writes `rec` and flushes. Store-owned progress is protected from stale copies: the
@@ -747,7 +815,7 @@ impl Store for SledStore {
             txn.agents.insert(rec.agent_id.clone(), rec);
             Ok(())
         })?;
-        self.flush()
+        self.durable()
     }
 
     fn identify(
@@ -760,14 +828,14 @@ impl Store for SledStore {
         let host = self.write(|txn| {
             hosts::identify(txn, agent_id, instance_id, identity, now, self.live_window)
         })?;
-        self.flush()?;
+        self.durable()?;
         Ok(host)
     }
 
     fn apply(&self, agent_id: &str, events: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
         let now = SystemTime::now();
         let outcome = self.write(|txn| apply::apply_events(txn, agent_id, events, now))?;
-        self.flush()?;
+        self.durable()?;
         Ok(outcome)
     }
 
@@ -992,20 +1060,13 @@ impl Store for SledStore {
             }
             Ok(())
         })?;
-        self.flush()
+        self.durable()
     }
 
+    /// Writes the pending heartbeats, then makes everything durable.
     fn flush(&self) -> Result<(), StoreError> {
-        // Every batch numbered up to here was applied before this flush starts: it covers them.
-        let covered = self.commits.load(Ordering::Acquire);
-        self.db.flush().map_err(backend)?;
-        let mut sealed = self.sealed.lock().unwrap_or_else(PoisonError::into_inner);
-        if covered > *sealed {
-            seal::write(&self.path, covered)
-                .map_err(|e| StoreError::Backend(format!("cannot write the store seal: {e}")))?;
-            *sealed = covered;
-        }
-        Ok(())
+        self.write_beats(true)?;
+        self.durable()
     }
 
     fn set_connected(
@@ -1032,16 +1093,17 @@ impl Store for SledStore {
         outbox_bytes: u64,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
-        self.write(|txn| {
-            let Some(mut rec) = txn.peek_agent(agent_id)? else {
-                return Ok(false);
-            };
-            rec.last_seen = Some(now);
-            rec.outbox_events = outbox_events;
-            rec.outbox_bytes = outbox_bytes;
-            txn.agents.insert(agent_id.to_owned(), rec);
-            Ok(true)
-        })
+        if !self
+            .tree
+            .contains_key(keys::agent(agent_id))
+            .map_err(backend)?
+        {
+            return Ok(false);
+        }
+        self.liveness
+            .record(agent_id, now, outbox_events, outbox_bytes);
+        self.write_beats(false)?;
+        Ok(true)
     }
 
     fn retire_absent(&self, absent_before: SystemTime) -> Result<u64, StoreError> {

@@ -2379,3 +2379,39 @@ fn flipped_bytes_never_go_unnoticed() {
         "the seal never fired: the test no longer damages the live log"
     );
 }
+
+#[test]
+fn heartbeats_are_read_at_once_survive_other_writes_and_reach_disk_by_flush() {
+    let (dir, store) = open();
+    store.identify("a", "ia", &identity("U1"), t(10)).unwrap();
+    store.identify("b", "ib", &identity("U2"), t(10)).unwrap();
+    assert!(store.record_heartbeat("a", 3, 300, t(20)).unwrap());
+    assert!(store.record_heartbeat("b", 4, 400, t(21)).unwrap());
+    // Read at once, by one agent and in the list.
+    let a = store.agent("a").unwrap().unwrap();
+    assert_eq!(
+        (a.last_seen, a.outbox_events, a.outbox_bytes),
+        (Some(t(20)), 3, 300)
+    );
+    let all = store.agents().unwrap();
+    let b = all.iter().find(|r| r.agent_id == "b").unwrap();
+    assert_eq!((b.last_seen, b.outbox_events), (Some(t(21)), 4));
+    // A later write of the agent's record starts from the heartbeat, not from the tree.
+    store.set_connected("a", true, t(30)).unwrap();
+    let a = store.agent("a").unwrap().unwrap();
+    assert_eq!(
+        (a.last_seen, a.outbox_events, a.connected),
+        (Some(t(30)), 3, true)
+    );
+    // Store::flush writes the pending ones: they survive a reopen.
+    store.flush().unwrap();
+    drop(store);
+    let store = reopen(dir.path()).unwrap();
+    let b = store.agent("b").unwrap().unwrap();
+    assert_eq!(
+        (b.last_seen, b.outbox_events, b.outbox_bytes),
+        (Some(t(21)), 4, 400)
+    );
+    let a = store.agent("a").unwrap().unwrap();
+    assert_eq!((a.last_seen, a.outbox_events), (Some(t(30)), 3));
+}

@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::apply::Source;
 use super::codec::{self, CiRow, PageWriter, VersionFields};
 use super::keys;
+use super::liveness::Liveness;
 use crate::store::{AgentRecord, ChangeKind, CiId, CiRecord, CiState, StoreError};
 
 /// Version pages close at about this many bytes: small enough that a sled leaf of them
@@ -129,6 +130,8 @@ pub(super) struct Txn<'a> {
     pub(super) versions: Versions,
     pub(super) agents: BTreeMap<String, AgentRecord>,
     pub(super) raw: Raw,
+    /// Pending heartbeats (`liveness`) and the last one this transaction folds in.
+    beats: Option<(&'a Liveness, u64)>,
 }
 
 impl<'a> Txn<'a> {
@@ -146,7 +149,14 @@ impl<'a> Txn<'a> {
             },
             agents: BTreeMap::new(),
             raw: Raw::default(),
+            beats: None,
         }
+    }
+
+    /// Reads agent records with the heartbeats in `liveness` recorded up to `horizon`.
+    pub(super) fn with_beats(mut self, liveness: &'a Liveness, horizon: u64) -> Self {
+        self.beats = Some((liveness, horizon));
+        self
     }
 
     /// The raw value of `key` as this transaction sees it (not for CI or agent records).
@@ -286,10 +296,16 @@ impl<'a> Txn<'a> {
             return Ok(Some(rec.clone()));
         }
         let key = keys::agent(id);
-        match self.tree.get(&key).map_err(backend)? {
-            Some(v) => decode(&key, &v).map(Some),
-            None => Ok(None),
+        let mut rec: Option<AgentRecord> = match self.tree.get(&key).map_err(backend)? {
+            Some(v) => Some(decode(&key, &v)?),
+            None => None,
+        };
+        if let (Some(rec), Some((liveness, horizon))) = (rec.as_mut(), self.beats)
+            && let Some(beat) = liveness.get(id, horizon)
+        {
+            beat.apply_to(rec);
         }
+        Ok(rec)
     }
 
     /// Keys under `prefix` as this transaction sees them, in order, at most `limit`.
