@@ -128,31 +128,7 @@ impl Api {
                 .body(bytes);
         }
         let resp = req.send().map_err(transport)?;
-        let status = resp.status();
-        let mut body = Vec::new();
-        resp.take(MAX_RESPONSE_BYTES + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| ClientError::Transport {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-        if body.len() as u64 > MAX_RESPONSE_BYTES {
-            return Err(ClientError::TooLarge { url });
-        }
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.error.code,
-                    message: e.error.message,
-                },
-                Err(_) => ClientError::Http {
-                    status: status.as_u16(),
-                    url,
-                    snippet: snippet(&body),
-                },
-            });
-        }
+        let body = answer(resp, &url)?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode {
             url,
             reason: e.to_string(),
@@ -175,33 +151,41 @@ impl Api {
                 url: url.clone(),
                 reason: chain(&e),
             })?;
-        let status = resp.status();
-        let mut body = Vec::new();
-        resp.take(MAX_RESPONSE_BYTES + 1)
-            .read_to_end(&mut body)
-            .map_err(|e| ClientError::Transport {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-        if body.len() as u64 > MAX_RESPONSE_BYTES {
-            return Err(ClientError::TooLarge { url });
-        }
-        if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&body) {
-                Ok(e) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: e.error.code,
-                    message: e.error.message,
-                },
-                Err(_) => ClientError::Http {
-                    status: status.as_u16(),
-                    url,
-                    snippet: snippet(&body),
-                },
-            });
-        }
-        Ok(body)
+        answer(resp, &url)
     }
+}
+
+/// A response's body, bounded by [`MAX_RESPONSE_BYTES`]; an unsuccessful status becomes the
+/// API's error (or the HTTP status with a snippet of the body).
+fn answer(resp: reqwest::blocking::Response, url: &str) -> Result<Vec<u8>, ClientError> {
+    let status = resp.status();
+    let mut body = Vec::new();
+    resp.take(MAX_RESPONSE_BYTES + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ClientError::Transport {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if body.len() as u64 > MAX_RESPONSE_BYTES {
+        return Err(ClientError::TooLarge {
+            url: url.to_owned(),
+        });
+    }
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => ClientError::Api {
+                status: status.as_u16(),
+                code: e.error.code,
+                message: e.error.message,
+            },
+            Err(_) => ClientError::Http {
+                status: status.as_u16(),
+                url: url.to_owned(),
+                snippet: snippet(&body),
+            },
+        });
+    }
+    Ok(body)
 }
 
 /// An error's causes, "a: b: c". reqwest's own top-level message only repeats the URL, so
