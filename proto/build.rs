@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The rpc is named Connect; the generated `connect(endpoint)` constructor would
         // clash with it. Agents build their TLS channel explicitly anyway.
         .build_transport(false)
+        // Small per-stream buffers: a collector holds one stream per agent (src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         .compile_fds(fds)?;
     Ok(())
 }

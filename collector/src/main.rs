@@ -141,7 +141,18 @@ fn init_logging() {
         .try_init();
 }
 
+/// Most glibc malloc arenas the collector uses (see `main`).
+const MALLOC_ARENAS: u16 = 4;
+/// Most threads of tokio's blocking pool (store writes, judgment, reports); tokio's default
+/// is 512, which a connect storm of thousands of agents filled, each thread with its stack.
+const MAX_BLOCKING_THREADS: usize = 64;
+
 fn main() -> ExitCode {
+    // glibc's default is 8 arenas per core, and with hundreds of blocking threads touching
+    // the heap every arena kept its own free memory: at 10 000 agent streams a cap of 4
+    // lowered the peak RSS from 1 010 to 863 MiB with the same ack latency (fleet-sim,
+    // docs/BENCHMARKS.md). An operator's MALLOC_ARENA_MAX wins.
+    cmdb_malloc::bound_arenas(MALLOC_ARENAS);
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
@@ -156,6 +167,7 @@ fn main() -> ExitCode {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()?)
 }
 

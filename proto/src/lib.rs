@@ -7,6 +7,7 @@
 //! converts between the two.
 #![forbid(unsafe_code)]
 
+pub mod codec;
 pub mod convert;
 pub mod identity;
 pub mod model;

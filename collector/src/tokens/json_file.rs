@@ -7,11 +7,18 @@
 //! sees one complete version, old or new, and needs no lock. The document is created with
 //! mode 0600. A document larger than its bound, or one that does not parse, is an error:
 //! never silently replaced by an empty one, since that would forget tokens or revocations.
+//!
+//! Writers in one process queue on an in-process mutex before they poll the `flock`: with
+//! polling alone, an enrollment storm (thousands of agents enrolling at once, 64 blocking
+//! threads each waiting for the lock) let a few writers win every poll while others passed
+//! the [`LOCK_WAIT`] deadline and failed with nothing wrong. The flock still orders this
+//! process against others (the CLI).
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -76,6 +83,8 @@ pub struct JsonFile {
     lock_path: PathBuf,
     tmp_path: PathBuf,
     max_bytes: u64,
+    /// Writers of this process (and of this value's clones) take turns here first.
+    writers: Arc<Mutex<()>>,
 }
 
 impl JsonFile {
@@ -91,6 +100,7 @@ impl JsonFile {
             tmp_path: with_suffix(".tmp"),
             path,
             max_bytes,
+            writers: Arc::new(Mutex::new(())),
         }
     }
 
@@ -168,6 +178,7 @@ impl JsonFile {
         T: DeserializeOwned + Serialize + Default,
         E: From<JsonFileError>,
     {
+        let turn = self.writers.lock().unwrap_or_else(PoisonError::into_inner);
         let lock = self.lock()?;
         let (mut doc, _) = self.read::<T>()?;
         let (result, changed) = change(&mut doc)?;
@@ -175,6 +186,7 @@ impl JsonFile {
             self.write(&doc)?;
         }
         drop(lock);
+        drop(turn);
         Ok(result)
     }
 
@@ -336,5 +348,31 @@ mod tests {
         }
         let (doc, _): (Doc, _) = JsonFile::new(path, 1 << 20).read().unwrap();
         assert_eq!(doc.get("n"), Some(&100));
+    }
+
+    #[test]
+    fn clones_queue_in_process_and_lose_nothing() {
+        // The server's shape: one value, cloned into many blocking threads.
+        let dir = tempfile::tempdir().unwrap();
+        let f = JsonFile::new(dir.path().join("doc.json"), 1 << 20);
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..5 {
+                        f.update(|d: &mut Doc| {
+                            *d.entry("n".into()).or_default() += 1;
+                            Ok::<_, JsonFileError>(((), true))
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let (doc, _): (Doc, _) = f.read().unwrap();
+        assert_eq!(doc.get("n"), Some(&160));
     }
 }
