@@ -947,7 +947,7 @@ impl Store for SledStore {
                                     row.state,
                                     row.last_seen,
                                     row.attrs,
-                                    codec::find_attr,
+                                    (codec::find_attr, codec::find_str_attr),
                                 ));
                                 true
                             }
