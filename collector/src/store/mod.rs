@@ -298,6 +298,9 @@ pub struct CiView<'a> {
     attrs: ViewAttrs<'a>,
 }
 
+/// A backend's lookup of one attribute in its encoded attributes, decoding it.
+type Find = fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>;
+
 /// A backend's lookup of a string attribute in its encoded attributes, borrowing it.
 type FindStr = for<'b> fn(&'b [u8], &str) -> Option<&'b str>;
 
@@ -306,7 +309,7 @@ enum ViewAttrs<'a> {
     /// Bytes the backend checked, and its lookup for them.
     Encoded {
         bytes: &'a [u8],
-        find: fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>,
+        find: Find,
         find_str: FindStr,
     },
 }
@@ -333,10 +336,7 @@ impl<'a> CiView<'a> {
         state: CiState,
         last_seen: SystemTime,
         bytes: &'a [u8],
-        (find, find_str): (
-            fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>,
-            FindStr,
-        ),
+        (find, find_str): (Find, FindStr),
     ) -> Self {
         CiView {
             id,

@@ -157,7 +157,7 @@ fn scan_leaves_under_concurrent_writes() {
                 let mut round = 0u32;
                 while !stop.load(Ordering::Relaxed) {
                     for i in (1 + 2 * w..6_000).step_by(4) {
-                        if round % 2 == 0 {
+                        if round.is_multiple_of(2) {
                             db.insert(key(i), vec![7u8; (i % 50) as usize]).unwrap();
                         } else {
                             db.remove(key(i)).unwrap();
@@ -188,7 +188,7 @@ fn scan_leaves_under_concurrent_writes() {
             .iter()
             .filter(|k| {
                 let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
-                i % 2 == 0
+                i.is_multiple_of(2)
             })
             .cloned()
             .collect();
