@@ -298,12 +298,19 @@ pub struct CiView<'a> {
     attrs: ViewAttrs<'a>,
 }
 
+/// A backend's lookup of one attribute in its encoded attributes, decoding it.
+type Find = fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>;
+
+/// A backend's lookup of a string attribute in its encoded attributes, borrowing it.
+type FindStr = for<'b> fn(&'b [u8], &str) -> Option<&'b str>;
+
 enum ViewAttrs<'a> {
     Decoded(&'a Attrs),
     /// Bytes the backend checked, and its lookup for them.
     Encoded {
         bytes: &'a [u8],
-        find: fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>,
+        find: Find,
+        find_str: FindStr,
     },
 }
 
@@ -321,13 +328,15 @@ impl<'a> CiView<'a> {
         }
     }
 
-    /// A view whose attributes stay encoded: `find(bytes, name)` decodes one of them.
+    /// A view whose attributes stay encoded: `find(bytes, name)` decodes one of them,
+    /// `find_str(bytes, name)` borrows one that is a string (`None` if absent or not a
+    /// string).
     pub(crate) fn encoded(
         (id, host_id, class, key): (&'a str, &'a str, &'a str, &'a str),
         state: CiState,
         last_seen: SystemTime,
         bytes: &'a [u8],
-        find: fn(&[u8], &str) -> Option<cmdb_proto::model::AttrValue>,
+        (find, find_str): (Find, FindStr),
     ) -> Self {
         CiView {
             id,
@@ -336,7 +345,11 @@ impl<'a> CiView<'a> {
             key,
             state,
             last_seen,
-            attrs: ViewAttrs::Encoded { bytes, find },
+            attrs: ViewAttrs::Encoded {
+                bytes,
+                find,
+                find_str,
+            },
         }
     }
 
@@ -344,7 +357,23 @@ impl<'a> CiView<'a> {
     pub fn attr(&self, name: &str) -> Option<std::borrow::Cow<'a, cmdb_proto::model::AttrValue>> {
         match &self.attrs {
             ViewAttrs::Decoded(a) => a.get(name).map(std::borrow::Cow::Borrowed),
-            ViewAttrs::Encoded { bytes, find } => find(bytes, name).map(std::borrow::Cow::Owned),
+            ViewAttrs::Encoded { bytes, find, .. } => {
+                find(bytes, name).map(std::borrow::Cow::Owned)
+            }
+        }
+    }
+
+    /// The attribute `name` if the CI has it and it is a string, borrowed (a backend that
+    /// keeps attributes encoded decodes nothing else and allocates nothing).
+    pub fn attr_str(&self, name: &str) -> Option<&'a str> {
+        match &self.attrs {
+            ViewAttrs::Decoded(a) => match a.get(name) {
+                Some(cmdb_proto::model::AttrValue::Str(s)) => Some(s.as_str()),
+                _ => None,
+            },
+            ViewAttrs::Encoded {
+                bytes, find_str, ..
+            } => find_str(bytes, name),
         }
     }
 }

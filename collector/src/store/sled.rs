@@ -206,6 +206,8 @@ mod verify;
 pub use verify::VerifyReport;
 
 #[cfg(test)]
+mod scan_leaves_tests;
+#[cfg(test)]
 mod tests;
 
 const FORMAT: &[u8] = b"cmdb-store/2";
@@ -916,20 +918,48 @@ impl Store for SledStore {
                 continue;
             };
             if part.holds(host) {
+                // `<host>\0<class>\0` up to `<host>\0<class>\x01`, a leaf at a time
+                // (vendor/sled: `Tree::scan_leaves`, no allocation per CI).
                 let prefix = keys::cis_of_host_class(host, class);
-                for kv in self.tree.scan_prefix(&prefix) {
-                    let (k, v) = kv.map_err(backend)?;
-                    let Some((host, class, id)) = keys::ci_parts(&k) else {
-                        continue;
-                    };
-                    let row = codec::decode_scan_row(&k, &v)?;
-                    f(&CiView::encoded(
-                        (id, host, class, row.key),
-                        row.state,
-                        row.last_seen,
-                        row.attrs,
-                        codec::find_attr,
-                    ));
+                let mut upper = prefix.clone();
+                if let Some(last) = upper.last_mut() {
+                    *last = 1;
+                }
+                let mut failed = None;
+                self.tree
+                    .scan_leaves(prefix.as_slice()..upper.as_slice(), |k, v| {
+                        // Keys here are `<prefix><id>`: (host, class) are known, only the
+                        // id needs checking. Any other tail: as `ci_parts` reads it.
+                        let parts = match k.get(prefix.len()..) {
+                            Some(id) if id.len() == keys::CI_ID_LEN => std::str::from_utf8(id)
+                                .ok()
+                                .filter(|id| id.starts_with("ci-"))
+                                .map(|id| (host, class, id)),
+                            _ => keys::ci_parts(k),
+                        };
+                        let Some((host, class, id)) = parts else {
+                            return true;
+                        };
+                        match codec::decode_scan_row(k, v) {
+                            Ok(row) => {
+                                f(&CiView::encoded(
+                                    (id, host, class, row.key),
+                                    row.state,
+                                    row.last_seen,
+                                    row.attrs,
+                                    (codec::find_attr, codec::find_str_attr),
+                                ));
+                                true
+                            }
+                            Err(e) => {
+                                failed = Some(e);
+                                false
+                            }
+                        }
+                    })
+                    .map_err(backend)?;
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
             // Every key of this host starts with `<host>\0`; `<host>\x01` is past them.

@@ -194,6 +194,7 @@ mod fastcmp;
 mod fastlock;
 mod histogram;
 mod iter;
+mod leaf_scan;
 mod ivec;
 mod lazy;
 mod lru;

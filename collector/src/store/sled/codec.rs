@@ -561,6 +561,28 @@ pub(crate) fn find_attr(attrs: &[u8], name: &str) -> Option<AttrValue> {
     None
 }
 
+/// The attribute `name` of an encoded attribute map when it is a string, borrowed from the
+/// encoding (nothing allocated); `None` when the map lacks it, when it is not a string, or
+/// when the bytes are malformed (see [`find_attr`]).
+pub(crate) fn find_str_attr<'a>(attrs: &'a [u8], name: &str) -> Option<&'a str> {
+    let mut r = Reader::new(b"", attrs);
+    let n = r.varint().ok()?;
+    for _ in 0..n {
+        let k = r.str().ok()?;
+        match k.cmp(name) {
+            std::cmp::Ordering::Less => r.skip_value(0).ok()?,
+            std::cmp::Ordering::Equal => {
+                return match r.u8().ok()? {
+                    5 => r.str().ok(),
+                    _ => None,
+                };
+            }
+            std::cmp::Ordering::Greater => return None,
+        }
+    }
+    None
+}
+
 /// Decodes attributes stored by [`encode_attrs`].
 pub(super) fn decode_attrs(key: &[u8], bytes: &[u8]) -> Result<Attrs, StoreError> {
     let mut r = Reader::new(key, bytes);
@@ -797,10 +819,19 @@ mod tests {
             prop_assert_eq!(row.state, rec.state);
             prop_assert_eq!(row.last_seen, rec.last_seen);
             prop_assert_eq!(row.key, rec.key.as_str());
+            let as_str = |v: Option<&AttrValue>| match v {
+                Some(AttrValue::Str(s)) => Some(s.clone()),
+                _ => None,
+            };
             for (name, v) in &rec.attrs {
                 prop_assert_eq!(find_attr(row.attrs, name), Some(v.clone()));
+                prop_assert_eq!(find_str_attr(row.attrs, name).map(str::to_owned), as_str(Some(v)));
             }
             prop_assert_eq!(find_attr(row.attrs, &probe), rec.attrs.get(&probe).cloned());
+            prop_assert_eq!(
+                find_str_attr(row.attrs, &probe).map(str::to_owned),
+                as_str(rec.attrs.get(&probe))
+            );
         }
 
         /// Scan decodes of garbage never panic, and never accept what the full decode refuses.
@@ -809,6 +840,7 @@ mod tests {
             let scan = decode_scan_row(b"k", &bytes);
             prop_assert_eq!(scan.is_ok(), decode_row(b"k", &bytes).is_ok());
             let _ = find_attr(&bytes, &probe);
+            let _ = find_str_attr(&bytes, &probe);
         }
 
         /// Garbage never panics: it decodes to something or is reported corrupt.
