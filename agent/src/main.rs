@@ -89,13 +89,27 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
+/// `CMDB_LOG` holds comma-separated `level` or `target=level` directives (`debug`,
+/// `cmdb_agent::transport=debug,info`); unset, empty or unparsable means `info`. A
+/// `Targets` filter rather than `EnvFilter`, whose span and field directives nobody uses
+/// here and which links regex into the resident agent (~0.3 MB of code it keeps mapped).
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CMDB_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let filter = std::env::var("CMDB_LOG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .and_then(|s| s.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO));
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+        )
+        .with(filter)
         .try_init();
 }
 

@@ -22,8 +22,10 @@
 //! per batch, [`MAX_WATCHED_DIRS`] directories. Never reads or hashes the files (the caller
 //! does), never watches recursively, never writes.
 //!
-//! Opening a file for reading produces inotify events too (notify always asks for them):
-//! they are dropped in the notify callback, before any queue.
+//! Read-only accesses are not asked for: the vendored notify (vendor/notify/PATCHED.md) no
+//! longer puts `IN_OPEN` in the watch mask, so a program start on the host (it opens
+//! /etc/ld.so.cache) does not wake the inotify thread. Should a read-only access event
+//! still arrive, it is dropped in the notify callback, before any queue.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
