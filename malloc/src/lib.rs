@@ -1,5 +1,6 @@
-//! glibc malloc tuning for the resident agent: a bound on malloc arenas, and handing freed
-//! memory back to the operating system after a burst of work.
+//! glibc malloc tuning for the resident agent (and the collector's arena cap): a bound on
+//! malloc arenas, and handing freed memory back to the operating system after a burst of
+//! work.
 //!
 //! Why: glibc keeps memory that the program freed inside its arenas for reuse, and returns
 //! it only when the free space sits at the very top of an arena. A discovery pass allocates
