@@ -28,6 +28,8 @@ import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REL = os.path.join(ROOT, "target", "release")
+# The agent as packaged: `cargo build --profile release-agent -p cmdb-agent` (Cargo.toml).
+AGENT_REL = os.path.join(ROOT, "target", "release-agent")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -106,13 +108,17 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=300)
     ap.add_argument("--no-build", action="store_true")
-    ap.add_argument("--bin-dir", default=REL, help="where cmdb-agent and cmdb-collector are (implies --no-build)")
+    ap.add_argument("--bin-dir", default=None,
+                    help="where cmdb-agent and cmdb-collector both are (implies --no-build); default: "
+                         "the agent from target/release-agent, the collector from target/release")
     ap.add_argument("--agent-only", action="store_true", help="leave the peers out")
     ap.add_argument("--smaps", action="store_true", help="print the agent's file/anon RSS split")
     args = ap.parse_args()
-    rel = args.bin_dir
-    if not args.no_build and rel == REL:
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "cmdb-agent", "-p", "cmdb-collector"],
+    rel = args.bin_dir or REL
+    agent_rel = args.bin_dir or AGENT_REL
+    if not args.no_build and args.bin_dir is None:
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "cmdb-collector"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--profile", "release-agent", "-q", "-p", "cmdb-agent"],
                        cwd=ROOT, check=True)
     if os.geteuid() == 0 and (shutil.which("prometheus-node-exporter") is None or shutil.which("zabbix_agent2") is None):
         subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends",
@@ -139,12 +145,12 @@ def main():
         token = subprocess.run([f"{rel}/cmdb-collector", "token", "create", "--data-dir", data],
                                check=True, capture_output=True, text=True).stdout.strip()
         state = os.path.join(work, "agent")
-        subprocess.run([f"{rel}/cmdb-agent", "enroll", "--collector", f"https://127.0.0.1:{grpc}", "--token", token,
+        subprocess.run([f"{agent_rel}/cmdb-agent", "enroll", "--collector", f"https://127.0.0.1:{grpc}", "--token", token,
                         "--ca-file", os.path.join(data, "pki", "ca.pem"), "--state-dir", state],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with open(os.path.join(state, "agent.toml"), "w") as f:
             f.write(f'collectors = ["https://127.0.0.1:{grpc}"]\nstate_dir = "{state}"\n')
-        procs["cmdb-agent"] = subprocess.Popen([f"{rel}/cmdb-agent", "run", "--config", os.path.join(state, "agent.toml")],
+        procs["cmdb-agent"] = subprocess.Popen([f"{agent_rel}/cmdb-agent", "run", "--config", os.path.join(state, "agent.toml")],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ne_port = free_port()
         if not args.agent_only and shutil.which("prometheus-node-exporter"):

@@ -114,9 +114,13 @@ fn init_logging() {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    // One worker is plenty: discovery runs on blocking threads, the rest is light I/O.
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+    // A current-thread runtime: discovery, hashing and outbox writes run on blocking
+    // threads, the rest is light I/O. Without the multi-thread scheduler (its worker
+    // thread, its stack and its code: tokio's `rt-multi-thread` feature is not compiled
+    // into the agent) the resident agent is smaller (docs/BENCHMARKS.md, "Resident agent
+    // footprint"). The heartbeat cannot be starved by discovery because nothing
+    // CPU-bound runs on the runtime thread.
+    Ok(tokio::runtime::Builder::new_current_thread()
         .max_blocking_threads(4)
         .thread_stack_size(512 * 1024)
         .enable_all()

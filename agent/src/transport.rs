@@ -183,6 +183,9 @@ fn heartbeat_message(link: &Link) -> AgentMessage {
     }
 }
 
+/// Acknowledged events since the last `malloc_trim` after which the transport trims again.
+const TRIM_AFTER_ACKED_EVENTS: u64 = 100;
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, TransportError> {
@@ -253,6 +256,10 @@ async fn session(
         .map_err(|e| TransportError::Outbox(e.to_string()))?;
     let _ = link.connected.send(true);
     tracing::info!(endpoint, watermark, "Connected to the collector.");
+    // Connecting (TLS handshake, HTTP/2 set-up, the resumed backlog read from the outbox)
+    // leaves freed memory behind that glibc would keep resident.
+    blocking(cmdb_malloc::release_free_memory).await?;
+    let mut last_trim = watermark;
 
     let (acked_tx, acked_rx) = watch::channel(watermark);
     let (rate_tx, rate_rx) = watch::channel(hint);
@@ -300,6 +307,15 @@ async fn session(
                 }
                 let _ = acked_tx.send(up_to);
                 let _ = rate_tx.send(a.max_rate_hint);
+                // A large acknowledged batch (a snapshot, a drained backlog) freed its
+                // encoded events and outbox pages: hand that memory back to the OS.
+                if up_to.saturating_sub(last_trim) >= TRIM_AFTER_ACKED_EVENTS {
+                    last_trim = up_to;
+                    match blocking(cmdb_malloc::release_free_memory).await {
+                        Ok(_) => {}
+                        Err(e) => break Err(e),
+                    }
+                }
             }
             Some(collector_message::Kind::Command(c)) => {
                 let what = match v1::CommandKind::try_from(c.kind) {

@@ -4,8 +4,8 @@
 //!   with the systemd units (binary, config and state paths);
 //! - the units carry the hardening the packaging promises;
 //! - `cargo deb` builds both .deb packages from the debug binaries the other end-to-end tests
-//!   build anyway (copied into a scratch target dir as `release/`, stripped: no extra
-//!   compile), `dpkg-deb -c`/`-I` show the right files, conffiles and maintainer scripts,
+//!   build anyway (copied into a scratch target dir as `release-agent/` (the agent's
+//!   packaging profile) and `release/`, stripped: no extra compile), `dpkg-deb -c`/`-I` show the right files, conffiles and maintainer scripts,
 //!   and both install into a throwaway root with `dpkg --root` (maintainer scripts run
 //!   chrootless and honour DPKG_ROOT: the host's users and files are never touched): the
 //!   service users exist there, the state directories are theirs, every path the units name
@@ -289,6 +289,16 @@ fn uid_in(root: &Path, user: &str) -> Option<u32> {
         })
 }
 
+/// The cargo profile the agent is packaged from (Cargo.toml, `[profile.release-agent]`).
+const AGENT_PROFILE: &str = "release-agent";
+
+/// Each packaged binary and the profile directory its package takes it from.
+const PACKAGED_BINARIES: [(&str, &str); 3] = [
+    ("cmdb-agent", AGENT_PROFILE),
+    ("cmdb-collector", "release"),
+    ("cmdbctl", "release"),
+];
+
 #[test]
 fn deb_and_rpm_packages_build_install_and_match_the_units() {
     if !works("cargo", &["deb", "--version"]) {
@@ -300,18 +310,29 @@ fn deb_and_rpm_packages_build_install_and_match_the_units() {
     let bins = common::bin_dir();
     let scratch = tempfile::tempdir().unwrap();
     let target = scratch.path().join("target");
-    let release = target.join("release");
-    std::fs::create_dir_all(&release).unwrap();
-    for b in ["cmdb-agent", "cmdb-collector", "cmdbctl"] {
-        std::fs::copy(bins.join(b), release.join(b)).unwrap();
+    // The agent ships from its size-optimised profile (`release-agent`), the collector from
+    // `release`: each tool rewrites the manifests' `target/release/` to the profile's dir.
+    for (b, profile) in PACKAGED_BINARIES {
+        let dir = target.join(profile);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(bins.join(b), dir.join(b)).unwrap();
         if works("strip", &["--version"]) {
-            run(Command::new("strip").arg(release.join(b)));
+            run(Command::new("strip").arg(dir.join(b)));
         }
     }
     let debs = scratch.path().join("deb");
-    for pkg in ["cmdb-agent", "cmdb-collector"] {
+    for (pkg, profile) in [("cmdb-agent", AGENT_PROFILE), ("cmdb-collector", "release")] {
         run(cargo(&target)
-            .args(["deb", "--no-build", "--fast", "-p", pkg, "--output"])
+            .args([
+                "deb",
+                "--no-build",
+                "--fast",
+                "-p",
+                pkg,
+                "--profile",
+                profile,
+            ])
+            .arg("--output")
             .arg(format!("{}/", debs.display())));
     }
     let version = env!("CARGO_PKG_VERSION");
@@ -501,7 +522,7 @@ fn rpm_packages(target: &Path, scratch: &Path) {
     }
     let out = scratch.join("rpm");
     std::fs::create_dir_all(&out).unwrap();
-    for member in ["agent", "collector"] {
+    for (member, profile) in [("agent", AGENT_PROFILE), ("collector", "release")] {
         // gzip: zstd (the default) takes ~10 s per package here, gzip ~1 s.
         run(cargo(target)
             .args([
@@ -510,6 +531,8 @@ fn rpm_packages(target: &Path, scratch: &Path) {
                 "gzip",
                 "-p",
                 member,
+                "--profile",
+                profile,
                 "-o",
             ])
             .arg(format!("{}/", out.display())));
