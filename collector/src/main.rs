@@ -141,18 +141,21 @@ fn init_logging() {
         .try_init();
 }
 
-/// Most glibc malloc arenas the collector uses (see `main`).
-const MALLOC_ARENAS: u16 = 4;
+/// jemalloc instead of glibc's malloc. Under the ingest load (many streams decoding,
+/// applying and acknowledging batches on 2 cores) glibc's malloc and free were ~40 % of the
+/// collector's CPU samples (`perf`: `_int_malloc`, `_int_free`, `malloc_consolidate`,
+/// arena locks), and jemalloc's per-thread caches and size classes cut that to a few per
+/// cent (docs/BENCHMARKS.md, "Fleet simulator", 2026-12-06). Its per-arena dirty pages are
+/// given back to the system after `dirty_decay_ms` (10 s by default; tunable through the
+/// `_RJEM_MALLOC_CONF` environment variable, docs/OPERATIONS.md).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Most threads of tokio's blocking pool (store writes, judgment, reports); tokio's default
 /// is 512, which a connect storm of thousands of agents filled, each thread with its stack.
 const MAX_BLOCKING_THREADS: usize = 64;
 
 fn main() -> ExitCode {
-    // glibc's default is 8 arenas per core, and with hundreds of blocking threads touching
-    // the heap every arena kept its own free memory: at 10 000 agent streams a cap of 4
-    // lowered the peak RSS from 1 010 to 863 MiB with the same ack latency (fleet-sim,
-    // docs/BENCHMARKS.md). An operator's MALLOC_ARENA_MAX wins.
-    cmdb_malloc::bound_arenas(MALLOC_ARENAS);
     let cli = Cli::parse();
     init_logging();
     match run(cli) {
