@@ -12,10 +12,134 @@
 //! Consistency is `Iter`'s: every item is read from one leaf as that leaf was at one
 //! moment, each key of the range at most once and in ascending order; writes that race
 //! with the scan may or may not be seen.
+//!
+//! Cold leaves: once the page cache has filled up (paged a page out), a right sibling that
+//! is not resident and is stored as one node (no link fragments) is read straight from the
+//! log (`PageCache::read_cold_node`) and its items are copied out of the serialized bytes
+//! (`cold_leaf`): no `Node` is built (no allocation per item), nothing is inserted into the
+//! cache, so a one-pass scan of a store much larger than the cache neither pays for nor
+//! evicts for pages it reads once. Anything else (resident, fragmented, an index node,
+//! merging, a boundary that moved, bytes that do not parse) takes the cached path above.
 
 use std::ops::{Bound, RangeBounds};
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::*;
+
+/// Whether `k` is below the range's end.
+fn below(hi: &Bound<Vec<u8>>, k: &[u8]) -> bool {
+    match hi {
+        Bound::Included(h) => k <= h.as_slice(),
+        Bound::Excluded(h) => k < h.as_slice(),
+        Bound::Unbounded => true,
+    }
+}
+
+/// One of sled's variable-length `u64`s (`impl Serialize for u64`), bounds-checked.
+fn take_varint(buf: &mut &[u8]) -> Option<u64> {
+    let (&first, rest) = buf.split_first()?;
+    let (value, used) = match first {
+        0..=240 => (u64::from(first), 0),
+        241..=248 => {
+            (240 + 256 * (u64::from(first) - 241) + u64::from(*rest.first()?), 1)
+        }
+        249 => (
+            2288 + 256 * u64::from(*rest.first()?) + u64::from(*rest.get(1)?),
+            2,
+        ),
+        other => {
+            let sz = usize::from(other) - 247;
+            let mut aligned = [0; 8];
+            aligned[..sz].copy_from_slice(rest.get(..sz)?);
+            (u64::from_le_bytes(aligned), sz)
+        }
+    };
+    *buf = rest.get(used..)?;
+    Some(value)
+}
+
+/// A length-prefixed byte string (`impl Serialize for IVec`), borrowed.
+fn take_bytes<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(take_varint(buf)?).ok()?;
+    if buf.len() < len {
+        return None;
+    }
+    let (bytes, rest) = buf.split_at(len);
+    *buf = rest;
+    Some(bytes)
+}
+
+/// One byte.
+fn take_u8(buf: &mut &[u8]) -> Option<u8> {
+    let (&b, rest) = buf.split_first()?;
+    *buf = rest;
+    Some(b)
+}
+
+/// What `cold_leaf` found after the leaf's items.
+struct ColdLeaf<'a> {
+    /// The range ends within this leaf.
+    done: bool,
+    /// The leaf's high key (exclusive; empty: the last leaf).
+    hi: &'a [u8],
+    /// The right sibling's page id (0: none).
+    next: u64,
+}
+
+/// Copies the items in `[lo, hi)` of the leaf serialized in `bytes` (`impl Serialize for
+/// Node`: next, merging child, merging, prefix length, lo, hi, then the leaf's key
+/// count, keys and values) into the buffers, as the cached path does from a `Node`.
+/// `None` (buffers possibly partly filled) if the node is not a leaf starting exactly at
+/// `lo`, is merging, or does not parse: the caller then uses the cached path.
+fn cold_leaf<'a>(
+    mut bytes: &'a [u8],
+    lo: &[u8],
+    hi: &Bound<Vec<u8>>,
+    keys: &mut Vec<u8>,
+    values: &mut Vec<u8>,
+    ends: &mut Vec<(usize, usize)>,
+) -> Option<ColdLeaf<'a>> {
+    let buf = &mut bytes;
+    let next = take_varint(buf)?;
+    let merging_child = take_varint(buf)?;
+    let merging = take_u8(buf)? != 0;
+    let prefix_len = usize::from(take_u8(buf)?);
+    let node_lo = take_bytes(buf)?;
+    let node_hi = take_bytes(buf)?;
+    let is_leaf = take_u8(buf)? == 0;
+    if merging_child != 0 || merging || !is_leaf || node_lo != lo {
+        return None;
+    }
+    let prefix = node_lo.get(..prefix_len)?;
+    let n = take_varint(buf)?;
+    // Keys first, then values: a second cursor at the values.
+    let mut key_buf: &[u8] = buf;
+    let mut value_buf: &[u8] = buf;
+    for _ in 0..n {
+        take_bytes(&mut value_buf)?;
+    }
+    let mut done = false;
+    for _ in 0..n {
+        let k = take_bytes(&mut key_buf)?;
+        let v = take_bytes(&mut value_buf)?;
+        let from = keys.len();
+        keys.extend_from_slice(prefix);
+        keys.extend_from_slice(k);
+        if keys[from..] < *lo {
+            // Cannot happen (the leaf starts at lo); skip it as the cached path would.
+            keys.truncate(from);
+            continue;
+        }
+        if !below(hi, &keys[from..]) {
+            keys.truncate(from);
+            done = true;
+            break;
+        }
+        values.extend_from_slice(v);
+        ends.push((keys.len(), values.len()));
+    }
+    Some(ColdLeaf { done, hi: node_hi, next })
+}
 
 /// Where the scan is: the lowest key it may still return.
 enum Cursor {
@@ -27,6 +151,14 @@ enum Cursor {
 }
 
 impl Tree {
+    /// How many leaves `scan_leaves` has read straight from the log (not resident in the
+    /// page cache; read without deserializing or caching them) since this database was
+    /// opened, over all its trees. For tests and diagnostics.
+    #[doc(hidden)]
+    pub fn scan_leaves_cold_reads(&self) -> u64 {
+        self.context.pagecache.cold_leaf_reads.load(Relaxed)
+    }
+
     /// Calls `f(key, value)` for every item of `range`, in key order, until `f` returns
     /// `false`. A leaf's items are copied out under one epoch guard and one read of the
     /// concurrency control, then visited with both released; keys and values are borrowed
@@ -58,11 +190,7 @@ impl Tree {
             Bound::Excluded(e) => Bound::Excluded(e.as_ref().to_vec()),
             Bound::Unbounded => Bound::Unbounded,
         };
-        let below_hi = |k: &[u8]| match &hi {
-            Bound::Included(h) => k <= h.as_slice(),
-            Bound::Excluded(h) => k < h.as_slice(),
-            Bound::Unbounded => true,
-        };
+        let below_hi = |k: &[u8]| below(&hi, k);
 
         let mut keys: Vec<u8> = Vec::new();
         let mut values: Vec<u8> = Vec::new();
@@ -79,9 +207,46 @@ impl Tree {
             ends.clear();
             // Whether the range ends within this leaf.
             let mut done = false;
-            {
+            'leaf: {
                 let _cc = concurrency_control::read();
                 let guard = pin();
+                if let Cursor::Sibling(pid) = cursor {
+                    if let Some(bytes) =
+                        self.context.pagecache.read_cold_node(pid, &guard)
+                    {
+                        match cold_leaf(
+                            &bytes,
+                            &lo,
+                            &hi,
+                            &mut keys,
+                            &mut values,
+                            &mut ends,
+                        ) {
+                            Some(leaf) => {
+                                self.context
+                                    .pagecache
+                                    .cold_leaf_reads
+                                    .fetch_add(1, Relaxed);
+                                if leaf.done || leaf.hi.is_empty() {
+                                    done = true;
+                                } else {
+                                    lo.clear();
+                                    lo.extend_from_slice(leaf.hi);
+                                    cursor = match leaf.next {
+                                        0 => Cursor::Seek,
+                                        next => Cursor::Sibling(next),
+                                    };
+                                }
+                                break 'leaf;
+                            }
+                            None => {
+                                keys.clear();
+                                values.clear();
+                                ends.clear();
+                            }
+                        }
+                    }
+                }
                 let sibling = match cursor {
                     Cursor::Sibling(pid) => {
                         match self.view_for_pid(pid, &guard)? {

@@ -517,6 +517,12 @@ pub struct PageCache {
     idgen_persists: Arc<AtomicU64>,
     idgen_persist_mu: Arc<Mutex<()>>,
     was_recovered: bool,
+    /// cmdb patch (PATCHED.md): set once the cache has paged a page out, i.e. has filled
+    /// up; from then on `Tree::scan_leaves` reads pages that are not resident straight
+    /// from the log (`read_cold_node`) instead of pulling them into the cache.
+    paged_out: std::sync::atomic::AtomicBool,
+    /// cmdb patch: leaves `Tree::scan_leaves` read through `read_cold_node`.
+    pub(crate) cold_leaf_reads: AtomicU64,
 }
 
 unsafe impl Send for PageCache {}
@@ -657,6 +663,8 @@ impl PageCache {
             idgen: Arc::new(AtomicU64::new(0)),
             idgen_persists: Arc::new(AtomicU64::new(0)),
             was_recovered: false,
+            paged_out: std::sync::atomic::AtomicBool::new(false),
+            cold_leaf_reads: AtomicU64::new(0),
         };
 
         // now we read it back in
@@ -1777,6 +1785,51 @@ impl PageCache {
         }
     }
 
+    /// cmdb patch (PATCHED.md, `Tree::scan_leaves`): the serialized bytes of page `pid`
+    /// as stored in the log, read without deserializing the page or inserting it into the
+    /// cache, if the cache has filled up (paged something out) and the page is a node that
+    /// is not resident and consists of its base alone (no links). `None` whenever
+    /// anything is different (resident, fragments, not a node, a failed or unexpected
+    /// read): the caller then uses `get`, which handles every case (and reports errors).
+    ///
+    /// The page table entry is read under `guard`, and the read of the location it names
+    /// happens under that guard too, as `get` pulls pages; the bytes are one state of the
+    /// page, the one current when the entry was loaded.
+    pub(crate) fn read_cold_node(
+        &self,
+        pid: PageId,
+        guard: &Guard,
+    ) -> Option<Vec<u8>> {
+        if !self.paged_out.load(std::sync::atomic::Ordering::Relaxed)
+            || pid == COUNTER_PID
+            || pid == META_PID
+            || pid == BATCH_MANIFEST_PID
+        {
+            return None;
+        }
+        let page_view = self.inner.get(pid, guard)?;
+        if page_view.update.is_some() || page_view.cache_infos.len() != 1 {
+            return None;
+        }
+        let base = page_view.cache_infos[0];
+        let segment_size = u64::try_from(self.config.segment_size).ok()?;
+        let expected_segment_number =
+            SegmentNumber(u64::try_from(base.lsn).ok()? / segment_size);
+        let _measure = Measure::new(&M.pull);
+        match self.log.read(pid, base.lsn, base.pointer) {
+            Ok(LogRead::Inline(header, buf, _))
+            | Ok(LogRead::Blob(header, buf, _, _))
+                if header.pid == pid
+                    && header.segment_number == expected_segment_number
+                    && (header.kind == MessageKind::InlineNode
+                        || header.kind == MessageKind::BlobNode) =>
+            {
+                Some(buf)
+            }
+            _ => None,
+        }
+    }
+
     /// Returns `true` if the database was
     /// recovered from a previous process.
     /// Note that database state is only
@@ -1922,6 +1975,9 @@ impl PageCache {
 
     fn page_out(&self, to_evict: Vec<PageId>, guard: &Guard) -> Result<()> {
         let _measure = Measure::new(&M.page_out);
+        if !to_evict.is_empty() {
+            self.paged_out.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         for pid in to_evict {
             if pid == COUNTER_PID
                 || pid == META_PID
