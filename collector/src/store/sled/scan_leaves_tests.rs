@@ -284,7 +284,10 @@ fn scan_leaves_cold_is_range() {
     assert_eq!(all.len(), COLD_ITEMS as usize + 2);
     assert!(scanned == all, "whole scan differs from range");
     // ~1 400 leaves; a 64 KiB cache holds few of them.
-    assert!(cold > 1_000, "only {cold} leaves read straight from the log");
+    assert!(
+        cold > 1_000,
+        "only {cold} leaves read straight from the log"
+    );
     let at = |i: usize| all[i].0.clone();
     let mut between = at(9_876);
     between.push(0);
@@ -294,15 +297,15 @@ fn scan_leaves_cold_is_range() {
             (Bound::Included(at(17)), Bound::Included(at(15_000))),
             (Bound::Excluded(at(100)), Bound::Excluded(at(19_999))),
             (Bound::Included(between.clone()), Bound::Unbounded),
-            (Bound::Excluded(between.clone()), Bound::Included(at(12_000))),
+            (
+                Bound::Excluded(between.clone()),
+                Bound::Included(at(12_000)),
+            ),
             (
                 Bound::Included(b"c/host-0020\0".to_vec()),
                 Bound::Excluded(b"c/host-0020\x01".to_vec()),
             ),
-            (
-                Bound::Included(b"c/host-0039\0".to_vec()),
-                Bound::Unbounded,
-            ),
+            (Bound::Included(b"c/host-0039\0".to_vec()), Bound::Unbounded),
             (Bound::Unbounded, Bound::Excluded(b"c/host-0003".to_vec())),
             (Bound::Included(b"zz".to_vec()), Bound::Unbounded),
         ] {
@@ -444,4 +447,3 @@ fn scan_leaves_cold_under_concurrent_writes() {
     let cold = db.scan_leaves_cold_reads() - cold0;
     assert!(cold > 100, "only {cold} leaves read straight from the log");
 }
-
