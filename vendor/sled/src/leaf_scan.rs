@@ -86,20 +86,75 @@ struct ColdLeaf<'a> {
     next: u64,
 }
 
-/// Copies the items in `[lo, hi)` of the leaf serialized in `bytes` (`impl Serialize for
-/// Node`: next, merging child, merging, prefix length, lo, hi, then the leaf's key
-/// count, keys and values) into the buffers, as the cached path does from a `Node`.
-/// `None` (buffers possibly partly filled) if the node is not a leaf starting exactly at
-/// `lo`, is merging, or does not parse: the caller then uses the cached path.
+/// Appends `prefix + k` and `v` to the buffers if the key is in `[lo, hi)`; `false` if it
+/// is at or past `hi` (nothing appended: the range ends here).
+fn push_item(
+    prefix: &[u8],
+    k: &[u8],
+    v: &[u8],
+    lo: &[u8],
+    hi: &Bound<Vec<u8>>,
+    keys: &mut Vec<u8>,
+    values: &mut Vec<u8>,
+    ends: &mut Vec<(usize, usize)>,
+) -> bool {
+    let from = keys.len();
+    keys.extend_from_slice(prefix);
+    keys.extend_from_slice(k);
+    if keys[from..] < *lo {
+        // Cannot happen (the leaf starts at lo); skip it as the cached path would.
+        keys.truncate(from);
+        return true;
+    }
+    if !below(hi, &keys[from..]) {
+        keys.truncate(from);
+        return false;
+    }
+    values.extend_from_slice(v);
+    ends.push((keys.len(), values.len()));
+    true
+}
+
+/// The `Link::Set`/`Link::Del` updates of `links` (serialized `Link`s, in the order they
+/// apply), the last one per key, sorted by (prefix-encoded) key; `None` for any other link
+/// or bytes that do not parse.
+fn leaf_updates(links: &[Vec<u8>]) -> Option<Vec<(&[u8], Option<&[u8]>)>> {
+    let mut ops: Vec<(&[u8], Option<&[u8]>)> = Vec::with_capacity(links.len());
+    for link in links {
+        let buf = &mut link.as_slice();
+        let op = match take_u8(buf)? {
+            0 => {
+                let k = take_bytes(buf)?;
+                (k, Some(take_bytes(buf)?))
+            }
+            1 => (take_bytes(buf)?, None),
+            // Merge links: not a plain leaf state.
+            _ => return None,
+        };
+        match ops.binary_search_by(|(k, _)| k.cmp(&op.0)) {
+            Ok(i) => ops[i] = op,
+            Err(i) => ops.insert(i, op),
+        }
+    }
+    Some(ops)
+}
+
+/// Copies the items in `[lo, hi)` of the leaf serialized in `frags` (its base, `impl
+/// Serialize for Node`: next, merging child, merging, prefix length, lo, hi, then the
+/// leaf's key count, keys and values; then its links, as `Node::apply` would apply them)
+/// into the buffers, as the cached path does from a `Node`. `None` (buffers possibly partly
+/// filled) if the node is not a leaf starting exactly at `lo`, is merging, has links other
+/// than sets and deletes, or does not parse: the caller then uses the cached path.
 fn cold_leaf<'a>(
-    mut bytes: &'a [u8],
+    frags: &'a [Vec<u8>],
     lo: &[u8],
     hi: &Bound<Vec<u8>>,
     keys: &mut Vec<u8>,
     values: &mut Vec<u8>,
     ends: &mut Vec<(usize, usize)>,
 ) -> Option<ColdLeaf<'a>> {
-    let buf = &mut bytes;
+    let (base, links) = frags.split_first()?;
+    let buf = &mut base.as_slice();
     let next = take_varint(buf)?;
     let merging_child = take_varint(buf)?;
     let merging = take_u8(buf)? != 0;
@@ -111,6 +166,7 @@ fn cold_leaf<'a>(
         return None;
     }
     let prefix = node_lo.get(..prefix_len)?;
+    let ops = if links.is_empty() { Vec::new() } else { leaf_updates(links)? };
     let n = take_varint(buf)?;
     // Keys first, then values: a second cursor at the values.
     let mut key_buf: &[u8] = buf;
@@ -118,27 +174,42 @@ fn cold_leaf<'a>(
     for _ in 0..n {
         take_bytes(&mut value_buf)?;
     }
-    let mut done = false;
+    let leaf = |done| Some(ColdLeaf { done, hi: node_hi, next });
+    // Merge the base's items (sorted) with the updates (sorted): an update replaces or
+    // removes the base's item of its key, or adds one.
+    let mut op = 0;
     for _ in 0..n {
         let k = take_bytes(&mut key_buf)?;
         let v = take_bytes(&mut value_buf)?;
-        let from = keys.len();
-        keys.extend_from_slice(prefix);
-        keys.extend_from_slice(k);
-        if keys[from..] < *lo {
-            // Cannot happen (the leaf starts at lo); skip it as the cached path would.
-            keys.truncate(from);
-            continue;
+        let mut base_item = Some(v);
+        while let Some(&(ok, ov)) = ops.get(op) {
+            if ok > k {
+                break;
+            }
+            op += 1;
+            if ok == k {
+                base_item = None;
+            }
+            if let Some(ov) = ov {
+                if !push_item(prefix, ok, ov, lo, hi, keys, values, ends) {
+                    return leaf(true);
+                }
+            }
         }
-        if !below(hi, &keys[from..]) {
-            keys.truncate(from);
-            done = true;
-            break;
+        if let Some(v) = base_item {
+            if !push_item(prefix, k, v, lo, hi, keys, values, ends) {
+                return leaf(true);
+            }
         }
-        values.extend_from_slice(v);
-        ends.push((keys.len(), values.len()));
     }
-    Some(ColdLeaf { done, hi: node_hi, next })
+    for &(ok, ov) in &ops[op..] {
+        if let Some(ov) = ov {
+            if !push_item(prefix, ok, ov, lo, hi, keys, values, ends) {
+                return leaf(true);
+            }
+        }
+    }
+    leaf(false)
 }
 
 /// Where the scan is: the lowest key it may still return.
@@ -153,10 +224,12 @@ enum Cursor {
 impl Tree {
     /// How many leaves `scan_leaves` has read straight from the log (not resident in the
     /// page cache; read without deserializing or caching them) since this database was
-    /// opened, over all its trees. For tests and diagnostics.
+    /// opened, over all its trees, and how many of those were stored as a base plus links.
+    /// For tests and diagnostics.
     #[doc(hidden)]
-    pub fn scan_leaves_cold_reads(&self) -> u64 {
-        self.context.pagecache.cold_leaf_reads.load(Relaxed)
+    pub fn scan_leaves_cold_reads(&self) -> (u64, u64) {
+        let pc = &self.context.pagecache;
+        (pc.cold_leaf_reads.load(Relaxed), pc.cold_leaf_reads_linked.load(Relaxed))
     }
 
     /// Calls `f(key, value)` for every item of `range`, in key order, until `f` returns
@@ -197,6 +270,8 @@ impl Tree {
         // (end of the key in `keys`, end of the value in `values`) of each item.
         let mut ends: Vec<(usize, usize)> = Vec::new();
         let mut cursor = Cursor::Seek;
+        // The serialized fragments of a leaf read straight from the log.
+        let mut frags: Vec<Vec<u8>> = Vec::new();
 
         loop {
             if !below_hi(&lo) {
@@ -211,11 +286,13 @@ impl Tree {
                 let _cc = concurrency_control::read();
                 let guard = pin();
                 if let Cursor::Sibling(pid) = cursor {
-                    if let Some(bytes) =
-                        self.context.pagecache.read_cold_node(pid, &guard)
-                    {
+                    if self.context.pagecache.read_cold_node(
+                        pid,
+                        &guard,
+                        &mut frags,
+                    ) {
                         match cold_leaf(
-                            &bytes,
+                            &frags,
                             &lo,
                             &hi,
                             &mut keys,
@@ -223,10 +300,12 @@ impl Tree {
                             &mut ends,
                         ) {
                             Some(leaf) => {
-                                self.context
-                                    .pagecache
-                                    .cold_leaf_reads
-                                    .fetch_add(1, Relaxed);
+                                let pc = &self.context.pagecache;
+                                pc.cold_leaf_reads.fetch_add(1, Relaxed);
+                                if frags.len() > 1 {
+                                    pc.cold_leaf_reads_linked
+                                        .fetch_add(1, Relaxed);
+                                }
                                 if leaf.done || leaf.hi.is_empty() {
                                     done = true;
                                 } else {

@@ -521,8 +521,10 @@ pub struct PageCache {
     /// up; from then on `Tree::scan_leaves` reads pages that are not resident straight
     /// from the log (`read_cold_node`) instead of pulling them into the cache.
     paged_out: std::sync::atomic::AtomicBool,
-    /// cmdb patch: leaves `Tree::scan_leaves` read through `read_cold_node`.
+    /// cmdb patch: leaves `Tree::scan_leaves` read through `read_cold_node`, and of those
+    /// the ones stored with links.
     pub(crate) cold_leaf_reads: AtomicU64,
+    pub(crate) cold_leaf_reads_linked: AtomicU64,
 }
 
 unsafe impl Send for PageCache {}
@@ -665,6 +667,7 @@ impl PageCache {
             was_recovered: false,
             paged_out: std::sync::atomic::AtomicBool::new(false),
             cold_leaf_reads: AtomicU64::new(0),
+            cold_leaf_reads_linked: AtomicU64::new(0),
         };
 
         // now we read it back in
@@ -1785,49 +1788,71 @@ impl PageCache {
         }
     }
 
-    /// cmdb patch (PATCHED.md, `Tree::scan_leaves`): the serialized bytes of page `pid`
+    /// cmdb patch (PATCHED.md, `Tree::scan_leaves`): the serialized fragments of page `pid`
     /// as stored in the log, read without deserializing the page or inserting it into the
-    /// cache, if the cache has filled up (paged something out) and the page is a node that
-    /// is not resident and consists of its base alone (no links). `None` whenever
-    /// anything is different (resident, fragments, not a node, a failed or unexpected
-    /// read): the caller then uses `get`, which handles every case (and reports errors).
+    /// cache, if the cache has filled up (paged something out) and the page is not
+    /// resident: `frags[0]` the base (a node), then its links in order, at most
+    /// `PAGE_CONSOLIDATION_THRESHOLD + 1` fragments. `false` (and `frags` to be ignored)
+    /// whenever anything is different (resident, not a node with links, a failed or
+    /// unexpected read): the caller then uses `get`, which handles every case (and
+    /// reports errors).
     ///
-    /// The page table entry is read under `guard`, and the read of the location it names
-    /// happens under that guard too, as `get` pulls pages; the bytes are one state of the
-    /// page, the one current when the entry was loaded.
+    /// The page table entry is read under `guard`, and the reads of the locations it names
+    /// happen under that guard too, as `get` pulls pages; the fragments are one state of
+    /// the page, the one current when the entry was loaded.
     pub(crate) fn read_cold_node(
         &self,
         pid: PageId,
         guard: &Guard,
-    ) -> Option<Vec<u8>> {
+        frags: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        frags.clear();
         if !self.paged_out.load(std::sync::atomic::Ordering::Relaxed)
             || pid == COUNTER_PID
             || pid == META_PID
             || pid == BATCH_MANIFEST_PID
         {
-            return None;
+            return false;
         }
-        let page_view = self.inner.get(pid, guard)?;
-        if page_view.update.is_some() || page_view.cache_infos.len() != 1 {
-            return None;
+        let page_view = match self.inner.get(pid, guard) {
+            Some(page_view) => page_view,
+            None => return false,
+        };
+        if page_view.update.is_some()
+            || page_view.cache_infos.is_empty()
+            || page_view.cache_infos.len() > PAGE_CONSOLIDATION_THRESHOLD + 1
+        {
+            return false;
         }
-        let base = page_view.cache_infos[0];
-        let segment_size = u64::try_from(self.config.segment_size).ok()?;
-        let expected_segment_number =
-            SegmentNumber(u64::try_from(base.lsn).ok()? / segment_size);
+        let segment_size = match u64::try_from(self.config.segment_size) {
+            Ok(size) if size > 0 => size,
+            _ => return false,
+        };
         let _measure = Measure::new(&M.pull);
-        match self.log.read(pid, base.lsn, base.pointer) {
-            Ok(LogRead::Inline(header, buf, _))
-            | Ok(LogRead::Blob(header, buf, _, _))
-                if header.pid == pid
-                    && header.segment_number == expected_segment_number
-                    && (header.kind == MessageKind::InlineNode
-                        || header.kind == MessageKind::BlobNode) =>
-            {
-                Some(buf)
+        for (i, ci) in page_view.cache_infos.iter().enumerate() {
+            let expected_segment_number = match u64::try_from(ci.lsn) {
+                Ok(lsn) => SegmentNumber(lsn / segment_size),
+                Err(_) => return false,
+            };
+            match self.log.read(pid, ci.lsn, ci.pointer) {
+                Ok(LogRead::Inline(header, buf, _))
+                | Ok(LogRead::Blob(header, buf, _, _))
+                    if header.pid == pid
+                        && header.segment_number == expected_segment_number
+                        && if i == 0 {
+                            header.kind == MessageKind::InlineNode
+                                || header.kind == MessageKind::BlobNode
+                        } else {
+                            header.kind == MessageKind::InlineLink
+                                || header.kind == MessageKind::BlobLink
+                        } =>
+                {
+                    frags.push(buf)
+                }
+                _ => return false,
             }
-            _ => None,
         }
+        true
     }
 
     /// Returns `true` if the database was
