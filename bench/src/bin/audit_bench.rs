@@ -13,7 +13,8 @@
 //!    differing (mismatched); the counts are checked against the result.
 //! 2. **store scan**: a full `ConfigAudit::run_audit` against the real sled store holding
 //!    `--scan-hosts` × `--packages` package CIs, i.e. store read + decode + audit +
-//!    storing the run; reported per CI and extrapolated to the full fleet.
+//!    storing the run; reported per CI and extrapolated to the full fleet. The planted
+//!    deficiencies and the number of live CIs are checked against each run's result.
 
 #![forbid(unsafe_code)]
 
@@ -409,6 +410,7 @@ fn main() -> Result<()> {
             Register::from_rows(register_rows(args.scan_hosts, args.packages)),
             SystemTime::now(),
         )?;
+        let (scan_missing, scan_unreg, scan_mismatch) = expected(args.scan_hosts);
         let mut scans = Vec::new();
         let mut cis = 0;
         let mut cpus = Vec::new();
@@ -417,6 +419,16 @@ fn main() -> Result<()> {
             let info = svc.run_audit(&actor, Some(0), SystemTime::now())?;
             let d = t.elapsed();
             let used = cpu().saturating_sub(c0);
+            // The planted deficiencies, and every live CI seen exactly once: a scan that
+            // skips or repeats CIs fails the bench.
+            let s = &info.summary;
+            let want_live = (args.scan_hosts * args.packages) as u64 - scan_missing + scan_unreg;
+            anyhow::ensure!(
+                (s.missing, s.unregistered, s.mismatched, s.live)
+                    == (scan_missing, scan_unreg, scan_mismatch, want_live),
+                "wrong answer from the store run: {s:?}, want missing {scan_missing}, \
+                 unregistered {scan_unreg}, mismatched {scan_mismatch}, live {want_live}"
+            );
             cis = info.summary.live + info.summary.missing;
             println!(
                 "  store run {run}: {:.0} ms (CPU {:.0} ms) for {} live CIs ({} deficiencies)",

@@ -1,9 +1,12 @@
 //! The vendored sled's `Tree::scan_leaves` (vendor/sled/PATCHED.md): the same items as
-//! `Tree::range` for any range, across leaf boundaries, and sane under concurrent writes.
+//! `Tree::range` for any range, across leaf boundaries, and sane under concurrent writes;
+//! both with the leaves in sled's cache and with most of them not resident (a reopened
+//! store far larger than its cache), when `scan_leaves` reads them straight from the log.
 
 use std::ops::Bound;
-use std::sync::Arc;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use proptest::prelude::*;
 
@@ -199,4 +202,276 @@ fn scan_leaves_under_concurrent_writes() {
     for w in writers {
         w.join().unwrap();
     }
+}
+
+/// A store with a 64 KiB cache: past the first few dozen leaves read, the cache evicts and
+/// `scan_leaves` reads leaves that are not resident straight from the log.
+fn cold_db(dir: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .cache_capacity(64 * 1024)
+        .open()
+        .unwrap()
+}
+
+const COLD_ITEMS: u32 = 20_000;
+
+fn cold_key(i: u32) -> Vec<u8> {
+    format!("c/host-{:04}\0package\0ci-{i:08x}", i / 500).into_bytes()
+}
+
+/// Empty, short (inline) and longer values, and a few of 200 000 bytes, whose leaves sled
+/// stores as blob files of their own.
+fn cold_value(i: u32) -> Vec<u8> {
+    match i {
+        _ if i % 6_007 == 17 => vec![i as u8; 200_000],
+        _ => i.to_be_bytes().repeat(i as usize % 11),
+    }
+}
+
+/// Whether item `i` is still there after `write_cold` (every 17th is removed again).
+fn cold_live(i: u32) -> bool {
+    i % 17 != 5
+}
+
+/// Writes `COLD_ITEMS` items (~1 MB, ~16 times the cache) in a scattered order, then
+/// overwrites every third and removes every 17th (so that many leaves are stored as a base
+/// plus set and delete links), plus two outliers; flushes, closes and reopens the store,
+/// so that no leaf is resident, then reads every key twice: sled's cache applies accesses
+/// in batches (64 per shard of 256), so it only evicts, and `scan_leaves` only reads from
+/// the log once the cache has evicted, after that many (`range` alone touches too few
+/// pages for that).
+fn write_cold(dir: &Path) -> sled::Db {
+    let order = || (0..COLD_ITEMS).map(|j| j * 7_919 % COLD_ITEMS);
+    {
+        let db = cold_db(dir);
+        for i in order() {
+            db.insert(cold_key(i), cold_value(i + 1)).unwrap();
+        }
+        for i in order() {
+            if !cold_live(i) {
+                db.remove(cold_key(i)).unwrap();
+            } else if i % 3 == 0 {
+                db.insert(cold_key(i), cold_value(i)).unwrap();
+            }
+        }
+        db.insert(b"a", b"before").unwrap();
+        db.insert(b"z", b"after").unwrap();
+        db.flush().unwrap();
+    }
+    let db = cold_db(dir);
+    touch(&db, (0..COLD_ITEMS).filter(|&i| cold_live(i)).map(cold_key));
+    db
+}
+
+/// Reads each key twice: enough accesses for a small cache to evict most pages.
+fn touch(db: &sled::Db, keys: impl Iterator<Item = Vec<u8>> + Clone) {
+    for _ in 0..2 {
+        for k in keys.clone() {
+            assert!(db.get(k).unwrap().is_some());
+        }
+    }
+}
+
+/// One cold store shared by the property test's cases (writing it takes a while).
+fn shared_cold() -> &'static sled::Db {
+    static COLD: OnceLock<(tempfile::TempDir, sled::Db)> = OnceLock::new();
+    let (_, db) = COLD.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let db = write_cold(dir.path());
+        // Cold: most leaves are read straight from the log.
+        by_leaves(&db, &Bound::Unbounded, &Bound::Unbounded);
+        assert!(db.scan_leaves_cold_reads().0 > 1_000);
+        (dir, db)
+    });
+    db
+}
+
+/// All of a cold store, scanned whole and in many ranges, twice (the second pass after
+/// `range` pulled some leaves into the cache and evicted others): the same as `range`,
+/// and the leaves were mostly read straight from the log.
+#[test]
+fn scan_leaves_cold_is_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = write_cold(dir.path());
+    let (cold0, linked0) = db.scan_leaves_cold_reads();
+    let scanned = by_leaves(&db, &Bound::Unbounded, &Bound::Unbounded);
+    let (cold, linked) = db.scan_leaves_cold_reads();
+    let (cold, linked) = (cold - cold0, linked - linked0);
+    let all = by_range(&db, &Bound::Unbounded, &Bound::Unbounded);
+    let live = (0..COLD_ITEMS).filter(|&i| cold_live(i)).count();
+    assert_eq!(all.len(), live + 2);
+    assert!(scanned == all, "whole scan differs from range");
+    // ~1 700 leaves; a 64 KiB cache holds few of them.
+    assert!(
+        cold > 1_000,
+        "only {cold} leaves read straight from the log"
+    );
+    // The scattered writes left many leaves as a base plus links.
+    assert!(
+        linked > 200,
+        "only {linked} of {cold} leaves read from the log had links"
+    );
+    eprintln!("scan_leaves_cold_is_range: {cold} leaves read from the log, {linked} with links");
+    let at = |i: usize| all[i].0.clone();
+    let mut between = at(9_276);
+    between.push(0);
+    for pass in 0..2 {
+        for (lo, hi) in [
+            (Bound::Included(at(17)), Bound::Excluded(at(18))),
+            (Bound::Included(at(17)), Bound::Included(at(15_000))),
+            (Bound::Excluded(at(100)), Bound::Excluded(at(18_000))),
+            (Bound::Included(between.clone()), Bound::Unbounded),
+            (
+                Bound::Excluded(between.clone()),
+                Bound::Included(at(12_000)),
+            ),
+            (
+                Bound::Included(b"c/host-0020\0".to_vec()),
+                Bound::Excluded(b"c/host-0020\x01".to_vec()),
+            ),
+            (Bound::Included(b"c/host-0039\0".to_vec()), Bound::Unbounded),
+            (Bound::Unbounded, Bound::Excluded(b"c/host-0003".to_vec())),
+            (Bound::Included(b"zz".to_vec()), Bound::Unbounded),
+        ] {
+            let got = by_leaves(&db, &lo, &hi);
+            assert!(
+                got == by_range(&db, &lo, &hi),
+                "pass {pass}: {lo:?}..{hi:?} differs from range"
+            );
+        }
+    }
+    let host20 = by_leaves(
+        &db,
+        &Bound::Included(b"c/host-0020\0".to_vec()),
+        &Bound::Excluded(b"c/host-0020\x01".to_vec()),
+    );
+    assert_eq!(
+        host20.len(),
+        (20 * 500..21 * 500).filter(|&i| cold_live(i)).count()
+    );
+    let mut seen = 0;
+    db.scan_leaves::<&[u8], _, _>(.., |_, _| {
+        seen += 1;
+        seen < 3_000
+    })
+    .unwrap();
+    assert_eq!(seen, 3_000);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Arbitrary ranges over the shared cold store: bounds on keys, between keys and
+    /// outside them. (Whole scans of it read most leaves from the log, `shared_cold`; so
+    /// do these ranges past their first leaf.)
+    #[test]
+    fn scan_leaves_cold_is_range_prop(
+        lo in 0..COLD_ITEMS + 2,
+        hi in 0..COLD_ITEMS + 2,
+        lo_kind in 0u8..3,
+        hi_kind in 0u8..3,
+        lo_between: bool,
+        hi_between: bool,
+    ) {
+        let db = shared_cold();
+        let edge = |i: u32, between: bool| {
+            let mut k = if i < COLD_ITEMS {
+                cold_key(i)
+            } else if i == COLD_ITEMS {
+                b"a".to_vec()
+            } else {
+                b"z".to_vec()
+            };
+            if between {
+                k.push(0);
+            }
+            k
+        };
+        let (lo, hi) = (bound(lo_kind, edge(lo, lo_between)), bound(hi_kind, edge(hi, hi_between)));
+        if let (Bound::Included(l) | Bound::Excluded(l), Bound::Included(h) | Bound::Excluded(h)) = (&lo, &hi) {
+            prop_assume!(l <= h);
+        }
+        let got = by_leaves(db, &lo, &hi);
+        prop_assert!(got == by_range(db, &lo, &hi), "{:?}..{:?} differs from range", lo, hi);
+    }
+}
+
+/// Writes racing with scans of a cold store (leaves read from the log while others are
+/// pulled in, rewritten, split and merged) neither crash a scan nor make it repeat,
+/// reorder, overshoot or lose a key that stays put.
+#[test]
+fn scan_leaves_cold_under_concurrent_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |i: u32| format!("k{i:06}").into_bytes();
+    const N: u32 = 30_000;
+    {
+        let db = cold_db(dir.path());
+        // Even keys stay; odd keys come and go.
+        for i in (0..N).step_by(2) {
+            db.insert(key(i), i.to_be_bytes().repeat(i as usize % 7))
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let db = cold_db(dir.path());
+    touch(&db, (0..N).step_by(2).map(key));
+    let (cold0, _) = db.scan_leaves_cold_reads();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..2u32)
+        .map(|w| {
+            let (db, stop) = (db.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut round = 0u32;
+                while !stop.load(Ordering::Relaxed) {
+                    // A stretch at a time, so that most leaves stay cold for a while.
+                    let from = round.wrapping_mul(7_919) % N;
+                    for i in ((from | 1)..(from + 3_000).min(N)).step_by(2) {
+                        if (i / 2 + w).is_multiple_of(2) {
+                            if round.is_multiple_of(2) {
+                                db.insert(key(i), vec![7u8; (i % 50) as usize]).unwrap();
+                            } else {
+                                db.remove(key(i)).unwrap();
+                            }
+                        }
+                    }
+                    round += 1;
+                }
+            })
+        })
+        .collect();
+    for n in 0..40u32 {
+        let (lo, hi) = (n * 997 % (N / 2), N / 2 + n * 331 % (N / 2));
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        db.scan_leaves(key(lo)..key(hi), |k, _| {
+            got.push(k.to_vec());
+            true
+        })
+        .unwrap();
+        assert!(
+            got.windows(2).all(|w| w[0] < w[1]),
+            "not strictly ascending"
+        );
+        assert!(
+            got.iter().all(|k| *k >= key(lo) && *k < key(hi)),
+            "out of range"
+        );
+        let stable: Vec<Vec<u8>> = got
+            .iter()
+            .filter(|k| {
+                let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+                i.is_multiple_of(2)
+            })
+            .cloned()
+            .collect();
+        let want: Vec<Vec<u8>> = (lo..hi).filter(|i| i % 2 == 0).map(key).collect();
+        assert_eq!(stable, want, "a stable key was lost");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers {
+        w.join().unwrap();
+    }
+    let cold = db.scan_leaves_cold_reads().0 - cold0;
+    eprintln!("scan_leaves_cold_under_concurrent_writes: {cold} leaves read from the log");
+    assert!(cold > 100, "only {cold} leaves read straight from the log");
 }

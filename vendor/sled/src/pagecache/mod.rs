@@ -517,6 +517,14 @@ pub struct PageCache {
     idgen_persists: Arc<AtomicU64>,
     idgen_persist_mu: Arc<Mutex<()>>,
     was_recovered: bool,
+    /// cmdb patch (PATCHED.md): set once the cache has paged a page out, i.e. has filled
+    /// up; from then on `Tree::scan_leaves` reads pages that are not resident straight
+    /// from the log (`read_cold_node`) instead of pulling them into the cache.
+    paged_out: std::sync::atomic::AtomicBool,
+    /// cmdb patch: leaves `Tree::scan_leaves` read through `read_cold_node`, and of those
+    /// the ones stored with links.
+    pub(crate) cold_leaf_reads: AtomicU64,
+    pub(crate) cold_leaf_reads_linked: AtomicU64,
 }
 
 unsafe impl Send for PageCache {}
@@ -657,6 +665,9 @@ impl PageCache {
             idgen: Arc::new(AtomicU64::new(0)),
             idgen_persists: Arc::new(AtomicU64::new(0)),
             was_recovered: false,
+            paged_out: std::sync::atomic::AtomicBool::new(false),
+            cold_leaf_reads: AtomicU64::new(0),
+            cold_leaf_reads_linked: AtomicU64::new(0),
         };
 
         // now we read it back in
@@ -1777,6 +1788,73 @@ impl PageCache {
         }
     }
 
+    /// cmdb patch (PATCHED.md, `Tree::scan_leaves`): the serialized fragments of page `pid`
+    /// as stored in the log, read without deserializing the page or inserting it into the
+    /// cache, if the cache has filled up (paged something out) and the page is not
+    /// resident: `frags[0]` the base (a node), then its links in order, at most
+    /// `PAGE_CONSOLIDATION_THRESHOLD + 1` fragments. `false` (and `frags` to be ignored)
+    /// whenever anything is different (resident, not a node with links, a failed or
+    /// unexpected read): the caller then uses `get`, which handles every case (and
+    /// reports errors).
+    ///
+    /// The page table entry is read under `guard`, and the reads of the locations it names
+    /// happen under that guard too, as `get` pulls pages; the fragments are one state of
+    /// the page, the one current when the entry was loaded.
+    pub(crate) fn read_cold_node(
+        &self,
+        pid: PageId,
+        guard: &Guard,
+        frags: &mut Vec<Vec<u8>>,
+    ) -> bool {
+        frags.clear();
+        if !self.paged_out.load(std::sync::atomic::Ordering::Relaxed)
+            || pid == COUNTER_PID
+            || pid == META_PID
+            || pid == BATCH_MANIFEST_PID
+        {
+            return false;
+        }
+        let page_view = match self.inner.get(pid, guard) {
+            Some(page_view) => page_view,
+            None => return false,
+        };
+        if page_view.update.is_some()
+            || page_view.cache_infos.is_empty()
+            || page_view.cache_infos.len() > PAGE_CONSOLIDATION_THRESHOLD + 1
+        {
+            return false;
+        }
+        let segment_size = match u64::try_from(self.config.segment_size) {
+            Ok(size) if size > 0 => size,
+            _ => return false,
+        };
+        let _measure = Measure::new(&M.pull);
+        for (i, ci) in page_view.cache_infos.iter().enumerate() {
+            let expected_segment_number = match u64::try_from(ci.lsn) {
+                Ok(lsn) => SegmentNumber(lsn / segment_size),
+                Err(_) => return false,
+            };
+            match self.log.read(pid, ci.lsn, ci.pointer) {
+                Ok(LogRead::Inline(header, buf, _))
+                | Ok(LogRead::Blob(header, buf, _, _))
+                    if header.pid == pid
+                        && header.segment_number == expected_segment_number
+                        && if i == 0 {
+                            header.kind == MessageKind::InlineNode
+                                || header.kind == MessageKind::BlobNode
+                        } else {
+                            header.kind == MessageKind::InlineLink
+                                || header.kind == MessageKind::BlobLink
+                        } =>
+                {
+                    frags.push(buf)
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
     /// Returns `true` if the database was
     /// recovered from a previous process.
     /// Note that database state is only
@@ -1922,6 +2000,9 @@ impl PageCache {
 
     fn page_out(&self, to_evict: Vec<PageId>, guard: &Guard) -> Result<()> {
         let _measure = Measure::new(&M.page_out);
+        if !to_evict.is_empty() {
+            self.paged_out.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         for pid in to_evict {
             if pid == COUNTER_PID
                 || pid == META_PID
