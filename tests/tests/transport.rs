@@ -506,17 +506,23 @@ fn reinstall_keeps_the_host_and_a_clone_is_recorded() {
 fn an_inventory_overflow_is_reconciled_by_the_forced_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, watched) = host(tmp.path());
-    const FILES: usize = 220;
+    const FILES: usize = 400;
     for i in 0..FILES {
         std::fs::write(watched.join(format!("f{i:03}.conf")), format!("a{i}\n")).unwrap();
     }
     let mut c = Collector::start(&tmp.path().join("collector"));
     let mut sp = spec(&root);
-    // 128 KiB holds a snapshot of this host (~90 KiB with the 220 files) but not one
-    // "changed" delta per file (old and new attributes: ~120 KiB). Metrics stay out of it.
-    // The CPU budget would (rightly) pause the agent after 220 re-hashes; this test is about
-    // the outbox, so it gets a bigger budget.
-    sp.extra = "[budget]\ncpu_percent = 50.0\n\n[outbox]\nmax_bytes = 131072\n\n[intervals]\nheartbeat = \"1s\"\nmetrics_sample = \"1h\"\nmetrics_window = \"1h\"\nfile_debounce = \"20ms\"\nfast = \"60s\"\ninventory = \"2h\"\n".into();
+    // While the collector is down every watched file is replaced by one of another name:
+    // FILES "removed" deltas (old attributes) plus FILES "added" ones (new attributes), about
+    // twice what the files weigh in a snapshot, however the agent batches them (a slow
+    // consumer merges the watcher's batches into fewer, larger Delta events). 160 KiB holds
+    // a snapshot of this host (~35 KiB of other CIs + ~0.25 KiB per file: ~135 KiB, before
+    // and after) but not those deltas (~200 KiB). An earlier version changed 220 files in
+    // place under 128 KiB: a "changed" delta weighs only ~1.3 times its snapshot entry, so
+    // the overflow came from per-event overhead and depended on the batching, i.e. on the
+    // machine's load. Metrics stay out of it. The CPU budget would (rightly) pause the agent
+    // after hundreds of re-hashes; this test is about the outbox, so it gets a bigger one.
+    sp.extra = "[budget]\ncpu_percent = 50.0\n\n[outbox]\nmax_bytes = 163840\n\n[intervals]\nheartbeat = \"1s\"\nmetrics_sample = \"1h\"\nmetrics_window = \"1h\"\nfile_debounce = \"20ms\"\nfast = \"60s\"\ninventory = \"2h\"\n".into();
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &sp);
     a.start();
     let host_id = host_id_of(&c, &a.agent_id);
@@ -527,18 +533,24 @@ fn an_inventory_overflow_is_reconciled_by_the_forced_snapshot() {
     );
     c.kill9();
     for i in 0..FILES {
-        std::fs::write(watched.join(format!("f{i:03}.conf")), format!("b{i}\n")).unwrap();
-        std::thread::sleep(Duration::from_millis(30));
+        std::fs::remove_file(watched.join(format!("f{i:03}.conf"))).unwrap();
+        std::fs::write(watched.join(format!("g{i:03}.conf")), format!("b{i}\n")).unwrap();
+        if i % 4 == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
     std::thread::sleep(Duration::from_secs(2));
     c.restart();
     let want: BTreeMap<String, String> = (0..FILES)
         .map(|i| {
             (
-                format!("/etc/cmdb-test/f{i:03}.conf"),
+                format!("/etc/cmdb-test/g{i:03}.conf"),
                 sha256_hex(format!("b{i}\n").as_bytes()),
             )
         })
+        .collect();
+    let gone: BTreeSet<String> = (0..FILES)
+        .map(|i| format!("/etc/cmdb-test/f{i:03}.conf"))
         .collect();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -553,13 +565,19 @@ fn an_inventory_overflow_is_reconciled_by_the_forced_snapshot() {
             })
             .filter(|(k, _)| want.contains_key(k))
             .collect();
-        if got == want {
+        let still_present = c
+            .cis(&format!("class=file&host={host_id}"))
+            .into_iter()
+            .filter(|ci| ci["state"] == "present")
+            .filter(|ci| ci["key"].as_str().is_some_and(|k| gone.contains(k)))
+            .count();
+        if got == want && still_present == 0 {
             break;
         }
         if std::time::Instant::now() > deadline {
             let wrong = want.iter().filter(|(k, v)| got.get(*k) != Some(v)).count();
             panic!(
-                "{wrong} of {FILES} files not at their final content after 60 s\nagent: {}\nagent log:\n{}\ncollector log:\n{}",
+                "{wrong} of {FILES} new files not at their final content and {still_present} removed ones still present after 60 s\nagent: {}\nagent log:\n{}\ncollector log:\n{}",
                 c.get(&format!("/api/v1/agents/{}", a.agent_id)),
                 a.log(),
                 c.log()
