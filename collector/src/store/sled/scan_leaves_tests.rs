@@ -147,7 +147,7 @@ fn scan_leaves_across_leaves() {
 #[test]
 fn scan_leaves_under_concurrent_writes() {
     let db = db();
-    let key = |i: u32| format!("k{i:06}").into_bytes();
+    let key = churn_key;
     // Even keys stay; odd keys come and go.
     for i in (0..6_000).step_by(2) {
         db.insert(key(i), b"stable").unwrap();
@@ -173,30 +173,7 @@ fn scan_leaves_under_concurrent_writes() {
         .collect();
     for n in 0..60u32 {
         let (lo, hi) = (n * 97 % 3_000, 3_000 + n * 31 % 3_000);
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        db.scan_leaves(key(lo)..key(hi), |k, _| {
-            got.push(k.to_vec());
-            true
-        })
-        .unwrap();
-        assert!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "not strictly ascending"
-        );
-        assert!(
-            got.iter().all(|k| *k >= key(lo) && *k < key(hi)),
-            "out of range"
-        );
-        let stable: Vec<Vec<u8>> = got
-            .iter()
-            .filter(|k| {
-                let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
-                i.is_multiple_of(2)
-            })
-            .cloned()
-            .collect();
-        let want: Vec<Vec<u8>> = (lo..hi).filter(|i| i % 2 == 0).map(key).collect();
-        assert_eq!(stable, want, "a stable key was lost");
+        scan_while_odd_keys_churn(&db, lo, hi);
     }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -403,7 +380,7 @@ proptest! {
 #[test]
 fn scan_leaves_cold_under_concurrent_writes() {
     let dir = tempfile::tempdir().unwrap();
-    let key = |i: u32| format!("k{i:06}").into_bytes();
+    let key = churn_key;
     const N: u32 = 30_000;
     {
         let db = cold_db(dir.path());
@@ -442,30 +419,7 @@ fn scan_leaves_cold_under_concurrent_writes() {
         .collect();
     for n in 0..40u32 {
         let (lo, hi) = (n * 997 % (N / 2), N / 2 + n * 331 % (N / 2));
-        let mut got: Vec<Vec<u8>> = Vec::new();
-        db.scan_leaves(key(lo)..key(hi), |k, _| {
-            got.push(k.to_vec());
-            true
-        })
-        .unwrap();
-        assert!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "not strictly ascending"
-        );
-        assert!(
-            got.iter().all(|k| *k >= key(lo) && *k < key(hi)),
-            "out of range"
-        );
-        let stable: Vec<Vec<u8>> = got
-            .iter()
-            .filter(|k| {
-                let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
-                i.is_multiple_of(2)
-            })
-            .cloned()
-            .collect();
-        let want: Vec<Vec<u8>> = (lo..hi).filter(|i| i % 2 == 0).map(key).collect();
-        assert_eq!(stable, want, "a stable key was lost");
+        scan_while_odd_keys_churn(&db, lo, hi);
     }
     stop.store(true, Ordering::Relaxed);
     for w in writers {
@@ -474,4 +428,39 @@ fn scan_leaves_cold_under_concurrent_writes() {
     let cold = db.scan_leaves_cold_reads().0 - cold0;
     eprintln!("scan_leaves_cold_under_concurrent_writes: {cold} leaves read from the log");
     assert!(cold > 100, "only {cold} leaves read straight from the log");
+}
+
+/// The keys of the concurrent-write tests: even ones stay, odd ones come and go.
+fn churn_key(i: u32) -> Vec<u8> {
+    format!("k{i:06}").into_bytes()
+}
+
+/// Scans `key(lo)..key(hi)` while writers insert and remove the odd keys: strictly
+/// ascending, in range, and every (stable) even key there exactly once.
+fn scan_while_odd_keys_churn(db: &sled::Db, lo: u32, hi: u32) {
+    let key = churn_key;
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    db.scan_leaves(key(lo)..key(hi), |k, _| {
+        got.push(k.to_vec());
+        true
+    })
+    .unwrap();
+    assert!(
+        got.windows(2).all(|w| w[0] < w[1]),
+        "not strictly ascending"
+    );
+    assert!(
+        got.iter().all(|k| *k >= key(lo) && *k < key(hi)),
+        "out of range"
+    );
+    let stable: Vec<Vec<u8>> = got
+        .iter()
+        .filter(|k| {
+            let i: u32 = std::str::from_utf8(&k[1..]).unwrap().parse().unwrap();
+            i.is_multiple_of(2)
+        })
+        .cloned()
+        .collect();
+    let want: Vec<Vec<u8>> = (lo..hi).filter(|i| i % 2 == 0).map(key).collect();
+    assert_eq!(stable, want, "a stable key was lost");
 }
