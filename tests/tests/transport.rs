@@ -539,7 +539,15 @@ fn an_inventory_overflow_is_reconciled_by_the_forced_snapshot() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // The collector stays down until the agent has hashed and queued the replacements: the
+    // overflow shows in its log as the snapshot it then owes (the next queued inventory
+    // asks for it). On a loaded machine that takes seconds; should the overflow come with
+    // the very last batch, nothing asks before the deadline, and the Gap is queued anyway.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !a.log().contains("Snapshot required") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     c.restart();
     let want: BTreeMap<String, String> = (0..FILES)
         .map(|i| {
