@@ -90,8 +90,6 @@ pub struct Scratch {
     tmp: Vec<f64>,
     slopes: Vec<f64>,
     resid: Vec<f64>,
-    /// `median`'s order keys.
-    keys: Vec<i64>,
 }
 
 /// Fits `points` (time-ordered `(t secs, value)`; non-finite values are skipped by the
@@ -117,7 +115,7 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
         let mx = (chunk[(chunk.len() - 1) / 2].0 + chunk[chunk.len() / 2].0) / 2.0;
         s.tmp.clear();
         s.tmp.extend(chunk.iter().map(|p| p.1));
-        let my = median(&s.tmp, &mut s.keys);
+        let my = median(&mut s.tmp);
         s.bx.push(mx);
         s.by.push(my);
     }
@@ -134,14 +132,14 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
     if s.slopes.is_empty() {
         return None;
     }
-    let slope = median(&s.slopes, &mut s.keys);
+    let slope = median(&mut s.slopes);
     // Intercept: the median offset of the bin medians; t centred on the first point to keep
     // precision (epoch seconds are ~1.8e9).
     let t0 = points[0].0;
     s.tmp.clear();
     s.tmp
         .extend(s.bx.iter().zip(&s.by).map(|(x, y)| y - slope * (x - t0)));
-    let offset = median(&s.tmp, &mut s.keys);
+    let offset = median(&mut s.tmp);
     s.resid.clear();
     s.resid.extend(
         points
@@ -152,7 +150,7 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
     let stride = n.div_ceil(MAD_SAMPLE);
     s.tmp.clear();
     s.tmp.extend(s.resid.iter().step_by(stride).copied());
-    let sigma = 1.4826 * median(&s.tmp, &mut s.keys);
+    let sigma = 1.4826 * median(&mut s.tmp);
     let band = 3.0 * sigma;
     let inliers = s
         .resid
@@ -182,40 +180,22 @@ pub fn fit(points: &[(f64, f64)], limits: &FitLimits, s: &mut Scratch) -> Option
     })
 }
 
-/// The median of `v` (mean of the two middle values for an even count), in `f64::total_cmp`
-/// order (NaN-free input is the caller's duty; NaN sorts last). `v` empty: NaN. The
-/// selection runs on integer keys with the same order as `total_cmp` (sign-magnitude bits
-/// turned into two's complement, [`order_key`]): the select's comparisons are then plain
-/// integer compares, about twice as fast as `select_nth_unstable_by(total_cmp)` on f64s,
-/// which was half of a forecast's time (docs/BENCHMARKS.md, "Capacity forecasts").
-fn median(v: &[f64], keys: &mut Vec<i64>) -> f64 {
+/// The median of `v` (reordered; mean of the two middle values for an even count). `v`
+/// must not be empty; NaN-free input is the caller's duty (NaN sorts last).
+fn median(v: &mut [f64]) -> f64 {
     let n = v.len();
     if n == 0 {
         return f64::NAN;
     }
-    keys.clear();
-    keys.extend(v.iter().map(|x| order_key(*x)));
     let mid = n / 2;
-    let (lo, m, _) = keys.select_nth_unstable(mid);
-    let m = from_order_key(*m);
+    let (lo, m, _) = v.select_nth_unstable_by(mid, f64::total_cmp);
+    let m = *m;
     if n % 2 == 1 {
         m
     } else {
-        let below = lo.iter().copied().max().map_or(m, from_order_key);
+        let below = lo.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         (below + m) / 2.0
     }
-}
-
-/// An integer whose order is `f64::total_cmp`'s (the same transformation `total_cmp` makes
-/// on every comparison): negative values get their magnitude bits flipped.
-fn order_key(x: f64) -> i64 {
-    let bits = x.to_bits() as i64;
-    bits ^ ((((bits >> 63) as u64) >> 1) as i64)
-}
-
-/// The inverse of [`order_key`] (the transformation is its own inverse).
-fn from_order_key(k: i64) -> f64 {
-    f64::from_bits((k ^ ((((k >> 63) as u64) >> 1) as i64)) as u64)
 }
 
 #[cfg(test)]
@@ -242,25 +222,18 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn median_matches_a_sort_and_keys_keep_the_order(
-            v in proptest::collection::vec(-1e12f64..1e12, 1..300),
-            a in proptest::num::f64::ANY,
-            b in proptest::num::f64::ANY,
-        ) {
-            let mut keys = Vec::new();
-            proptest::prop_assert_eq!(median(&v, &mut keys), sorted_median(&v));
-            proptest::prop_assert_eq!(order_key(a).cmp(&order_key(b)), a.total_cmp(&b));
-            proptest::prop_assert_eq!(from_order_key(order_key(a)).to_bits(), a.to_bits());
+        fn median_matches_a_sort(v in proptest::collection::vec(-1e12f64..1e12, 1..300)) {
+            let want = sorted_median(&v);
+            proptest::prop_assert_eq!(median(&mut v.clone()), want);
         }
     }
 
     #[test]
     fn median_of_special_values() {
-        let mut keys = Vec::new();
-        assert!(median(&[], &mut keys).is_nan());
-        assert_eq!(median(&[-0.0, 0.0], &mut keys), 0.0);
-        assert_eq!(median(&[3.0, -1.0, 2.0], &mut keys), 2.0);
-        assert_eq!(median(&[-5.0, -1.0, -3.0, -2.0], &mut keys), -2.5);
+        assert!(median(&mut []).is_nan());
+        assert_eq!(median(&mut [-0.0, 0.0]), 0.0);
+        assert_eq!(median(&mut [3.0, -1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [-5.0, -1.0, -3.0, -2.0]), -2.5);
     }
 
     fn limits() -> FitLimits {
