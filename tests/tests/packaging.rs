@@ -4,9 +4,9 @@
 //!   with the systemd units (binary, config and state paths);
 //! - the units carry the hardening the packaging promises;
 //! - `cargo deb` builds both .deb packages from the debug binaries the other end-to-end tests
-//!   build anyway (copied into a scratch target dir as `release-agent/` (the agent's
-//!   packaging profile) and `release/`, stripped: no extra compile), `dpkg-deb -c`/`-I` show the right files, conffiles and maintainer scripts,
-//!   and both install into a throwaway root with `dpkg --root` (maintainer scripts run
+//!   build anyway (copied into a scratch target dir as `release-agent/`, the agent's
+//!   packaging profile, and `release/`, stripped: no extra compile), `dpkg-deb -c`/`-I`
+//!   show the right files, conffiles and maintainer scripts, and both install into a throwaway root with `dpkg --root` (maintainer scripts run
 //!   chrootless and honour DPKG_ROOT: the host's users and files are never touched): the
 //!   service users exist there, the state directories are theirs, every path the units name
 //!   exists, the installed binary runs, and a purge removes the agent's state;
@@ -292,6 +292,13 @@ fn uid_in(root: &Path, user: &str) -> Option<u32> {
 /// The cargo profile the agent is packaged from (Cargo.toml, `[profile.release-agent]`).
 const AGENT_PROFILE: &str = "release-agent";
 
+/// Each package: its name, its member directory (`cargo generate-rpm -p`) and the profile
+/// it is built from.
+const PACKAGES: [(&str, &str, &str); 2] = [
+    ("cmdb-agent", "agent", AGENT_PROFILE),
+    ("cmdb-collector", "collector", "release"),
+];
+
 /// Each packaged binary and the profile directory its package takes it from.
 const PACKAGED_BINARIES: [(&str, &str); 3] = [
     ("cmdb-agent", AGENT_PROFILE),
@@ -321,7 +328,7 @@ fn deb_and_rpm_packages_build_install_and_match_the_units() {
         }
     }
     let debs = scratch.path().join("deb");
-    for (pkg, profile) in [("cmdb-agent", AGENT_PROFILE), ("cmdb-collector", "release")] {
+    for (pkg, _, profile) in PACKAGES {
         run(cargo(&target)
             .args([
                 "deb",
@@ -522,7 +529,7 @@ fn rpm_packages(target: &Path, scratch: &Path) {
     }
     let out = scratch.join("rpm");
     std::fs::create_dir_all(&out).unwrap();
-    for (member, profile) in [("agent", AGENT_PROFILE), ("collector", "release")] {
+    for (_, member, profile) in PACKAGES {
         // gzip: zstd (the default) takes ~10 s per package here, gzip ~1 s.
         run(cargo(target)
             .args([

@@ -14,12 +14,13 @@
 //! with the scan may or may not be seen.
 //!
 //! Cold leaves: once the page cache has filled up (paged a page out), a right sibling that
-//! is not resident and is stored as one node (no link fragments) is read straight from the
-//! log (`PageCache::read_cold_node`) and its items are copied out of the serialized bytes
-//! (`cold_leaf`): no `Node` is built (no allocation per item), nothing is inserted into the
-//! cache, so a one-pass scan of a store much larger than the cache neither pays for nor
-//! evicts for pages it reads once. Anything else (resident, fragmented, an index node,
-//! merging, a boundary that moved, bytes that do not parse) takes the cached path above.
+//! is not resident, stored as a base node plus at most `PAGE_CONSOLIDATION_THRESHOLD`
+//! set/delete links, is read straight from the log (`PageCache::read_cold_node`) and its
+//! items are copied out of the serialized bytes, the links merged in (`cold_leaf`): no
+//! `Node` is built (no allocation per item), nothing is inserted into the cache, so a
+//! one-pass scan of a store much larger than the cache neither pays for nor evicts for
+//! pages it reads once. Anything else (resident, other links, an index node, merging, a
+//! boundary that moved, bytes that do not parse) takes the cached path above.
 
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::Ordering::Relaxed;
