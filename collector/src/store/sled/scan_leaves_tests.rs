@@ -182,13 +182,20 @@ fn scan_leaves_under_concurrent_writes() {
 }
 
 /// A store with a 64 KiB cache: past the first few dozen leaves read, the cache evicts and
-/// `scan_leaves` reads leaves that are not resident straight from the log.
+/// `scan_leaves` reads leaves that are not resident straight from the log. Reopening a store
+/// dropped a moment ago waits (bounded) for sled's background threads to let go of the
+/// directory lock, as `tests::reopen` does.
 fn cold_db(dir: &Path) -> sled::Db {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(64 * 1024)
-        .open()
-        .unwrap()
+    let open = || sled::Config::new().path(dir).cache_capacity(64 * 1024).open();
+    for _ in 0..250 {
+        match open() {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    open().unwrap()
 }
 
 const COLD_ITEMS: u32 = 20_000;
