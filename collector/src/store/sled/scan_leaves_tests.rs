@@ -186,7 +186,12 @@ fn scan_leaves_under_concurrent_writes() {
 /// dropped a moment ago waits (bounded) for sled's background threads to let go of the
 /// directory lock, as `tests::reopen` does.
 fn cold_db(dir: &Path) -> sled::Db {
-    let open = || sled::Config::new().path(dir).cache_capacity(64 * 1024).open();
+    let open = || {
+        sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 * 1024)
+            .open()
+    };
     for _ in 0..250 {
         match open() {
             Err(e) if e.to_string().contains("could not acquire lock") => {
