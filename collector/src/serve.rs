@@ -194,7 +194,10 @@ pub async fn serve_with(
         )
         .map_err(|e| ServeError::Judgment(e.to_string()))?,
     );
-    let judge_task = tokio::spawn(run_judgment(Arc::clone(&judgment)));
+    let judge_task = tokio::spawn(run_judgment(
+        Arc::clone(&judgment),
+        Arc::clone(&telemetry),
+    ));
     let licenses = Arc::new(
         crate::licenses::Licenses::open(
             Arc::clone(&store),
@@ -462,15 +465,17 @@ pub const JUDGMENT_TICK: Duration = Duration::from_secs(1);
 
 /// The judgment engine's loop: drains the change feed (polling when caught up) and runs
 /// the periodic checks. A failing step is logged and retried; it never stops the loop.
-async fn run_judgment(judgment: Arc<Judgment>) {
+async fn run_judgment(judgment: Arc<Judgment>, telemetry: Arc<Telemetry>) {
     let mut last_tick = std::time::Instant::now();
     let mut failures = 0u32;
     loop {
         let j = Arc::clone(&judgment);
+        let t = Arc::clone(&telemetry);
         let step = tokio::task::spawn_blocking(move || {
             let mut handled = 0;
             loop {
                 let n = j.process_feed()?;
+                t.judged_versions(n as u64);
                 handled += n;
                 if n == 0 || handled >= 20_000 {
                     return Ok::<_, crate::judgment::JudgmentError>(handled);

@@ -66,6 +66,7 @@ pub struct Telemetry {
     agents_connected: Gauge,
     events: Family<KindLabel, Counter>,
     ci_versions: Counter,
+    judged_versions: Counter,
     ack_latency: Histogram,
     refused: Family<ReasonLabel, Counter>,
     enrollments: Family<ResultLabel, Counter>,
@@ -106,6 +107,13 @@ impl Telemetry {
             "cmdb_ci_versions",
             "CI versions written to the store",
             ci_versions.clone(),
+        );
+        let judged_versions = Counter::default();
+        registry.register(
+            "cmdb_judged_versions",
+            "CI versions the judgment engine has judged (cmdb_ci_versions_total minus this is \
+             its backlog)",
+            judged_versions.clone(),
         );
         let ack_latency = Histogram::new(ACK_LATENCY_BUCKETS);
         registry.register_with_unit(
@@ -162,6 +170,7 @@ impl Telemetry {
             agents_connected,
             events,
             ci_versions,
+            judged_versions,
             ack_latency,
             refused,
             enrollments,
@@ -202,6 +211,11 @@ impl Telemetry {
     /// `n` CI versions were written.
     pub fn ci_versions(&self, n: u64) {
         self.ci_versions.inc_by(n);
+    }
+
+    /// The judgment engine judged `n` more CI versions.
+    pub fn judged_versions(&self, n: u64) {
+        self.judged_versions.inc_by(n);
     }
 
     /// One ack went out `seconds` after its batch arrived. Negative or NaN values are ignored.
@@ -361,6 +375,7 @@ mod tests {
         t.events("delta", 5);
         t.events("bogus", 1);
         t.ci_versions(7);
+        t.judged_versions(6);
         t.ack_latency(0.003);
         t.refused("bad_identity");
         t.enrollment("ok");
@@ -378,6 +393,7 @@ mod tests {
             "cmdb_events_total{kind=\"snapshot\"} 0",
             "cmdb_events_total{kind=\"other\"} 1",
             "cmdb_ci_versions_total 7",
+            "cmdb_judged_versions_total 6",
             "# TYPE cmdb_ack_latency_seconds histogram",
             "cmdb_ack_latency_seconds_bucket{le=\"0.005\"} 1",
             "cmdb_ack_latency_seconds_count 1",

@@ -549,6 +549,34 @@ fn peak_rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The value of counter `name` (a line `name value`) on the collector's `/metrics`.
+fn scrape(port: u16, name: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    conn.take(1 << 20).read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// After the traffic stopped: how far the judgment engine was behind (CI versions written
+/// but not yet judged), and how long it took to judge them all (at most `limit`).
+fn judgment_backlog(port: u16, limit: Duration) -> Option<(f64, f64, Duration)> {
+    let written = scrape(port, "cmdb_ci_versions_total")?;
+    let judged = scrape(port, "cmdb_judged_versions_total")?;
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if scrape(port, "cmdb_judged_versions_total")? >= written {
+            return Some((written, written - judged, t.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    None
+}
+
 struct Proc(Child);
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -726,7 +754,17 @@ async fn run_bench(
             )
         })
         .collect();
+    let started = Instant::now();
     let ours = drive(&url, &ca, agents, load).await;
+    let traffic = started.elapsed();
+    let backlog = if scenario == Scenario::Changes {
+        tokio::task::spawn_blocking(move || judgment_backlog(http, Duration::from_secs(300)))
+            .await
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
     let rss = peak_rss_mib(collector.0.id());
     drop(collector);
 
@@ -752,6 +790,19 @@ async fn run_bench(
         "| cmdb-collector (sled, durable acks) | {:.0} | {:.2} | {:.2} | {rss:.0} (after enrollment {rss_after_enroll:.0}) | {} |",
         ours.per_second, ours.p50_ms, ours.p99_ms, ours.errors
     );
+    if let Some((written, behind, drained)) = backlog {
+        let all = traffic + drained;
+        println!(
+            "judgment: {behind:.0} of {written:.0} CI versions still to judge when the traffic \
+             stopped, all judged {:.1} s later; {:.0} versions/s written and judged end to end \
+             ({:.1} s)",
+            drained.as_secs_f64(),
+            written / all.as_secs_f64(),
+            all.as_secs_f64()
+        );
+    } else if scenario == Scenario::Changes {
+        println!("judgment: backlog not drained within 300 s (or /metrics unreadable)");
+    }
     if !skip_drop {
         let port = free_port()?;
         let dropper = Proc(

@@ -193,6 +193,7 @@ use txn::{Txn, backend, decode};
 mod apply;
 mod codec;
 mod feed;
+mod feed_tail;
 mod group_commit;
 mod history;
 mod hosts;
@@ -248,6 +249,8 @@ pub struct SledStore {
     liveness: liveness::Liveness,
     /// Who flushes after a durable write (`group_commit` module).
     group: group_commit::GroupCommit,
+    /// The versions of the latest commits, for feed readers that keep up (`feed_tail`).
+    tail: feed_tail::FeedTail,
 }
 
 /// What the writer keeps between transactions (guarded by the writer lock).
@@ -359,6 +362,7 @@ impl SledStore {
             sealed: Mutex::new(commit),
             liveness: liveness::Liveness::new(),
             group: group_commit::GroupCommit::new(commit),
+            tail: feed_tail::FeedTail::new(commit, feed_tail::MAX_BYTES),
         };
         store.reset_connected().map_err(|e| refuse(e.to_string()))?;
         store.sync().map_err(|e| refuse(e.to_string()))?;
@@ -432,11 +436,13 @@ impl SledStore {
     /// Commits `txn` (made by `begin`); returns the classes it added.
     fn commit(&self, txn: Txn<'_>) -> Result<BTreeSet<String>, StoreError> {
         let next = self.commits.load(Ordering::Acquire) + 1;
-        let (written, classes) = txn.commit()?;
-        if written {
+        let committed = txn.commit()?;
+        if committed.written {
+            // Before the number is published: a feed read up to it finds it in the tail.
+            self.tail.push(next, committed.versions);
             self.commits.store(next, Ordering::Release);
         }
-        Ok(classes)
+        Ok(committed.classes)
     }
 
     /// Makes every commit so far durable (sled's flush: fsync) and seals it. Pending
@@ -1024,7 +1030,11 @@ impl Store for SledStore {
         // its batch). The read stops there and lists the classes after this load, so it
         // can locate every CI it returns; later commits are the next read's.
         let last_commit = self.commits.load(Ordering::Acquire);
-        feed::read(&self.tree, last_commit, after, limit.min(MAX_FEED))
+        let limit = limit.min(MAX_FEED);
+        match self.tail.read(last_commit, after, limit) {
+            Some(entries) => entries.iter().map(|e| e.decode()).collect(),
+            None => feed::read(&self.tree, last_commit, after, limit),
+        }
     }
 
     fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {

@@ -9,6 +9,7 @@ use std::collections::{BTreeSet, HashSet};
 use std::time::SystemTime;
 
 use super::codec::{self, CiRow};
+use super::feed_tail::OldAttrs;
 use super::keys;
 use super::txn::Txn;
 use crate::store::{
@@ -107,9 +108,10 @@ pub(super) fn upsert_ci(
             ChangeKind::Added
         }
     };
-    row.attrs = attrs;
+    let old = std::mem::replace(&mut row.attrs, attrs);
     bump(row, src);
-    txn.versions.record(ci, change, src);
+    txn.versions
+        .record(ci, change, src, OldAttrs::Encoded(old));
     Ok(true)
 }
 
@@ -136,7 +138,8 @@ pub(super) fn remove_ci(
         keys::absent(ci.row.last_changed, id),
         keys::ci_location(host, class),
     );
-    txn.versions.record(ci, ChangeKind::Removed, src);
+    txn.versions
+        .record(ci, ChangeKind::Removed, src, OldAttrs::Same);
     Ok(true)
 }
 
@@ -158,7 +161,8 @@ pub(super) fn retire_ci(
     txn.raw.delete(keys::absent(ci.row.last_changed, id));
     ci.row.state = CiState::Retired;
     bump(&mut ci.row, src);
-    txn.versions.record(ci, ChangeKind::Retired, src);
+    txn.versions
+        .record(ci, ChangeKind::Retired, src, OldAttrs::Same);
     Ok(true)
 }
 

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::apply::Source;
 use super::codec::{self, CiRow, PageWriter, VersionFields};
+use super::feed_tail::{OldAttrs, TailEntry};
 use super::keys;
 use super::liveness::Liveness;
 use crate::store::{AgentRecord, ChangeKind, CiId, CiRecord, CiState, StoreError};
@@ -89,16 +90,22 @@ impl TxnCi {
     }
 }
 
-/// Versions written by the transaction, for its pages.
+/// Versions written by the transaction, for its pages and then the feed's tail.
 pub(super) struct Versions {
     number: u64,
-    entries: Vec<(CiId, u64, Vec<u8>)>,
+    entries: Vec<TailEntry>,
 }
 
 impl Versions {
-    /// Records version `row.version` of `ci` as it is now (state and attributes) and makes
-    /// this transaction's page its head.
-    pub(super) fn record(&mut self, ci: &mut TxnCi, change: ChangeKind, src: &Source<'_>) {
+    /// Records version `row.version` of `ci` as it is now (state and attributes), which
+    /// replaced `old`, and makes this transaction's page its head.
+    pub(super) fn record(
+        &mut self,
+        ci: &mut TxnCi,
+        change: ChangeKind,
+        src: &Source<'_>,
+        old: OldAttrs,
+    ) {
         let row = &mut ci.row;
         let mut payload = Vec::with_capacity(24 + src.agent_id.len() + row.attrs.len());
         codec::put_version_payload(
@@ -116,7 +123,15 @@ impl Versions {
         );
         row.head = self.number;
         let id = keys::trailing_ci_id(&ci.rkey).unwrap_or_default();
-        self.entries.push((id, row.version, payload));
+        self.entries.push(TailEntry {
+            commit: self.number,
+            id,
+            version: row.version,
+            rkey: ci.rkey.clone(),
+            key: row.key.clone(),
+            payload,
+            old,
+        });
     }
 }
 
@@ -254,7 +269,8 @@ impl<'a> Txn<'a> {
             rkey: keys::ci(host, class, &id),
             row,
         };
-        self.versions.record(&mut ci, ChangeKind::Added, src);
+        self.versions
+            .record(&mut ci, ChangeKind::Added, src, OldAttrs::None);
         self.cis.insert(id, ci);
     }
 
@@ -338,8 +354,9 @@ impl<'a> Txn<'a> {
 
     /// Applies everything as one atomic batch stamped with this transaction's commit
     /// number (see `seal`; version pages are keyed by it). Returns whether anything was
-    /// written (nothing written: no number used) and the classes it added.
-    pub(super) fn commit(self) -> Result<(bool, BTreeSet<String>), StoreError> {
+    /// written (nothing written: no number used), the classes it added and the versions it
+    /// wrote in feed order (for the feed's tail).
+    pub(super) fn commit(self) -> Result<Committed, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         for ci in self.cis.into_values() {
@@ -360,10 +377,10 @@ impl<'a> Txn<'a> {
             n += 1;
         }
         let mut entries = self.versions.entries;
-        entries.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+        entries.sort_unstable_by(|a, b| (&a.id, a.version).cmp(&(&b.id, b.version)));
         let mut pages = PageWriter::new(PAGE_TARGET);
-        for (id, version, payload) in &entries {
-            pages.push(id, *version, payload);
+        for e in &entries {
+            pages.push(&e.id, e.version, &e.payload);
         }
         for page in pages.finish() {
             let key = keys::version_page(self.number, page.first_id.as_bytes(), page.first_version);
@@ -371,12 +388,27 @@ impl<'a> Txn<'a> {
             n += 1;
         }
         if n == 0 {
-            return Ok((false, BTreeSet::new()));
+            return Ok(Committed::default());
         }
         batch.insert(keys::META_COMMIT, &self.number.to_be_bytes());
         self.tree.apply_batch(batch).map_err(backend)?;
-        Ok((true, self.new_classes))
+        Ok(Committed {
+            written: true,
+            classes: self.new_classes,
+            versions: entries,
+        })
     }
+}
+
+/// What [`Txn::commit`] wrote.
+#[derive(Default)]
+pub(super) struct Committed {
+    /// Whether anything was (nothing written: no number used).
+    pub(super) written: bool,
+    /// Classes it added.
+    pub(super) classes: BTreeSet<String>,
+    /// Its versions, in feed order.
+    pub(super) versions: Vec<TailEntry>,
 }
 
 /// A CI record from the tree.
