@@ -194,10 +194,7 @@ pub async fn serve_with(
         )
         .map_err(|e| ServeError::Judgment(e.to_string()))?,
     );
-    let judge_task = tokio::spawn(run_judgment(
-        Arc::clone(&judgment),
-        Arc::clone(&telemetry),
-    ));
+    let judge_task = tokio::spawn(run_judgment(Arc::clone(&judgment), Arc::clone(&telemetry)));
     let licenses = Arc::new(
         crate::licenses::Licenses::open(
             Arc::clone(&store),

@@ -110,8 +110,7 @@ pub(super) fn upsert_ci(
     };
     let old = std::mem::replace(&mut row.attrs, attrs);
     bump(row, src);
-    txn.versions
-        .record(ci, change, src, OldAttrs::Encoded(old));
+    txn.versions.record(ci, change, src, OldAttrs::Encoded(old));
     Ok(true)
 }
 

@@ -222,10 +222,16 @@ mod tests {
     #[test]
     fn reads_resume_inside_and_between_commits() {
         let tail = FeedTail::new(0, MAX_BYTES);
-        tail.push(1, vec![entry(1, "a", 1), entry(1, "b", 1), entry(1, "b", 2)]);
+        tail.push(
+            1,
+            vec![entry(1, "a", 1), entry(1, "b", 1), entry(1, "b", 2)],
+        );
         tail.push(3, vec![entry(3, "a", 2)]);
         let all = tail.read(3, None, 10).unwrap();
-        assert_eq!(ids(&all), [(1, "a", 1), (1, "b", 1), (1, "b", 2), (3, "a", 2)]);
+        assert_eq!(
+            ids(&all),
+            [(1, "a", 1), (1, "b", 1), (1, "b", 2), (3, "a", 2)]
+        );
         let mid = tail.read(3, Some(&pos(1, "b", 1)), 10).unwrap();
         assert_eq!(ids(&mid), [(1, "b", 2), (3, "a", 2)]);
         // Commit 2 wrote no versions: a position in it resumes at commit 3.
@@ -257,7 +263,10 @@ mod tests {
         // Commit 1 went (both entries), so from-the-start and positions in it go to the tree.
         assert!(tail.read(3, None, 10).is_none());
         assert!(tail.read(3, Some(&pos(1, "a", 1)), 10).is_none());
-        assert_eq!(ids(&tail.read(3, Some(&pos(2, "", 0)), 10).unwrap()).len(), 2);
+        assert_eq!(
+            ids(&tail.read(3, Some(&pos(2, "", 0)), 10).unwrap()).len(),
+            2
+        );
         // A single commit over the budget stays (the newest is always readable).
         tail.push(4, (0..10).map(|i| entry(4, &format!("c{i}"), 1)).collect());
         assert_eq!(tail.read(4, Some(&pos(4, "", 0)), 100).unwrap().len(), 10);
