@@ -57,8 +57,8 @@ use crate::store::{FeedEntry, FeedPos, RecordOp, Store, StoreError, host_ci_id};
 pub const FEED_BATCH: usize = 2000;
 /// Feed entries judged per step while the engine is behind (its last step was full): a
 /// step rewrites every incident it touched (whole, alerts and all), so under a backlog
-/// fewer, larger steps judge several times more versions per second (BENCHMARKS.md).
-pub const FEED_BATCH_BEHIND: usize = 10_000;
+/// fewer, larger steps judge more versions per second (BENCHMARKS.md, 2026-12-06).
+pub const FEED_BATCH_BEHIND: usize = 5_000;
 /// Most incidents, drift records or outages one list returns.
 pub const MAX_LIST: usize = 1000;
 /// Most drift record ids an open drift keeps (the drift list by CI has them all).
