@@ -833,7 +833,8 @@ impl HostLinks {
             self.load(&mut st)?;
         }
         let store = self.store.as_ref();
-        let entries = store.feed(st.cursor.as_ref(), FEED_BATCH)?;
+        // Heads only: the entry's contents are not used (the current CI is read below).
+        let entries = store.feed_heads(st.cursor.as_ref(), FEED_BATCH)?;
         let Some(last) = entries.last() else {
             return Ok(0);
         };

@@ -446,6 +446,27 @@ pub struct FeedEntry {
     pub version: CiVersion,
 }
 
+/// A feed entry without the version's contents: which CI changed, and where it is in the
+/// feed ([`Store::feed_heads`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FeedHead {
+    pub pos: FeedPos,
+    pub host_id: HostId,
+    pub class: String,
+    pub key: String,
+}
+
+impl From<FeedEntry> for FeedHead {
+    fn from(e: FeedEntry) -> Self {
+        FeedHead {
+            pos: e.pos,
+            host_id: e.host_id,
+            class: e.class,
+            key: e.key,
+        }
+    }
+}
+
 /// Collections of the collector's own records (baselines, change records, incidents, …),
 /// kept by the store as opaque values (the owning module chooses the encoding, JSON so far).
 /// Names are short ASCII words; ids are at most [`MAX_RECORD_ID_BYTES`] bytes.
@@ -610,6 +631,21 @@ pub trait Store: Send + Sync + 'static {
     /// once, so a consumer that persists the last position it handled misses nothing and
     /// sees nothing twice. Record writes ([`Store::write_records`]) produce no entries.
     fn feed(&self, after: Option<&FeedPos>, limit: usize) -> Result<Vec<FeedEntry>, StoreError>;
+    /// The same positions as [`Store::feed`], without the versions' contents: for consumers
+    /// that look only at which CIs changed (host links reads the current CI of the few
+    /// classes it follows), sparing the attribute decoding and previous-version lookups of
+    /// every entry they skip.
+    fn feed_heads(
+        &self,
+        after: Option<&FeedPos>,
+        limit: usize,
+    ) -> Result<Vec<FeedHead>, StoreError> {
+        Ok(self
+            .feed(after, limit)?
+            .into_iter()
+            .map(FeedHead::from)
+            .collect())
+    }
 
     // === the collector's own records ===
     /// One record of `collection`, if present (an id that cannot exist, see

@@ -184,8 +184,8 @@ use cmdb_proto::v1;
 
 use super::{
     AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiState, CiVersion, CiView, CloneRecord,
-    FeedEntry, FeedPos, HOST_CLASS, HostId, MetricRecord, RecordOp, RelationRecord, ScanPart,
-    Store, StoreError, check_collection, check_record_op, valid_record_id,
+    FeedEntry, FeedHead, FeedPos, HOST_CLASS, HostId, MetricRecord, RecordOp, RelationRecord,
+    ScanPart, Store, StoreError, check_collection, check_record_op, valid_record_id,
 };
 use locate::Locator;
 use txn::{Txn, backend, decode};
@@ -1034,6 +1034,20 @@ impl Store for SledStore {
         match self.tail.read(last_commit, after, limit) {
             Some(entries) => entries.iter().map(|e| e.decode()).collect(),
             None => feed::read(&self.tree, last_commit, after, limit),
+        }
+    }
+
+    /// At most [`MAX_FEED`] entries per call; bounded as [`Store::feed`] is.
+    fn feed_heads(
+        &self,
+        after: Option<&FeedPos>,
+        limit: usize,
+    ) -> Result<Vec<FeedHead>, StoreError> {
+        let last_commit = self.commits.load(Ordering::Acquire);
+        let limit = limit.min(MAX_FEED);
+        match self.tail.read(last_commit, after, limit) {
+            Some(entries) => entries.iter().map(|e| e.head()).collect(),
+            None => feed::read_heads(&self.tree, last_commit, after, limit),
         }
     }
 

@@ -34,7 +34,7 @@ use super::history;
 use super::keys;
 use super::locate::Locator;
 use super::txn::{backend, read_ci};
-use crate::store::{CiVersion, FeedEntry, FeedPos, StoreError};
+use crate::store::{CiVersion, FeedEntry, FeedHead, FeedPos, StoreError};
 
 /// Who a CI is; fixed when it is created.
 struct Identity {
@@ -52,8 +52,96 @@ pub(super) fn read(
     limit: usize,
 ) -> Result<Vec<FeedEntry>, StoreError> {
     let mut out: Vec<FeedEntry> = Vec::new();
+    walk(tree, last_commit, after, limit, |at, who| {
+        let v = decode_version_payload(at.page, at.payload)?;
+        // A CI changed twice by one commit has adjacent entries: the previous version
+        // is then usually the entry just returned.
+        let old_attrs = match out.last() {
+            Some(e)
+                if v.prev == at.commit
+                    && e.pos.commit == at.commit
+                    && at.version.checked_sub(1) == Some(e.pos.version)
+                    && e.pos.ci_id == at.id =>
+            {
+                e.version.attrs.clone()
+            }
+            _ => history::attrs_before(tree, at.id, at.version, v.prev)?,
+        };
+        out.push(FeedEntry {
+            pos: at.pos(),
+            host_id: who.host.clone(),
+            class: who.class.clone(),
+            key: who.key.clone(),
+            version: CiVersion {
+                ci_id: at.id.to_owned(),
+                version: at.version,
+                change: v.change,
+                state: v.state,
+                attrs: v.attrs,
+                old_attrs,
+                observed_at: v.observed_at,
+                agent_id: v.agent_id,
+                seq: v.seq,
+                change_id: v.change_id,
+            },
+        });
+        Ok(out.len() < limit)
+    })?;
+    Ok(out)
+}
+
+/// The same positions as [`read`], without the versions' contents: no payload decoding and
+/// no previous-version lookups, only each CI's identity (cached for the read).
+pub(super) fn read_heads(
+    tree: &sled::Tree,
+    last_commit: u64,
+    after: Option<&FeedPos>,
+    limit: usize,
+) -> Result<Vec<FeedHead>, StoreError> {
+    let mut out: Vec<FeedHead> = Vec::new();
+    walk(tree, last_commit, after, limit, |at, who| {
+        out.push(FeedHead {
+            pos: at.pos(),
+            host_id: who.host.clone(),
+            class: who.class.clone(),
+            key: who.key.clone(),
+        });
+        Ok(out.len() < limit)
+    })?;
+    Ok(out)
+}
+
+/// One version entry met by [`walk`].
+struct At<'a> {
+    commit: u64,
+    /// The key of the page holding it (named in corruption reports).
+    page: &'a [u8],
+    id: &'a str,
+    version: u64,
+    payload: &'a [u8],
+}
+
+impl At<'_> {
+    fn pos(&self) -> FeedPos {
+        FeedPos {
+            commit: self.commit,
+            ci_id: self.id.to_owned(),
+            version: self.version,
+        }
+    }
+}
+
+/// Calls `visit` with every version entry after `after` of commits up to `last_commit`, in
+/// feed order, with its CI's identity, until it returns `false`.
+fn walk(
+    tree: &sled::Tree,
+    last_commit: u64,
+    after: Option<&FeedPos>,
+    limit: usize,
+    mut visit: impl FnMut(&At<'_>, &Identity) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
     if limit == 0 {
-        return Ok(out);
+        return Ok(());
     }
     // Made after `last_commit` was read: it knows every class those commits created.
     let mut locator = Locator::new(tree)?;
@@ -74,52 +162,23 @@ pub(super) fn read(
             {
                 continue;
             }
-            let v = decode_version_payload(&k, payload)?;
-            // A CI changed twice by one commit has adjacent entries: the previous version
-            // is then usually the entry just returned.
-            let old_attrs = match out.last() {
-                Some(e)
-                    if v.prev == commit
-                        && e.pos.commit == commit
-                        && version.checked_sub(1) == Some(e.pos.version)
-                        && e.pos.ci_id == id =>
-                {
-                    e.version.attrs.clone()
-                }
-                _ => history::attrs_before(tree, id, version, v.prev)?,
-            };
             let who = match identities.entry(id.to_owned()) {
                 Entry::Occupied(known) => known.into_mut(),
                 Entry::Vacant(new) => new.insert(identity(tree, &mut locator, id, &k)?),
             };
-            out.push(FeedEntry {
-                pos: FeedPos {
-                    commit,
-                    ci_id: id.to_owned(),
-                    version,
-                },
-                host_id: who.host.clone(),
-                class: who.class.clone(),
-                key: who.key.clone(),
-                version: CiVersion {
-                    ci_id: id.to_owned(),
-                    version,
-                    change: v.change,
-                    state: v.state,
-                    attrs: v.attrs,
-                    old_attrs,
-                    observed_at: v.observed_at,
-                    agent_id: v.agent_id,
-                    seq: v.seq,
-                    change_id: v.change_id,
-                },
-            });
-            if out.len() >= limit {
-                return Ok(out);
+            let at = At {
+                commit,
+                page: &k,
+                id,
+                version,
+                payload,
+            };
+            if !visit(&at, who)? {
+                return Ok(());
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Where a read after `after` starts: the page that may hold the next entry.

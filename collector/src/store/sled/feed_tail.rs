@@ -26,7 +26,7 @@ use cmdb_proto::model::Attrs;
 
 use super::codec::{decode_attrs, decode_version_payload};
 use super::keys;
-use crate::store::{CiId, CiVersion, FeedEntry, FeedPos, StoreError};
+use crate::store::{CiId, CiVersion, FeedEntry, FeedHead, FeedPos, StoreError};
 
 /// Most bytes of entries the tail keeps (a few seconds of the heaviest change stream; a
 /// consumer further behind reads the tree).
@@ -70,12 +70,37 @@ impl TailEntry {
         (self.commit, self.id.as_str(), self.version) <= (p.commit, p.ci_id.as_str(), p.version)
     }
 
-    /// The feed entry, decoded.
-    pub(super) fn decode(&self) -> Result<FeedEntry, StoreError> {
+    /// The CI's host and class, from its record key.
+    fn host_class(&self) -> Result<(&str, &str), StoreError> {
         let (host, class, _) = keys::ci_parts(&self.rkey).ok_or_else(|| StoreError::Corrupt {
             key: String::from_utf8_lossy(&self.rkey).into_owned(),
             reason: "malformed CI record key in the feed tail".into(),
         })?;
+        Ok((host, class))
+    }
+
+    fn pos(&self) -> FeedPos {
+        FeedPos {
+            commit: self.commit,
+            ci_id: self.id.clone(),
+            version: self.version,
+        }
+    }
+
+    /// The feed head: the entry without the version's contents (nothing decoded).
+    pub(super) fn head(&self) -> Result<FeedHead, StoreError> {
+        let (host, class) = self.host_class()?;
+        Ok(FeedHead {
+            pos: self.pos(),
+            host_id: host.to_owned(),
+            class: class.to_owned(),
+            key: self.key.clone(),
+        })
+    }
+
+    /// The feed entry, decoded.
+    pub(super) fn decode(&self) -> Result<FeedEntry, StoreError> {
+        let (host, class) = self.host_class()?;
         let v = decode_version_payload(&self.rkey, &self.payload)?;
         let old_attrs = match &self.old {
             OldAttrs::None => Attrs::new(),
@@ -83,11 +108,7 @@ impl TailEntry {
             OldAttrs::Encoded(b) => decode_attrs(&self.rkey, b)?,
         };
         Ok(FeedEntry {
-            pos: FeedPos {
-                commit: self.commit,
-                ci_id: self.id.clone(),
-                version: self.version,
-            },
+            pos: self.pos(),
             host_id: host.to_owned(),
             class: class.to_owned(),
             key: self.key.clone(),

@@ -10,8 +10,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::store::{
-    ChangeKind, FeedEntry, FeedPos, MAX_RECORD_BYTES, MAX_RECORD_ID_BYTES, RecordOp, ScanPart,
-    ci_id, host_ci_id,
+    ChangeKind, FeedEntry, FeedHead, FeedPos, MAX_RECORD_BYTES, MAX_RECORD_ID_BYTES, RecordOp,
+    ScanPart, ci_id, host_ci_id,
 };
 
 const CACHE: u64 = 8 << 20;
@@ -2136,11 +2136,22 @@ proptest! {
         check_feed(&store, &full)?;
         let last = store.commits.load(Ordering::Acquire);
         prop_assert_eq!(&feed::read(&store.tree, last, None, MAX_FEED).unwrap(), &full);
+        let heads = |entries: Vec<FeedEntry>| -> Vec<FeedHead> {
+            entries.into_iter().map(FeedHead::from).collect()
+        };
+        prop_assert_eq!(
+            feed::read_heads(&store.tree, last, None, MAX_FEED).unwrap(),
+            heads(full.clone())
+        );
         for e in full.iter().step_by(7) {
+            let from_tree = feed::read(&store.tree, last, Some(&e.pos), 50).unwrap();
+            prop_assert_eq!(&from_tree, &store.feed(Some(&e.pos), 50).unwrap());
+            // Heads: the same positions and identities, from the tail and from the tree.
             prop_assert_eq!(
-                feed::read(&store.tree, last, Some(&e.pos), 50).unwrap(),
-                store.feed(Some(&e.pos), 50).unwrap()
+                feed::read_heads(&store.tree, last, Some(&e.pos), 50).unwrap(),
+                heads(from_tree.clone())
             );
+            prop_assert_eq!(store.feed_heads(Some(&e.pos), 50).unwrap(), heads(from_tree));
         }
         prop_assert_eq!(&read_feed(&store, None, &limits), &full);
         drop(store);
