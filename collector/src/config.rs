@@ -145,6 +145,11 @@ pub struct JudgmentConfig {
     /// Resolved incidents close by themselves after this long. Default "3d".
     #[serde(default = "default_auto_close", with = "duration")]
     pub auto_close: Duration,
+    /// CPU priority (`nice`, 0–19) of the threads doing derived work from the change feed
+    /// (this engine and host links): above 0, ingest is favoured when the cores are busy and
+    /// the derived work catches up when they are not (`crate::background`). Default 10.
+    #[serde(default = "default_worker_nice")]
+    pub worker_nice: i32,
 }
 
 impl Default for JudgmentConfig {
@@ -155,6 +160,7 @@ impl Default for JudgmentConfig {
             flap_threshold: default_flap_threshold(),
             flap_window: default_flap_window(),
             auto_close: default_auto_close(),
+            worker_nice: default_worker_nice(),
         }
     }
 }
@@ -187,6 +193,9 @@ fn default_flap_threshold() -> usize {
 }
 fn default_flap_window() -> Duration {
     Duration::from_secs(600)
+}
+fn default_worker_nice() -> i32 {
+    10
 }
 fn default_auto_close() -> Duration {
     Duration::from_secs(3 * 24 * 3600)
@@ -608,6 +617,9 @@ impl CollectorConfig {
                 "judgment.flap_window",
                 "flap_window and flap_threshold must be positive",
             ));
+        }
+        if !(0..=19).contains(&cfg.judgment.worker_nice) {
+            return Err(invalid("judgment.worker_nice", "must be 0 to 19"));
         }
         if let Err((field, message)) = cfg.capacity.validate() {
             return Err(invalid(field, &message));

@@ -872,23 +872,24 @@ impl HostLinks {
         Ok(entries.len())
     }
 
-    /// The task loop: drains the feed, polls when caught up; failures are logged and
-    /// retried with a growing pause.
-    pub async fn run(self: Arc<Self>) {
+    /// The task loop: drains the feed on `worker`, polls when caught up; failures are
+    /// logged and retried with a growing pause.
+    pub async fn run(self: Arc<Self>, worker: crate::background::Worker) {
         let mut failures = 0u32;
         loop {
             let me = Arc::clone(&self);
-            let step = tokio::task::spawn_blocking(move || {
-                let mut handled = 0;
-                loop {
-                    let n = me.step()?;
-                    handled += n;
-                    if n == 0 || handled >= 50_000 {
-                        return Ok::<_, HostLinksError>(handled);
+            let step = worker
+                .run(move || {
+                    let mut handled = 0;
+                    loop {
+                        let n = me.step()?;
+                        handled += n;
+                        if n == 0 || handled >= 50_000 {
+                            return Ok::<_, HostLinksError>(handled);
+                        }
                     }
-                }
-            })
-            .await;
+                })
+                .await;
             let busy = match step {
                 Ok(Ok(n)) => {
                     failures = 0;

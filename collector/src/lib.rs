@@ -9,6 +9,7 @@
 
 pub mod audit_log;
 pub mod availability;
+pub mod background;
 pub mod baselines;
 pub mod capacity;
 pub mod changes;

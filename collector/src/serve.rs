@@ -194,7 +194,16 @@ pub async fn serve_with(
         )
         .map_err(|e| ServeError::Judgment(e.to_string()))?,
     );
-    let judge_task = tokio::spawn(run_judgment(Arc::clone(&judgment), Arc::clone(&telemetry)));
+    // Derived work on threads of its own at a lower CPU priority (crate::background).
+    let worker = |name: &str| {
+        crate::background::Worker::spawn(name, cfg.judgment.worker_nice)
+            .map_err(|e| ServeError::Judgment(e.to_string()))
+    };
+    let judge_task = tokio::spawn(run_judgment(
+        Arc::clone(&judgment),
+        Arc::clone(&telemetry),
+        worker("cmdb-judgment")?,
+    ));
     let licenses = Arc::new(
         crate::licenses::Licenses::open(
             Arc::clone(&store),
@@ -206,8 +215,10 @@ pub async fn serve_with(
     );
     let licenses_task = tokio::spawn(Arc::clone(&licenses).run());
     // Derived host-to-host relations from observed connections (crate::host_links).
-    let host_links_task =
-        tokio::spawn(Arc::new(crate::host_links::HostLinks::new(Arc::clone(&store))).run());
+    let host_links_task = tokio::spawn(
+        Arc::new(crate::host_links::HostLinks::new(Arc::clone(&store)))
+            .run(worker("cmdb-host-links")?),
+    );
 
     let config_audit = Arc::new(
         crate::config_audit::ConfigAudit::open(
@@ -460,26 +471,32 @@ pub const FEED_POLL: Duration = Duration::from_millis(100);
 /// How often host liveness, clones, flapping and auto-close are checked.
 pub const JUDGMENT_TICK: Duration = Duration::from_secs(1);
 
-/// The judgment engine's loop: drains the change feed (polling when caught up) and runs
-/// the periodic checks. A failing step is logged and retried; it never stops the loop.
-async fn run_judgment(judgment: Arc<Judgment>, telemetry: Arc<Telemetry>) {
+/// The judgment engine's loop: drains the change feed (polling when caught up) on
+/// `worker`, and runs the periodic checks. A failing step is logged and retried; it never
+/// stops the loop.
+async fn run_judgment(
+    judgment: Arc<Judgment>,
+    telemetry: Arc<Telemetry>,
+    worker: crate::background::Worker,
+) {
     let mut last_tick = std::time::Instant::now();
     let mut failures = 0u32;
     loop {
         let j = Arc::clone(&judgment);
         let t = Arc::clone(&telemetry);
-        let step = tokio::task::spawn_blocking(move || {
-            let mut handled = 0;
-            loop {
-                let n = j.process_feed()?;
-                t.judged_versions(n as u64);
-                handled += n;
-                if n == 0 || handled >= 20_000 {
-                    return Ok::<_, crate::judgment::JudgmentError>(handled);
+        let step = worker
+            .run(move || {
+                let mut handled = 0;
+                loop {
+                    let n = j.process_feed()?;
+                    t.judged_versions(n as u64);
+                    handled += n;
+                    if n == 0 || handled >= 20_000 {
+                        return Ok::<_, crate::judgment::JudgmentError>(handled);
+                    }
                 }
-            }
-        })
-        .await;
+            })
+            .await;
         let busy = match step {
             Ok(Ok(n)) => {
                 failures = 0;

@@ -81,6 +81,10 @@ enum Cmd {
         /// collector's default).
         #[arg(long)]
         cache_mib: Option<u64>,
+        /// The collector's `[judgment] worker_nice` (default: the collector's default, 10;
+        /// 0 gives judgment and host links the same CPU priority as ingest).
+        #[arg(long)]
+        worker_nice: Option<i32>,
     },
     /// Serve the decode-and-drop AgentService (used by `run`).
     DropServer {
@@ -677,6 +681,7 @@ async fn run_bench(
     collector_bin: PathBuf,
     skip_drop: bool,
     cache_mib: Option<u64>,
+    worker_nice: Option<i32>,
 ) -> anyhow::Result<()> {
     let Load {
         scenario,
@@ -700,12 +705,15 @@ async fn run_bench(
     std::fs::write(
         work.join("collector.toml"),
         format!(
-            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n[limits]\nper_agent_events_per_second = 1000000\nmax_streams = {}\n{}",
+            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n[limits]\nper_agent_events_per_second = 1000000\nmax_streams = {}\n{}{}",
             data.display().to_string(),
             n + 100,
             cache_mib.map_or(String::new(), |m| format!(
                 "[store]\ncache_bytes = {}\n",
                 m * 1024 * 1024
+            )),
+            worker_nice.map_or(String::new(), |n| format!(
+                "[judgment]\nworker_nice = {n}\n"
             ))
         ),
     )?;
@@ -782,7 +790,11 @@ async fn run_bench(
         },
         warmup.as_secs(),
         if load.bunched { ", bunched" } else { "" },
-        cache_mib.map_or(String::new(), |m| format!(", sled cache {m} MiB")),
+        format!(
+            "{}{}",
+            cache_mib.map_or(String::new(), |m| format!(", sled cache {m} MiB")),
+            worker_nice.map_or(String::new(), |n| format!(", worker_nice {n}"))
+        ),
     );
     println!("| server | {unit} | ack p50 ms | ack p99 ms | peak RSS MiB | failed streams |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -859,6 +871,7 @@ fn main() -> anyhow::Result<()> {
             warmup,
             bunched,
             cache_mib,
+            worker_nice,
         } => {
             let bin = match collector_bin {
                 Some(b) => b,
@@ -878,7 +891,14 @@ fn main() -> anyhow::Result<()> {
                 warmup,
                 bunched,
             };
-            rt.block_on(run_bench(load, agents, bin, skip_drop, cache_mib))
+            rt.block_on(run_bench(
+                load,
+                agents,
+                bin,
+                skip_drop,
+                cache_mib,
+                worker_nice,
+            ))
         }
     }
 }
