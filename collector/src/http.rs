@@ -95,6 +95,29 @@ pub struct Principal {
     pub role: String,
 }
 
+/// The actor of a write, or 403 naming the roles that may do `what`.
+pub(crate) fn actor(
+    p: &Principal,
+    allowed: &[&str],
+    what: &str,
+) -> Result<crate::judgment::Actor, ApiError> {
+    if !allowed.contains(&p.role.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "role {} may not {what} (allowed: {})",
+                p.role,
+                allowed.join(", ")
+            ),
+        ));
+    }
+    Ok(crate::judgment::Actor {
+        name: p.name.clone(),
+        role: p.role.clone(),
+    })
+}
+
 /// Reads the audit log for the API (implemented by the hash-chained log).
 pub trait AuditReader: Send + Sync + 'static {
     /// `{"items": [entries after `after`, at most `limit`]}`. Blocking.

@@ -782,7 +782,7 @@ async fn run_bench(
         "metrics batches/s"
     };
     println!(
-        "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up{}{}",
+        "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up{}{}{}",
         if scenario == Scenario::Changes {
             "changes"
         } else {
@@ -790,11 +790,8 @@ async fn run_bench(
         },
         warmup.as_secs(),
         if load.bunched { ", bunched" } else { "" },
-        format!(
-            "{}{}",
-            cache_mib.map_or(String::new(), |m| format!(", sled cache {m} MiB")),
-            worker_nice.map_or(String::new(), |n| format!(", worker_nice {n}"))
-        ),
+        cache_mib.map_or(String::new(), |m| format!(", sled cache {m} MiB")),
+        worker_nice.map_or(String::new(), |n| format!(", worker_nice {n}")),
     );
     println!("| server | {unit} | ack p50 ms | ack p99 ms | peak RSS MiB | failed streams |");
     println!("|---|---:|---:|---:|---:|---:|");

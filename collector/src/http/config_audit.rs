@@ -22,12 +22,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, ApiState, Principal};
+use super::{ApiError, ApiState, Principal, actor};
 use crate::config_audit::register::{self, MAX_IMPORT_BYTES, RegisterRow};
 use crate::config_audit::{
     AuditError, ConfigAudit, DefState, Deficiency, RegisterMeta, Run, RunInfo, report,
 };
-use crate::judgment::Actor;
 
 const AUDITORS: &[&str] = &["auditor", "admin"];
 const UPDATERS: &[&str] = &["auditor", "admin", "operator"];
@@ -55,24 +54,6 @@ pub fn routes() -> Router<ApiState> {
 fn service(state: &ApiState) -> Result<Arc<ConfigAudit>, ApiError> {
     state.config_audit.clone().ok_or_else(|| {
         ApiError::unavailable("the configuration audit is not running on this collector")
-    })
-}
-
-fn actor(p: &Principal, allowed: &[&str], what: &str) -> Result<Actor, ApiError> {
-    if !allowed.contains(&p.role.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "role {} may not {what} (allowed: {})",
-                p.role,
-                allowed.join(", ")
-            ),
-        ));
-    }
-    Ok(Actor {
-        name: p.name.clone(),
-        role: p.role.clone(),
     })
 }
 

@@ -23,14 +23,14 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::query::{InvalidParam, parse_bool, parse_limit, parse_time};
-use super::{ApiError, ApiResult, ApiState, Principal, path_id};
+use super::{ApiError, ApiResult, ApiState, Principal, actor, path_id};
 use crate::availability::{AvailabilityFigures, Outage};
 use crate::baselines::{Baseline, BaselineDiff, BaselineSummary};
 use crate::changes::{ChangeImport, ChangeRecord, ChangeState, ChangeUpdate, NewChange};
 use crate::drift::DriftRecord;
 use crate::incidents::Incident;
 use crate::judgment::{
-    Actor, DriftQuery, IncidentAction, IncidentQuery, Judgment, JudgmentError, NewWaiver, Policies,
+    DriftQuery, IncidentAction, IncidentQuery, Judgment, JudgmentError, NewWaiver, Policies,
 };
 use crate::policy::Waiver;
 
@@ -79,24 +79,6 @@ pub fn routes() -> Router<ApiState> {
 fn engine(state: &ApiState) -> Result<Arc<Judgment>, ApiError> {
     state.judgment.clone().ok_or_else(|| {
         ApiError::unavailable("the judgment engine is not running on this collector")
-    })
-}
-
-fn actor(p: &Principal, allowed: &[&str], what: &str) -> Result<Actor, ApiError> {
-    if !allowed.contains(&p.role.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "role {} may not {what} (allowed: {})",
-                p.role,
-                allowed.join(", ")
-            ),
-        ));
-    }
-    Ok(Actor {
-        name: p.name.clone(),
-        role: p.role.clone(),
     })
 }
 

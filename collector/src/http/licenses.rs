@@ -26,8 +26,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::query::{InvalidParam, parse_bool};
-use super::{ApiError, ApiState, Principal};
-use crate::judgment::Actor;
+use super::{ApiError, ApiState, Principal, actor};
 use crate::licenses::entitlements::{self, Entitlement, MAX_IMPORT_BYTES};
 use crate::licenses::lists::Lists;
 use crate::licenses::normalise::{RuleSet, builtin_rules};
@@ -78,24 +77,6 @@ pub fn routes() -> Router<ApiState> {
 fn service(state: &ApiState) -> Result<Arc<Licenses>, ApiError> {
     state.licenses.clone().ok_or_else(|| {
         ApiError::unavailable("the licence service is not running on this collector")
-    })
-}
-
-fn actor(p: &Principal, allowed: &[&str], what: &str) -> Result<Actor, ApiError> {
-    if !allowed.contains(&p.role.as_str()) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!(
-                "role {} may not {what} (allowed: {})",
-                p.role,
-                allowed.join(", ")
-            ),
-        ));
-    }
-    Ok(Actor {
-        name: p.name.clone(),
-        role: p.role.clone(),
     })
 }
 
