@@ -25,6 +25,7 @@ pub mod host_links;
 pub mod fleet;
 pub mod http;
 pub mod impact;
+pub mod import_report;
 pub mod incidents;
 pub mod ingest;
 pub mod judgment;

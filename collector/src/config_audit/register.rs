@@ -19,6 +19,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::fxhash::FxMap;
+pub use crate::import_report::{ImportError, MAX_REPORTED_ERRORS, RowError};
+use crate::import_report::{Problems, whole};
 
 /// Largest import body (the route's body limit).
 pub const MAX_IMPORT_BYTES: usize = 512 * 1024 * 1024;
@@ -28,8 +30,6 @@ pub const MAX_ROWS: usize = 10_000_000;
 pub const MAX_FIELD_BYTES: usize = 1024;
 /// Most expected attributes per row.
 pub const MAX_ATTRS: usize = 64;
-/// Problems listed in one refusal (the count says how many there were).
-pub const MAX_REPORTED_ERRORS: usize = 20;
 
 /// One authorised CI.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,83 +43,6 @@ pub struct RegisterRow {
     /// Expected attribute values (strings, numbers or booleans).
     #[serde(default)]
     pub attributes: BTreeMap<String, serde_json::Value>,
-}
-
-/// One problem of an import.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RowError {
-    /// CSV: the line number (header = 1); JSON: the 1-based index; 0: the whole import.
-    pub row: usize,
-    pub reason: String,
-}
-
-/// An import refused as a whole: nothing was changed.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("import refused, nothing was changed: {}{}", summary(.errors), more(.errors.len(), *.total))]
-pub struct ImportError {
-    pub errors: Vec<RowError>,
-    pub total: usize,
-}
-
-fn summary(errors: &[RowError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            if e.row == 0 {
-                e.reason.clone()
-            } else {
-                format!("row {}: {}", e.row, e.reason)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn more(shown: usize, total: usize) -> String {
-    if total > shown {
-        format!(" (and {} more)", total - shown)
-    } else {
-        String::new()
-    }
-}
-
-#[derive(Default)]
-struct Problems {
-    errors: Vec<RowError>,
-    total: usize,
-}
-
-impl Problems {
-    fn add(&mut self, row: usize, reason: impl Into<String>) {
-        self.total += 1;
-        if self.errors.len() < MAX_REPORTED_ERRORS {
-            self.errors.push(RowError {
-                row,
-                reason: reason.into(),
-            });
-        }
-    }
-
-    fn finish<T>(self, ok: T) -> Result<T, ImportError> {
-        if self.total == 0 {
-            Ok(ok)
-        } else {
-            Err(ImportError {
-                errors: self.errors,
-                total: self.total,
-            })
-        }
-    }
-}
-
-fn whole(reason: impl Into<String>) -> ImportError {
-    ImportError {
-        errors: vec![RowError {
-            row: 0,
-            reason: reason.into(),
-        }],
-        total: 1,
-    }
 }
 
 fn check_text(what: &str, v: &str, required: bool) -> Result<(), String> {
@@ -262,7 +185,7 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<RegisterRow>, ImportError> {
     if cols.iter().filter(|c| matches!(c, Col::Attr(_))).count() > MAX_ATTRS {
         p.add(1, format!("more than {MAX_ATTRS} attr.<name> columns"));
     }
-    if p.total > 0 {
+    if p.any() {
         return p.finish(Vec::new());
     }
     let mut rows = Vec::new();

@@ -17,6 +17,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+pub use crate::import_report::{ImportError, MAX_REPORTED_ERRORS, RowError};
+use crate::import_report::{Problems, whole};
 use serde::{Deserialize, Serialize};
 
 /// Largest import body.
@@ -25,8 +27,6 @@ pub const MAX_IMPORT_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_ROWS: usize = 20_000;
 /// Longest text field.
 pub const MAX_FIELD_BYTES: usize = 256;
-/// Problems listed in one refusal (the count says how many there were).
-pub const MAX_REPORTED_ERRORS: usize = 20;
 
 /// How consumption is counted.
 #[derive(
@@ -126,86 +126,6 @@ pub fn parse_day(s: &str) -> Option<SystemTime> {
         return None;
     }
     humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).ok()
-}
-
-/// One problem of an import.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RowError {
-    /// CSV: the line number (header = 1); JSON: the 1-based index in the array; 0: the
-    /// whole import.
-    pub row: usize,
-    pub reason: String,
-}
-
-/// An import refused as a whole.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("import refused, nothing was changed: {}{}", summary(.errors), more(.errors.len(), *.total))]
-pub struct ImportError {
-    /// The first [`MAX_REPORTED_ERRORS`] problems.
-    pub errors: Vec<RowError>,
-    /// How many problems there were.
-    pub total: usize,
-}
-
-fn summary(errors: &[RowError]) -> String {
-    errors
-        .iter()
-        .map(|e| {
-            if e.row == 0 {
-                e.reason.clone()
-            } else {
-                format!("row {}: {}", e.row, e.reason)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
-}
-
-fn more(shown: usize, total: usize) -> String {
-    if total > shown {
-        format!(" (and {} more)", total - shown)
-    } else {
-        String::new()
-    }
-}
-
-#[derive(Default)]
-struct Problems {
-    errors: Vec<RowError>,
-    total: usize,
-}
-
-impl Problems {
-    fn add(&mut self, row: usize, reason: impl Into<String>) {
-        self.total += 1;
-        if self.errors.len() < MAX_REPORTED_ERRORS {
-            self.errors.push(RowError {
-                row,
-                reason: reason.into(),
-            });
-        }
-    }
-
-    fn finish<T>(self, ok: T) -> Result<T, ImportError> {
-        if self.total == 0 {
-            Ok(ok)
-        } else {
-            Err(ImportError {
-                errors: self.errors,
-                total: self.total,
-            })
-        }
-    }
-}
-
-fn whole(reason: impl Into<String>) -> ImportError {
-    ImportError {
-        errors: vec![RowError {
-            row: 0,
-            reason: reason.into(),
-        }],
-        total: 1,
-    }
 }
 
 const COLUMNS: &[&str] = &[
@@ -321,7 +241,7 @@ pub fn parse_csv(data: &[u8]) -> Result<Vec<Entitlement>, ImportError> {
             p.add(1, format!("required column {r:?} is missing"));
         }
     }
-    if p.total > 0 {
+    if p.any() {
         return p.finish(Vec::new());
     }
     let mut rows = Vec::new();
