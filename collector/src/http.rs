@@ -407,6 +407,28 @@ where
     }
 }
 
+/// Runs blocking work of a service `svc` on the blocking pool; its errors become the API's
+/// (each service maps its own), a panicked task a logged 500.
+pub(crate) async fn on_blocking_pool<S, T, E, F>(
+    svc: S,
+    what: &'static str,
+    f: F,
+) -> Result<T, ApiError>
+where
+    S: Send + 'static,
+    T: Send + 'static,
+    E: Into<ApiError> + Send + 'static,
+    F: FnOnce(&S) -> Result<T, E> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(move || f(&svc)).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(e) => {
+            tracing::error!(error = %e, what, "A blocking API task failed.");
+            Err(ApiError::internal())
+        }
+    }
+}
+
 /// A path id, bounded.
 fn path_id(p: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(id) = p?;

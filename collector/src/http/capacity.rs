@@ -19,7 +19,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::query::{MAX_PARAM_BYTES, parse_bool, parse_time};
+use super::query::{given, parse_bool, parse_time};
 use super::{ApiError, ApiResult, ApiState};
 use crate::capacity::rollup::Tier;
 use crate::capacity::{
@@ -65,20 +65,8 @@ struct ForecastList {
     truncated: bool,
 }
 
-/// A non-empty, bounded parameter value, or `None`.
-fn opt(param: &'static str, v: Option<String>) -> Result<Option<String>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() > MAX_PARAM_BYTES => Err(ApiError::bad_request(format!(
-            "invalid {param}: longer than {MAX_PARAM_BYTES} bytes"
-        ))),
-        Some(v) => Ok(Some(v)),
-    }
-}
-
 fn time_param(param: &'static str, v: Option<String>) -> Result<Option<SystemTime>, ApiError> {
-    opt(param, v)?
+    given(param, v)?
         .map(|s| parse_time(&s).map_err(|r| ApiError::bad_request(format!("invalid {param}: {r}"))))
         .transpose()
 }
@@ -121,9 +109,9 @@ async fn get_series(
     q: Result<Query<SeriesParams>, QueryRejection>,
 ) -> ApiResult<SeriesList> {
     let Query(q) = q?;
-    let host = opt("host", q.host)?
+    let host = given("host", q.host)?
         .ok_or_else(|| ApiError::bad_request("invalid host: required (a host id or hostname)"))?;
-    let resource = opt("resource", q.resource)?;
+    let resource = given("resource", q.resource)?;
     let to = time_param("to", q.to)?.unwrap_or_else(SystemTime::now);
     let from = match time_param("from", q.from)? {
         Some(f) => f,
@@ -136,7 +124,7 @@ async fn get_series(
         .ok()
         .filter(|w| !w.is_zero())
         .ok_or_else(|| ApiError::bad_request("invalid from: must be before to"))?;
-    let tier = match opt("tier", q.tier)? {
+    let tier = match given("tier", q.tier)? {
         Some(t) => {
             Tier::parse(&t).map_err(|r| ApiError::bad_request(format!("invalid tier: {r}")))?
         }
@@ -166,8 +154,8 @@ async fn get_forecasts(
     q: Result<Query<ForecastParams>, QueryRejection>,
 ) -> ApiResult<ForecastList> {
     let Query(q) = q?;
-    let host = opt("host", q.host)?;
-    let all = match opt("all", q.all)? {
+    let host = given("host", q.host)?;
+    let all = match given("all", q.all)? {
         None => false,
         Some(s) => {
             parse_bool(&s).map_err(|r| ApiError::bad_request(format!("invalid all: {r}")))?

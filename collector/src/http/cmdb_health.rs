@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::query::{DEFAULT_LIMIT, MAX_LIMIT, MAX_PARAM_BYTES, parse_limit};
+use super::query::{DEFAULT_LIMIT, MAX_LIMIT, given, parse_limit};
 use super::{ApiError, ApiResult, ApiState};
 use crate::cmdb_health::{CmdbHealth, ComplianceStatus, Failing, HealthReport, Kpi, KpiRow};
 
@@ -68,19 +68,8 @@ struct FailingBody {
     truncated: bool,
 }
 
-fn opt(param: &'static str, v: Option<String>) -> Result<Option<String>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() > MAX_PARAM_BYTES => Err(ApiError::bad_request(format!(
-            "invalid {param}: longer than {MAX_PARAM_BYTES} bytes"
-        ))),
-        Some(v) => Ok(Some(v)),
-    }
-}
-
 fn kpi_param(v: Option<String>) -> Result<Option<Kpi>, ApiError> {
-    opt("kpi", v)?
+    given("kpi", v)?
         .map(|k| {
             Kpi::parse(&k).ok_or_else(|| {
                 ApiError::bad_request(format!(
@@ -115,7 +104,7 @@ async fn get_kpis(
 ) -> ApiResult<KpiBody> {
     let Query(q) = q?;
     let kpi = kpi_param(q.kpi)?;
-    let class = opt("class", q.class)?;
+    let class = given("class", q.class)?;
     let health = service(&state)?;
     let ttl = health.settings().cache_ttl.as_secs();
     let rep = report(health).await?;
@@ -134,8 +123,8 @@ async fn get_failing(
 ) -> ApiResult<FailingBody> {
     let Query(q) = q?;
     let kpi = kpi_param(q.kpi)?;
-    let class = opt("class", q.class)?;
-    let limit = match opt("limit", q.limit)? {
+    let class = given("class", q.class)?;
+    let limit = match given("limit", q.limit)? {
         None => DEFAULT_LIMIT,
         Some(l) => {
             parse_limit(&l).map_err(|r| ApiError::bad_request(format!("invalid limit: {r}")))?

@@ -77,19 +77,18 @@ impl From<AuditError> for ApiError {
     }
 }
 
+/// Runs blocking configuration audit work on the blocking pool.
 async fn blocking<T, F>(state: &ApiState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&ConfigAudit) -> Result<T, AuditError> + Send + 'static,
 {
-    let a = service(state)?;
-    match tokio::task::spawn_blocking(move || f(&a)).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => {
-            tracing::error!(error = %e, "A configuration audit task failed.");
-            Err(ApiError::internal())
-        }
-    }
+    super::on_blocking_pool(
+        service(state)?,
+        "configuration audit",
+        move |s: &Arc<ConfigAudit>| f(s),
+    )
+    .await
 }
 
 fn check_id(id: &str) -> Result<(), ApiError> {

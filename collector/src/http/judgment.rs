@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::query::{InvalidParam, parse_bool, parse_limit, parse_time};
+use super::query::{InvalidParam, given, parse_bool, parse_limit, parse_time};
 use super::{ApiError, ApiResult, ApiState, Principal, actor, path_id};
 use crate::availability::{AvailabilityFigures, Outage};
 use crate::baselines::{Baseline, BaselineDiff, BaselineSummary};
@@ -110,37 +110,17 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// Runs a blocking engine call on the blocking pool.
+/// Runs blocking judgment work on the blocking pool.
 async fn blocking<T, F>(state: &ApiState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Judgment) -> Result<T, JudgmentError> + Send + 'static,
 {
-    let j = engine(state)?;
-    match tokio::task::spawn_blocking(move || f(&j)).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => {
-            tracing::error!(error = %e, "A judgment task failed.");
-            Err(ApiError::internal())
-        }
-    }
-}
-
-fn opt(param: &'static str, v: Option<String>) -> Result<Option<String>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() > super::query::MAX_PARAM_BYTES => Err(InvalidParam {
-            param,
-            reason: format!("longer than {} bytes", super::query::MAX_PARAM_BYTES),
-        }
-        .into()),
-        Some(v) => Ok(Some(v)),
-    }
+    super::on_blocking_pool(engine(state)?, "judgment", move |s: &Arc<Judgment>| f(s)).await
 }
 
 fn opt_time(param: &'static str, v: Option<String>) -> Result<Option<SystemTime>, ApiError> {
-    opt(param, v)?
+    given(param, v)?
         .map(|s| parse_time(&s).map_err(|reason| InvalidParam { param, reason }.into()))
         .transpose()
 }
@@ -150,7 +130,7 @@ fn opt_parse<T>(
     v: Option<String>,
     f: impl Fn(&str) -> Result<T, String>,
 ) -> Result<Option<T>, ApiError> {
-    opt(param, v)?
+    given(param, v)?
         .map(|s| f(&s).map_err(|reason| InvalidParam { param, reason }.into()))
         .transpose()
 }
@@ -349,7 +329,7 @@ async fn list_drift(
     q: Result<Query<DriftParams>, QueryRejection>,
 ) -> ApiResult<Items<DriftRecord>> {
     let Query(q) = q?;
-    let verdict = opt("verdict", q.verdict)?;
+    let verdict = given("verdict", q.verdict)?;
     if let Some(v) = &verdict
         && !["authorized", "accepted", "unauthorized"].contains(&v.as_str())
     {
@@ -358,12 +338,12 @@ async fn list_drift(
         )));
     }
     let query = DriftQuery {
-        host: opt("host", q.host)?,
-        ci: opt("ci", q.ci)?,
+        host: given("host", q.host)?,
+        ci: given("ci", q.ci)?,
         verdict,
         open: opt_parse("open", q.open, parse_bool)?,
-        change: opt("change", q.change)?,
-        after: opt("after", q.after)?,
+        change: given("change", q.change)?,
+        after: given("after", q.after)?,
         limit: limit(q.limit)?,
     };
     Ok(items(blocking(&state, move |j| j.drift(&query)).await?))
@@ -452,7 +432,7 @@ async fn list_incidents(
             s.parse()
                 .map_err(|e: crate::incidents::IncidentError| e.to_string())
         })?,
-        host: opt("host", q.host)?,
+        host: given("host", q.host)?,
         limit: limit(q.limit)?,
     };
     Ok(items(blocking(&state, move |j| j.incidents(&query)).await?))
@@ -539,7 +519,7 @@ async fn availability(
 ) -> ApiResult<AvailabilityReport> {
     let Query(q) = q?;
     let (from, to) = range(q.from, q.to)?;
-    let ci = opt("ci", q.ci)?;
+    let ci = given("ci", q.ci)?;
     let items = blocking(&state, move |j| j.availability(from, to, ci.as_deref())).await?;
     Ok(Json(AvailabilityReport { from, to, items }))
 }

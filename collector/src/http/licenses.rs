@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::query::{InvalidParam, parse_bool};
+use super::query::{InvalidParam, given, parse_bool};
 use super::{ApiError, ApiState, Principal, actor};
 use crate::licenses::entitlements::{self, Entitlement, MAX_IMPORT_BYTES};
 use crate::licenses::lists::Lists;
@@ -98,44 +98,24 @@ impl From<LicenseError> for ApiError {
     }
 }
 
-/// Runs blocking licence work on the blocking pool.
+/// Runs blocking licences work on the blocking pool.
 async fn blocking<T, F>(state: &ApiState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Licenses) -> Result<T, LicenseError> + Send + 'static,
 {
-    let l = service(state)?;
-    match tokio::task::spawn_blocking(move || f(&l)).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => {
-            tracing::error!(error = %e, "A licence task failed.");
-            Err(ApiError::internal())
-        }
-    }
-}
-
-fn opt_text(param: &'static str, v: Option<String>) -> Result<Option<String>, ApiError> {
-    match v {
-        None => Ok(None),
-        Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() > super::query::MAX_PARAM_BYTES => Err(InvalidParam {
-            param,
-            reason: format!("longer than {} bytes", super::query::MAX_PARAM_BYTES),
-        }
-        .into()),
-        Some(v) => Ok(Some(v)),
-    }
+    super::on_blocking_pool(service(state)?, "licences", move |s: &Arc<Licenses>| f(s)).await
 }
 
 fn opt_bool(param: &'static str, v: Option<String>) -> Result<bool, ApiError> {
-    Ok(opt_text(param, v)?
+    Ok(given(param, v)?
         .map(|s| parse_bool(&s).map_err(|reason| InvalidParam { param, reason }))
         .transpose()?
         .unwrap_or(false))
 }
 
 fn opt_number(param: &'static str, v: Option<String>, max: u64) -> Result<Option<u64>, ApiError> {
-    opt_text(param, v)?
+    given(param, v)?
         .map(|s| match s.parse::<u64>() {
             Ok(n) if n <= max => Ok(n),
             _ => Err(ApiError::from(InvalidParam {
@@ -184,8 +164,8 @@ async fn software(
     q: Result<Query<SoftwareParams>, QueryRejection>,
 ) -> Result<Json<SoftwareList>, ApiError> {
     let Query(q) = q?;
-    let vendor = opt_text("vendor", q.vendor)?;
-    let product = opt_text("product", q.product)?;
+    let vendor = given("vendor", q.vendor)?;
+    let product = given("product", q.product)?;
     let normalised = opt_bool("normalised", q.normalised)?;
     let l = service(&state)?;
     let index = l.index();
@@ -223,9 +203,9 @@ async fn position(
     q: Result<Query<PositionParams>, QueryRejection>,
 ) -> Result<Json<PositionList>, ApiError> {
     let Query(q) = q?;
-    let vendor = opt_text("vendor", q.vendor)?;
-    let product = opt_text("product", q.product)?;
-    let status = opt_text("status", q.status)?
+    let vendor = given("vendor", q.vendor)?;
+    let product = given("product", q.product)?;
+    let status = given("status", q.status)?
         .map(|s| {
             serde_json::from_value::<Status>(serde_json::Value::String(s)).map_err(|_| {
                 ApiError::from(InvalidParam {

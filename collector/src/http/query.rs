@@ -115,7 +115,7 @@ impl MetricsParams {
 }
 
 /// A non-empty value within [`MAX_PARAM_BYTES`], or `None` for absent or empty.
-fn given(param: &'static str, value: Option<String>) -> Result<Option<String>, InvalidParam> {
+pub fn given(param: &'static str, value: Option<String>) -> Result<Option<String>, InvalidParam> {
     match value {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
