@@ -251,6 +251,8 @@ pub struct SledStore {
     group: group_commit::GroupCommit,
     /// The versions of the latest commits, for feed readers that keep up (`feed_tail`).
     tail: feed_tail::FeedTail,
+    /// CI identities met by feed reads behind the tail (`feed::Identities`).
+    identities: feed::Identities,
 }
 
 /// What the writer keeps between transactions (guarded by the writer lock).
@@ -363,6 +365,7 @@ impl SledStore {
             liveness: liveness::Liveness::new(),
             group: group_commit::GroupCommit::new(commit),
             tail: feed_tail::FeedTail::new(commit, feed_tail::MAX_BYTES),
+            identities: feed::Identities::default(),
         };
         store.reset_connected().map_err(|e| refuse(e.to_string()))?;
         store.sync().map_err(|e| refuse(e.to_string()))?;
@@ -1033,7 +1036,7 @@ impl Store for SledStore {
         let limit = limit.min(MAX_FEED);
         match self.tail.read(last_commit, after, limit) {
             Some(entries) => entries.iter().map(|e| e.decode()).collect(),
-            None => feed::read(&self.tree, last_commit, after, limit),
+            None => feed::read(&self.tree, &self.identities, last_commit, after, limit),
         }
     }
 
@@ -1047,7 +1050,7 @@ impl Store for SledStore {
         let limit = limit.min(MAX_FEED);
         match self.tail.read(last_commit, after, limit) {
             Some(entries) => entries.iter().map(|e| e.head()).collect(),
-            None => feed::read_heads(&self.tree, last_commit, after, limit),
+            None => feed::read_heads(&self.tree, &self.identities, last_commit, after, limit),
         }
     }
 

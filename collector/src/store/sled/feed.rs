@@ -21,13 +21,14 @@
 //!
 //! What an entry costs: the page scan itself is shared by the ~40 entries of a 4 KiB page;
 //! each entry then needs its CI's identity (host, class, key: class-index probes through a
-//! [`Locator`], most-found class first, plus one CI record read; cached for the rest of the
-//! read) and its `old_attrs` (one page lookup in the commit of the previous version, none
+//! [`Locator`], most-found class first, plus one CI record read; kept in the store's
+//! [`Identities`], shared by every read, so a CI met again costs a hash lookup) and its
+//! `old_attrs` (one page lookup in the commit of the previous version, none
 //! when the previous version is the entry just returned). Measured in the module doc of
 //! `sled`.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::codec::{PageEntries, decode_version_payload};
 use super::history;
@@ -36,23 +37,80 @@ use super::locate::Locator;
 use super::txn::{backend, read_ci};
 use crate::store::{CiVersion, FeedEntry, FeedHead, FeedPos, StoreError};
 
-/// Who a CI is; fixed when it is created.
+/// Who a CI is; fixed when it is created (its id is a digest of host, class and key).
 struct Identity {
     host: String,
     class: String,
     key: String,
 }
 
+/// CI identities met by feed reads, kept across reads: a reader behind the feed's tail
+/// (the judgment engine in a backlog) meets the same CIs step after step, and an identity
+/// never changes, so a cached one is never stale. Bounded: two generations of at most
+/// [`Identities::GENERATION`] entries each; when the newer one is full the older one is
+/// dropped (an entry met in the older one moves to the newer one), which keeps the CIs
+/// met recently at the cost of one map's worth of memory at most.
+#[derive(Default)]
+pub(super) struct Identities {
+    inner: Mutex<Generations>,
+}
+
+#[derive(Default)]
+struct Generations {
+    new: HashMap<Box<str>, Arc<Identity>>,
+    old: HashMap<Box<str>, Arc<Identity>>,
+}
+
+impl Identities {
+    /// Entries per generation (~250 bytes each with its strings and map slots: ~16 MiB for
+    /// both, full). A drift storm over 20 hosts × 800 packages fits in one.
+    pub(super) const GENERATION: usize = 32_768;
+
+    fn get(&self, id: &str) -> Option<Arc<Identity>> {
+        let mut g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(who) = g.new.get(id) {
+            return Some(Arc::clone(who));
+        }
+        let who = g.old.remove(id)?;
+        g.insert(id, Arc::clone(&who));
+        Some(who)
+    }
+
+    fn insert(&self, id: &str, who: Arc<Identity>) {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, who);
+    }
+
+    /// How many identities are held (both generations).
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        g.new.len() + g.old.len()
+    }
+}
+
+impl Generations {
+    fn insert(&mut self, id: &str, who: Arc<Identity>) {
+        if self.new.len() >= Identities::GENERATION {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(id.into(), who);
+    }
+}
+
 /// The entries after `after` (all from the start when `None`) of commits up to
 /// `last_commit`, at most `limit`.
 pub(super) fn read(
     tree: &sled::Tree,
+    identities: &Identities,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
 ) -> Result<Vec<FeedEntry>, StoreError> {
     let mut out: Vec<FeedEntry> = Vec::new();
-    walk(tree, last_commit, after, limit, |at, who| {
+    walk(tree, identities, last_commit, after, limit, |at, who| {
         let v = decode_version_payload(at.page, at.payload)?;
         // A CI changed twice by one commit has adjacent entries: the previous version
         // is then usually the entry just returned.
@@ -91,15 +149,16 @@ pub(super) fn read(
 }
 
 /// The same positions as [`read`], without the versions' contents: no payload decoding and
-/// no previous-version lookups, only each CI's identity (cached for the read).
+/// no previous-version lookups, only each CI's identity.
 pub(super) fn read_heads(
     tree: &sled::Tree,
+    identities: &Identities,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
 ) -> Result<Vec<FeedHead>, StoreError> {
     let mut out: Vec<FeedHead> = Vec::new();
-    walk(tree, last_commit, after, limit, |at, who| {
+    walk(tree, identities, last_commit, after, limit, |at, who| {
         out.push(FeedHead {
             pos: at.pos(),
             host_id: who.host.clone(),
@@ -135,6 +194,7 @@ impl At<'_> {
 /// feed order, with its CI's identity, until it returns `false`.
 fn walk(
     tree: &sled::Tree,
+    identities: &Identities,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
@@ -143,9 +203,9 @@ fn walk(
     if limit == 0 {
         return Ok(());
     }
-    // Made after `last_commit` was read: it knows every class those commits created.
-    let mut locator = Locator::new(tree)?;
-    let mut identities: HashMap<String, Identity> = HashMap::new();
+    // Made after `last_commit` was read, when first needed: it knows every class those
+    // commits created.
+    let mut locator: Option<Locator<'_>> = None;
     for kv in tree.range(start_key(tree, after)?..) {
         let (k, page) = kv.map_err(backend)?;
         if !k.starts_with(keys::VERSION) {
@@ -162,9 +222,17 @@ fn walk(
             {
                 continue;
             }
-            let who = match identities.entry(id.to_owned()) {
-                Entry::Occupied(known) => known.into_mut(),
-                Entry::Vacant(new) => new.insert(identity(tree, &mut locator, id, &k)?),
+            let who = match identities.get(id) {
+                Some(known) => known,
+                None => {
+                    let locator = match &mut locator {
+                        Some(l) => l,
+                        None => locator.insert(Locator::new(tree)?),
+                    };
+                    let who = Arc::new(identity(tree, locator, id, &k)?);
+                    identities.insert(id, Arc::clone(&who));
+                    who
+                }
             };
             let at = At {
                 commit,
@@ -173,7 +241,7 @@ fn walk(
                 version,
                 payload,
             };
-            if !visit(&at, who)? {
+            if !visit(&at, &who)? {
                 return Ok(());
             }
         }
@@ -229,5 +297,47 @@ fn corrupt(key: &[u8], reason: &str) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(n: usize) -> Arc<Identity> {
+        Arc::new(Identity {
+            host: format!("h{n}"),
+            class: "package".into(),
+            key: format!("k{n}"),
+        })
+    }
+
+    #[test]
+    fn identities_stay_bounded_and_keep_the_recent_ones() {
+        let ids = Identities::default();
+        let cap = Identities::GENERATION;
+        for n in 0..cap {
+            ids.insert(&format!("id{n}"), who(n));
+        }
+        assert_eq!(ids.len(), cap);
+        // The newer generation is full: the next insert starts another one.
+        ids.insert("late", who(cap));
+        assert_eq!(ids.len(), cap + 1);
+        // Met again: moved to the newer generation, so it outlives the next rollover.
+        let first = ids.get("id0").map(|w| w.key.clone());
+        assert_eq!(first.as_deref(), Some("k0"));
+        for n in 0..cap {
+            ids.insert(&format!("again{n}"), who(n));
+        }
+        assert!(ids.len() <= 2 * cap, "{} entries", ids.len());
+        assert!(
+            ids.get("id1").is_none(),
+            "an old entry not met again is dropped"
+        );
+        assert_eq!(
+            ids.get("id0").map(|w| w.host.clone()).as_deref(),
+            Some("h0")
+        );
+        assert_eq!(ids.get("nobody").map(|w| w.host.clone()), None);
     }
 }

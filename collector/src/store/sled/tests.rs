@@ -2135,20 +2135,23 @@ proptest! {
         prop_assert_eq!(&consumed, &full);
         check_feed(&store, &full)?;
         let last = store.commits.load(Ordering::Acquire);
-        prop_assert_eq!(&feed::read(&store.tree, last, None, MAX_FEED).unwrap(), &full);
+        // From the tree with no identity known (cold), then with every one known (warm).
+        let cold = feed::Identities::default();
+        prop_assert_eq!(&feed::read(&store.tree, &cold, last, None, MAX_FEED).unwrap(), &full);
+        let ids = &store.identities;
         let heads = |entries: Vec<FeedEntry>| -> Vec<FeedHead> {
             entries.into_iter().map(FeedHead::from).collect()
         };
         prop_assert_eq!(
-            feed::read_heads(&store.tree, last, None, MAX_FEED).unwrap(),
+            feed::read_heads(&store.tree, ids, last, None, MAX_FEED).unwrap(),
             heads(full.clone())
         );
         for e in full.iter().step_by(7) {
-            let from_tree = feed::read(&store.tree, last, Some(&e.pos), 50).unwrap();
+            let from_tree = feed::read(&store.tree, ids, last, Some(&e.pos), 50).unwrap();
             prop_assert_eq!(&from_tree, &store.feed(Some(&e.pos), 50).unwrap());
             // Heads: the same positions and identities, from the tail and from the tree.
             prop_assert_eq!(
-                feed::read_heads(&store.tree, last, Some(&e.pos), 50).unwrap(),
+                feed::read_heads(&store.tree, ids, last, Some(&e.pos), 50).unwrap(),
                 heads(from_tree.clone())
             );
             prop_assert_eq!(store.feed_heads(Some(&e.pos), 50).unwrap(), heads(from_tree));
