@@ -371,6 +371,13 @@ async fn send_loop(
             continue;
         }
         let outbox = link.outbox.clone();
+        // A batch holds at most one second of the hinted rate: the collector's bucket holds
+        // two, so a paced batch always fits (a larger one would be refused every time it
+        // was resent, and the backlog would never drain).
+        let per_second = match *rate.borrow() {
+            0 => usize::MAX,
+            hint => usize::try_from(hint).unwrap_or(usize::MAX),
+        };
         let (after, max_events, max_bytes) = (
             cursor,
             settings
@@ -378,6 +385,7 @@ async fn send_loop(
                 .min(
                     usize::try_from(settings.max_inflight_events - in_flight).unwrap_or(usize::MAX),
                 )
+                .min(per_second)
                 .max(1),
             settings.max_batch_bytes,
         );
