@@ -242,8 +242,8 @@ async fn session(
     let first = tokio::time::timeout(settings.connect_timeout, inbound.message())
         .await
         .map_err(|_| TransportError::Protocol("no Ack after Hello".into()))??;
-    let (watermark, hint) = match first.and_then(|m| m.kind) {
-        Some(collector_message::Kind::Ack(a)) => (a.up_to_seq, a.max_rate_hint),
+    let (watermark, pace) = match first.and_then(|m| m.kind) {
+        Some(collector_message::Kind::Ack(a)) => (a.up_to_seq, Pace::of(&a)),
         other => {
             return Err(TransportError::Protocol(format!(
                 "expected Ack after Hello, got {other:?}"
@@ -262,14 +262,14 @@ async fn session(
     let mut last_trim = watermark;
 
     let (acked_tx, acked_rx) = watch::channel(watermark);
-    let (rate_tx, rate_rx) = watch::channel(hint);
+    let (pace_tx, pace_rx) = watch::channel(pace);
     let sender = tokio::spawn(send_loop(
         Arc::clone(link),
         settings.clone(),
         main_tx,
         watermark,
         acked_rx,
-        rate_rx,
+        pace_rx,
     ));
     let heartbeats = {
         let link = Arc::clone(link);
@@ -306,7 +306,7 @@ async fn session(
                     Err(e) => break Err(e),
                 }
                 let _ = acked_tx.send(up_to);
-                let _ = rate_tx.send(a.max_rate_hint);
+                let _ = pace_tx.send(Pace::of(&a));
                 // A large acknowledged batch (a snapshot, a drained backlog) freed its
                 // encoded events and outbox pages: hand that memory back to the OS.
                 if up_to.saturating_sub(last_trim) >= TRIM_AFTER_ACKED_EVENTS {
@@ -350,6 +350,49 @@ async fn session(
     result
 }
 
+/// What the collector's latest Ack allows: the rate to drain a backlog at and the size of
+/// a Batch. A batch the collector would refuse is refused again on every resend and the
+/// backlog never drains, so the agent keeps the collector's limits even when its own
+/// configuration allows more.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Pace {
+    /// Events per second; 0: no limit.
+    rate: u32,
+    /// Events per Batch; 0: not said.
+    max_events: u32,
+    /// Bytes per message; 0: not said.
+    max_bytes: u64,
+}
+
+impl Pace {
+    fn of(a: &v1::Ack) -> Self {
+        Pace {
+            rate: a.max_rate_hint,
+            max_events: a.max_batch_events,
+            max_bytes: a.max_message_bytes,
+        }
+    }
+
+    /// The most events one batch may hold: the collector's limit, and at most one second of
+    /// the rate (its bucket holds two, so a paced batch always fits).
+    fn batch_events(self) -> usize {
+        let cap = |n: u32| match n {
+            0 => usize::MAX,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        cap(self.rate).min(cap(self.max_events))
+    }
+
+    /// The most event bytes one batch may hold: an eighth of the collector's message limit
+    /// is left for the message's own framing.
+    fn batch_bytes(self) -> usize {
+        match self.max_bytes {
+            0 => usize::MAX,
+            n => usize::try_from(n - n / 8).unwrap_or(usize::MAX).max(1),
+        }
+    }
+}
+
 /// Sends outbox events after `cursor` in batches, at most `max_inflight_events` beyond the
 /// last ack, paced by the collector's rate hint (events/s; 0 = unlimited).
 async fn send_loop(
@@ -358,7 +401,7 @@ async fn send_loop(
     tx: mpsc::Sender<AgentMessage>,
     mut cursor: u64,
     mut acked: watch::Receiver<u64>,
-    rate: watch::Receiver<u32>,
+    pace: watch::Receiver<Pace>,
 ) {
     let mut budget = 0f64;
     let mut last = Instant::now();
@@ -371,13 +414,7 @@ async fn send_loop(
             continue;
         }
         let outbox = link.outbox.clone();
-        // A batch holds at most one second of the hinted rate: the collector's bucket holds
-        // two, so a paced batch always fits (a larger one would be refused every time it
-        // was resent, and the backlog would never drain).
-        let per_second = match *rate.borrow() {
-            0 => usize::MAX,
-            hint => usize::try_from(hint).unwrap_or(usize::MAX),
-        };
+        let p = *pace.borrow();
         let (after, max_events, max_bytes) = (
             cursor,
             settings
@@ -385,9 +422,9 @@ async fn send_loop(
                 .min(
                     usize::try_from(settings.max_inflight_events - in_flight).unwrap_or(usize::MAX),
                 )
-                .min(per_second)
+                .min(p.batch_events())
                 .max(1),
-            settings.max_batch_bytes,
+            settings.max_batch_bytes.min(p.batch_bytes()),
         );
         let notified = link.new_events.notified();
         let events = match tokio::task::spawn_blocking(move || {
@@ -408,7 +445,7 @@ async fn send_loop(
             continue;
         }
         // Pace to the hinted rate (token bucket with one second of burst).
-        let hint = *rate.borrow();
+        let hint = p.rate;
         if hint > 0 {
             let r = f64::from(hint);
             budget = (budget + last.elapsed().as_secs_f64() * r).min(r);
@@ -438,6 +475,29 @@ async fn send_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_keep_the_collectors_limits() {
+        let ack = |rate, events, bytes| v1::Ack {
+            up_to_seq: 0,
+            max_rate_hint: rate,
+            max_batch_events: events,
+            max_message_bytes: bytes,
+        };
+        // An older collector says nothing: no limit from it.
+        let old = Pace::of(&ack(0, 0, 0));
+        assert_eq!(
+            (old.batch_events(), old.batch_bytes()),
+            (usize::MAX, usize::MAX)
+        );
+        // One second of the rate, or the batch limit, whichever is smaller.
+        assert_eq!(Pace::of(&ack(20, 1000, 0)).batch_events(), 20);
+        assert_eq!(Pace::of(&ack(2000, 1000, 0)).batch_events(), 1000);
+        assert_eq!(Pace::of(&ack(0, 7, 0)).batch_events(), 7);
+        // Bytes: headroom for the message's framing.
+        assert_eq!(Pace::of(&ack(0, 0, 800)).batch_bytes(), 700);
+        assert_eq!(Pace::of(&ack(0, 0, 1)).batch_bytes(), 1);
+    }
 
     #[test]
     fn full_jitter_is_bounded_and_grows() {

@@ -305,12 +305,8 @@ impl AgentService for Ingest {
         let hid = host_id.clone();
         let config = blocking(move || hook(&hid)).await?;
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
-        let rate = inner.limits.per_agent_events_per_second;
         let first = [
-            collector_message::Kind::Ack(v1::Ack {
-                up_to_seq: record.last_seq,
-                max_rate_hint: rate,
-            }),
+            collector_message::Kind::Ack(ack(&inner.limits, record.last_seq)),
             collector_message::Kind::Config(config),
         ];
         for kind in first {
@@ -326,6 +322,18 @@ impl AgentService for Ingest {
             permit,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// An Ack up to `up_to_seq` with the limits the agent must keep: the rate it may drain a
+/// backlog at and the size of a Batch (an agent configured for larger batches than these
+/// would be refused on every resend).
+fn ack(limits: &Limits, up_to_seq: u64) -> v1::Ack {
+    v1::Ack {
+        up_to_seq,
+        max_rate_hint: limits.per_agent_events_per_second,
+        max_batch_events: u32::try_from(limits.max_batch_events).unwrap_or(u32::MAX),
+        max_message_bytes: u64::try_from(limits.max_message_bytes).unwrap_or(u64::MAX),
     }
 }
 
@@ -484,10 +492,7 @@ async fn serve_stream(
                 .telemetry
                 .ack_latency(received.elapsed().as_secs_f64());
             let ack = CollectorMessage {
-                kind: Some(collector_message::Kind::Ack(v1::Ack {
-                    up_to_seq: o.last_seq,
-                    max_rate_hint: inner.limits.per_agent_events_per_second,
-                })),
+                kind: Some(collector_message::Kind::Ack(ack(&inner.limits, o.last_seq))),
             };
             if tx.send(Ok(ack)).await.is_err() {
                 break Ok(());

@@ -85,6 +85,7 @@ impl AgentService for Svc {
             kind: Some(collector_message::Kind::Ack(Ack {
                 up_to_seq: hello.last_acked_seq,
                 max_rate_hint: 0,
+                ..Default::default()
             })),
         };
         Ok(Response::new(tokio_stream::iter(vec![Ok(ack)])))

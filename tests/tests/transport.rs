@@ -288,21 +288,30 @@ fn sigkill_of_the_agent_with_a_full_outbox_resumes_and_delivers() {
 
 #[test]
 fn a_backlog_drains_at_the_hinted_rate() {
+    // ~60 queued events are more than the collector's bucket holds (two seconds of the
+    // rate, 40 events): the agent must split the backlog into paced batches of ≤ 20.
+    backlog_drains("[limits]\nper_agent_events_per_second = 20\n");
+}
+
+#[test]
+fn a_backlog_drains_in_batches_the_collector_accepts() {
+    // The agent's own limit is 500 events per batch; this collector takes 8 (its Ack says so).
+    backlog_drains("[limits]\nper_agent_events_per_second = 20\nmax_batch_events = 8\n");
+}
+
+/// Queues ~60 events while the collector (configured with `limits`, 20 events/s) is down,
+/// restarts it and checks the backlog drains, paced, with no batch refused.
+fn backlog_drains(limits: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let (root, _watched) = host(tmp.path());
-    let mut c = Collector::start_with(
-        &tmp.path().join("collector"),
-        "[limits]\nper_agent_events_per_second = 20\n",
-    );
+    let mut c = Collector::start_with(&tmp.path().join("collector"), limits);
     let mut sp = spec(&root);
     sp.extra = "[intervals]\nheartbeat = \"1s\"\nmetrics_sample = \"100ms\"\nmetrics_window = \"200ms\"\nfile_debounce = \"100ms\"\nfast = \"60s\"\ninventory = \"1h\"\n".into();
     let mut a = Agent::enroll(&c, &tmp.path().join("agent"), &sp);
     a.start();
     let _ = host_id_of(&c, &a.agent_id);
     c.kill9();
-    // ~60 metric windows queue up: more than the collector's bucket holds (two seconds of
-    // the rate, 40 events), so the agent must split the backlog into paced batches.
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(Duration::from_secs(12)); // ~60 metric windows queue up
     let seq_before = c_last_seq_after_restart(&mut c, &a.agent_id);
     let t = std::time::Instant::now();
     // At 20 events/s a backlog of ~55+ events takes > 2 s, and the stream is never refused.
@@ -318,9 +327,14 @@ fn a_backlog_drains_at_the_hinted_rate() {
         took >= Duration::from_millis(1500),
         "faster than the hint: {took:?}"
     );
+    let log = c.log();
     assert!(
-        !c.log().contains("more than 20 events/s"),
+        !log.contains("more than 20 events/s"),
         "agent ignored the hint"
+    );
+    assert!(
+        !log.contains("exceeds the limit"),
+        "agent ignored the batch limit"
     );
     a.stop();
 }

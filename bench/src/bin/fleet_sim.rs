@@ -489,6 +489,7 @@ impl AgentService for DecodeAndDrop {
                     kind: Some(collector_message::Kind::Ack(v1::Ack {
                         up_to_seq: up_to,
                         max_rate_hint: 0,
+                        ..Default::default()
                     })),
                 })
             };
