@@ -90,18 +90,13 @@ impl From<CapacityError> for ApiError {
     }
 }
 
+/// Runs a blocking capacity read on the blocking pool.
 async fn blocking<T, F>(f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce() -> Result<T, CapacityError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(e) => {
-            tracing::error!(error = %e, "A capacity read task failed.");
-            Err(ApiError::internal())
-        }
-    }
+    super::on_blocking_pool((), "capacity read", move |_: &()| f()).await
 }
 
 async fn get_series(

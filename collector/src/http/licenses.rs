@@ -98,13 +98,13 @@ impl From<LicenseError> for ApiError {
     }
 }
 
-/// Runs blocking licences work on the blocking pool.
+/// Runs blocking licence work on the blocking pool.
 async fn blocking<T, F>(state: &ApiState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&Licenses) -> Result<T, LicenseError> + Send + 'static,
 {
-    super::on_blocking_pool(service(state)?, "licences", move |s: &Arc<Licenses>| f(s)).await
+    super::on_blocking_pool(service(state)?, "licence", move |s: &Arc<Licenses>| f(s)).await
 }
 
 fn opt_bool(param: &'static str, v: Option<String>) -> Result<bool, ApiError> {

@@ -49,7 +49,7 @@ struct Identity {
 /// never changes, so a cached one is never stale. Bounded: two generations of at most
 /// [`Identities::GENERATION`] entries each; when the newer one is full the older one is
 /// dropped (an entry met in the older one moves to the newer one), which keeps the CIs
-/// met recently at the cost of one map's worth of memory at most.
+/// met recently in at most two generations' worth of memory.
 #[derive(Default)]
 pub(super) struct Identities {
     inner: Mutex<Generations>,
