@@ -207,6 +207,8 @@ mod verify;
 pub use verify::VerifyReport;
 
 #[cfg(test)]
+mod batch_tests;
+#[cfg(test)]
 mod scan_leaves_tests;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,107 @@
+//! The vendored sled's `Tree::apply_batch` (vendor/sled/PATCHED.md, "Batches a leaf at a
+//! time"): writes applied in key order, consecutive keys of one leaf reusing the view the
+//! previous link returned. Checked against a `BTreeMap` model over batches that insert,
+//! overwrite and remove clustered keys (leaves fill, split and merge inside one batch),
+//! with values inline and not, in memory and after a reopen from disk.
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+
+type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// Keys clustered under a few prefixes, as the store's are (`c/<host>\0<class>\0<id>`), so
+/// that one batch puts many writes into the same leaves.
+fn key() -> impl Strategy<Value = Vec<u8>> {
+    (0u8..3, 0u16..400).prop_map(|(prefix, n)| {
+        let mut k = format!("c/host-{prefix}\0package\0").into_bytes();
+        k.extend_from_slice(&n.to_be_bytes());
+        k
+    })
+}
+
+/// `None` removes; values both inline (≤ 22 bytes) and reference-counted.
+fn write() -> impl Strategy<Value = (Vec<u8>, Option<Vec<u8>>)> {
+    (
+        key(),
+        prop::option::weighted(0.8, (any::<u8>(), 0usize..64)),
+    )
+        .prop_map(|(k, v)| (k, v.map(|(b, len)| vec![b; len])))
+}
+
+fn apply(tree: &sled::Tree, model: &mut Model, writes: &[(Vec<u8>, Option<Vec<u8>>)]) {
+    let mut batch = sled::Batch::default();
+    for (k, v) in writes {
+        match v {
+            Some(v) => {
+                batch.insert(k.clone(), v.clone());
+                model.insert(k.clone(), v.clone());
+            }
+            None => {
+                batch.remove(k.clone());
+                model.remove(k);
+            }
+        }
+    }
+    tree.apply_batch(batch).unwrap();
+}
+
+fn contents(tree: &sled::Tree) -> Model {
+    tree.iter()
+        .map(|kv| {
+            let (k, v) = kv.unwrap();
+            (k.to_vec(), v.to_vec())
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn batches_match_a_model_in_memory_and_after_reopen(
+        batches in prop::collection::vec(prop::collection::vec(write(), 0..300), 1..8),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = Model::new();
+        {
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let tree = db.open_tree("t").unwrap();
+            for writes in &batches {
+                apply(&tree, &mut model, writes);
+                prop_assert_eq!(&contents(&tree), &model);
+                // Point reads agree too (they walk from the root, not the batch's views).
+                for (k, _) in writes {
+                    let got = tree.get(k).unwrap().map(|v| v.to_vec());
+                    prop_assert_eq!(got.as_ref(), model.get(k));
+                }
+            }
+            db.flush().unwrap();
+        }
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let tree = db.open_tree("t").unwrap();
+        prop_assert_eq!(&contents(&tree), &model);
+    }
+}
+
+/// One batch far larger than a leaf, into an empty tree and then over it: every key lands
+/// (the batch's leaf is full after ~16 new keys, so later keys walk again and split it).
+#[test]
+fn a_large_batch_of_new_and_changed_keys() {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let tree = db.open_tree("t").unwrap();
+    let mut model = Model::new();
+    for round in 0u8..3 {
+        let writes: Vec<_> = (0u16..5_000)
+            .map(|n| {
+                let mut k = b"c/host\0package\0".to_vec();
+                k.extend_from_slice(&n.to_be_bytes());
+                // Odd rounds remove every third key; the others (re)write them all.
+                let removed = round % 2 == 1 && n % 3 == 0;
+                (k, (!removed).then(|| vec![round; 40]))
+            })
+            .collect();
+        apply(&tree, &mut model, &writes);
+        assert_eq!(contents(&tree), model, "round {round}");
+    }
+}
