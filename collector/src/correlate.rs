@@ -93,6 +93,13 @@ pub struct Correlator {
     /// `incidents`; lookups skip those): every rule is per host, so a lookup costs the
     /// host's incidents, not the fleet's.
     by_host: HashMap<String, BTreeSet<String>>,
+    /// Incident number → the dedup keys of its alerts → the alert's position in `alerts`.
+    /// An incident holds a key at most once (an alert is attached only when no open
+    /// incident holds its key; a resolved one holding it is reopened instead), alerts are
+    /// only ever appended and leave with their incident, so a position stays valid: the
+    /// rules ask "does this incident hold this key" in O(1) instead of scanning up to
+    /// `MAX_ALERTS` alerts per incident per event.
+    keys: HashMap<String, HashMap<String, usize>>,
     flips: HashMap<String, VecDeque<SystemTime>>,
 }
 
@@ -101,16 +108,23 @@ const ACTOR: &str = "collector";
 impl Correlator {
     pub fn new(settings: CorrelationSettings, incidents: BTreeMap<String, Incident>) -> Self {
         let mut by_host: HashMap<String, BTreeSet<String>> = HashMap::new();
+        let mut keys: HashMap<String, HashMap<String, usize>> = HashMap::new();
         for i in incidents.values() {
             by_host
                 .entry(i.host_id.clone())
                 .or_default()
                 .insert(i.number.clone());
+            let held = keys.entry(i.number.clone()).or_default();
+            for (at, a) in i.alerts.iter().enumerate() {
+                // The first one, as the scans this index replaced found it.
+                held.entry(a.dedup.clone()).or_insert(at);
+            }
         }
         Correlator {
             settings,
             incidents,
             by_host,
+            keys,
             flips: HashMap::new(),
         }
     }
@@ -124,6 +138,7 @@ impl Correlator {
             set.retain(|n| incidents.contains_key(n));
             !set.is_empty()
         });
+        self.keys.retain(|n, _| incidents.contains_key(n));
     }
 
     /// Files a firing alert; `next_number` mints an incident number when one opens.
@@ -135,7 +150,9 @@ impl Correlator {
     ) -> (String, Effect) {
         let dedup = ev.dedup();
         // 1. An open incident holding the key.
-        if let Some(number) = self.find(&ev.host_id, |i| i.state.is_open() && has_key(i, &dedup)) {
+        if let Some(number) = self.find(&ev.host_id, |i| {
+            i.state.is_open() && self.alert_of(&i.number, &dedup).is_some()
+        }) {
             let refire = self.refire(&number, &dedup, ev);
             if refire {
                 self.note_flip(&number, &dedup, ev.at);
@@ -192,7 +209,7 @@ impl Correlator {
         if let Some(number) = self.find(&ev.host_id, |i| {
             i.state == IncidentState::Resolved
                 && i.resolution.as_ref().is_some_and(|r| r.code == "recovered")
-                && has_key(i, &dedup)
+                && self.alert_of(&i.number, &dedup).is_some()
                 && i.resolved_at
                     .is_some_and(|r| ev.at.duration_since(r).unwrap_or_default() <= window)
         }) {
@@ -261,16 +278,21 @@ impl Correlator {
             .iter()
             .filter_map(|n| self.incidents.get(n))
             .filter(|i| i.state != IncidentState::Closed)
-            .filter(|i| i.alerts.iter().any(|a| a.dedup == dedup && a.firing))
+            .filter(|i| {
+                self.alert_of(&i.number, dedup)
+                    .and_then(|at| i.alerts.get(at))
+                    .is_some_and(|a| a.firing)
+            })
             .map(|i| i.number.clone())
             .collect();
         let mut out = Vec::new();
         for number in numbers {
+            let position = self.alert_of(&number, dedup);
             let Some(inc) = self.incidents.get_mut(&number) else {
                 continue;
             };
             let mut summary = String::new();
-            for a in inc.alerts.iter_mut().filter(|a| a.dedup == dedup) {
+            if let Some(a) = position.and_then(|p| inc.alerts.get_mut(p)) {
                 a.firing = false;
                 a.last_at = at;
                 summary = a.summary.clone();
@@ -338,13 +360,19 @@ impl Correlator {
             .map(|i| i.number.clone())
     }
 
+    /// The position of the alert with `dedup` in incident `number`'s alerts, if it holds one.
+    fn alert_of(&self, number: &str, dedup: &str) -> Option<usize> {
+        self.keys.get(number)?.get(dedup).copied()
+    }
+
     /// Marks an existing alert as firing again; returns whether it had recovered.
     fn refire(&mut self, number: &str, dedup: &str, ev: &AlertEvent) -> bool {
+        let position = self.alert_of(number, dedup);
         let Some(inc) = self.incidents.get_mut(number) else {
             return false;
         };
         let mut was_recovered = false;
-        for a in inc.alerts.iter_mut().filter(|a| a.dedup == dedup) {
+        if let Some(a) = position.and_then(|p| inc.alerts.get_mut(p)) {
             was_recovered |= !a.firing;
             a.firing = true;
             a.count += 1;
@@ -399,6 +427,11 @@ impl Correlator {
         if inc.alerts.len() >= MAX_ALERTS {
             inc.alerts_overflow += 1;
         } else {
+            self.keys
+                .entry(number.to_owned())
+                .or_default()
+                .entry(dedup.clone())
+                .or_insert(inc.alerts.len());
             inc.alerts.push(AlertRecord {
                 dedup,
                 kind: ev.kind,
@@ -422,10 +455,6 @@ impl Correlator {
         }
         inc.set_criticality(ev.impact, ev.urgency);
     }
-}
-
-fn has_key(i: &Incident, dedup: &str) -> bool {
-    i.alerts.iter().any(|a| a.dedup == dedup)
 }
 
 fn resolve_recovered(inc: &mut Incident, at: SystemTime) {
@@ -592,5 +621,61 @@ mod tests {
         assert!(c.tick(t(300)).is_empty());
         assert_eq!(c.tick(t(800)), vec![n.clone()]);
         assert_eq!(c.incidents[&n].state, IncidentState::Resolved);
+    }
+    /// The key index kept up by `fire`, `recover` and `forget_closed` equals the one built
+    /// from the incidents alone (as at start), every alert's key maps to its own position
+    /// (no incident holds a key twice), and a correlator rebuilt from the incidents at any
+    /// point makes the same decisions as the one that kept going.
+    #[test]
+    fn the_key_index_matches_the_incidents() {
+        use proptest::prelude::*;
+        let op = (0u8..4, 0u8..3, 0u8..6, 0u8..3, 1u64..200);
+        let runner_config = proptest::test_runner::Config::with_cases(64);
+        proptest::proptest!(runner_config, |(ops in prop::collection::vec(op, 1..120))| {
+            let settings = CorrelationSettings::default();
+            let mut c = Correlator::new(settings, BTreeMap::new());
+            let mut next = numbers();
+            let mut now = 0u64;
+            for (i, (what, host, key, kind, dt)) in ops.into_iter().enumerate() {
+                now += dt;
+                let host = format!("h{host}");
+                let kind = [AlertKind::Drift, AlertKind::MonitorDown, AlertKind::HostDown]
+                    [usize::from(kind)];
+                let e = ev(kind, &host, &format!("k{key}"), now);
+                // The same step on a correlator rebuilt from the incidents as they are.
+                let mut fresh = Correlator::new(settings, c.incidents.clone());
+                let mut fresh_next = numbers();
+                for _ in 0..c.incidents.len() {
+                    fresh_next();
+                }
+                let (kept, rebuilt) = match what {
+                    0 | 1 => {
+                        let kept = c.fire(&e, &mut next);
+                        (vec![kept], vec![fresh.fire(&e, &mut fresh_next)])
+                    }
+                    2 => {
+                        let d = e.dedup();
+                        (c.recover(&d, e.at, "ok"), fresh.recover(&d, e.at, "ok"))
+                    }
+                    _ => {
+                        c.forget_closed();
+                        fresh.forget_closed();
+                        (Vec::new(), Vec::new())
+                    }
+                };
+                // Flap history is memory only (a rebuild forgets it): compare only while
+                // no incident is flapping.
+                if !c.incidents.values().any(|i| i.flapping) {
+                    prop_assert_eq!(&kept, &rebuilt, "step {}", i);
+                }
+                let expected = Correlator::new(settings, c.incidents.clone()).keys;
+                prop_assert_eq!(&c.keys, &expected, "step {}", i);
+                for inc in c.incidents.values() {
+                    for (at, a) in inc.alerts.iter().enumerate() {
+                        prop_assert_eq!(c.alert_of(&inc.number, &a.dedup), Some(at));
+                    }
+                }
+            }
+        });
     }
 }
