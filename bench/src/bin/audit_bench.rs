@@ -20,19 +20,19 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use cmdb_bench::{ci, collector_status, host_id, hostname, median, ms, populate, process_cpu};
 use cmdb_collector::config_audit::ConfigAudit;
 use cmdb_collector::config_audit::engine::{Hosts, Index, Observer};
 use cmdb_collector::config_audit::register::{Register, RegisterRow};
 use cmdb_collector::judgment::Actor;
 use cmdb_collector::store::sled::SledStore;
-use cmdb_collector::store::{AgentRecord, CiRecord, CiState, CiView, Store};
-use cmdb_proto::convert::timestamp_from_system;
-use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
-use cmdb_proto::v1::{self, event};
+use cmdb_collector::store::{CiRecord, CiView, Store};
+use cmdb_proto::model::{AttrValue, Attrs};
+use cmdb_proto::v1;
 
 #[derive(Parser)]
 struct Args {
@@ -44,7 +44,7 @@ struct Args {
     /// `--hosts` measures the full size (use `--hosts 1` to skip the compute part then).
     #[arg(long, default_value_t = 100)]
     scan_hosts: usize,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
     /// sled cache of the store measurement, MiB (the collector's default `cache_bytes` is
     /// 256 MiB).
@@ -63,21 +63,6 @@ struct Args {
     keep: bool,
 }
 
-/// CPU time of the process so far (user + system, from /proc; 0 where unreadable).
-fn cpu() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is the 3rd field, utime
-    // and stime the 14th and 15th, in clock ticks (100 per second on Linux).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse().ok())
-        .collect();
-    Duration::from_millis(f.iter().sum::<u64>() * 10)
-}
-
 /// Resident memory of the process now, in MiB (0 where unreadable).
 fn rss_mib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -86,14 +71,6 @@ fn rss_mib() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb / 1024)
-}
-
-fn host_id(h: usize) -> String {
-    format!("host-{h:016x}")
-}
-
-fn hostname(h: usize) -> String {
-    format!("node{h:05}")
 }
 
 fn key(p: usize) -> String {
@@ -137,25 +114,12 @@ fn live(h: usize, packages: usize) -> impl Iterator<Item = (String, String)> {
         .chain(extra.then(|| ("dpkg:extra-tool:amd64".to_owned(), version(h))))
 }
 
-fn ci(host: &str, key: String, v: String) -> CiRecord {
+fn package_ci(host: &str, key: String, v: String) -> CiRecord {
     let mut attrs = Attrs::new();
     attrs.insert("name".into(), AttrValue::Str(key.clone()));
     attrs.insert("version".into(), AttrValue::Str(v));
     attrs.insert("arch".into(), AttrValue::Str("amd64".into()));
-    CiRecord {
-        id: cmdb_collector::store::ci_id(host, "package", &key),
-        host_id: host.to_owned(),
-        class: "package".into(),
-        key,
-        state: CiState::Present,
-        attrs,
-        version: 1,
-        first_seen: SystemTime::UNIX_EPOCH,
-        last_seen: SystemTime::UNIX_EPOCH,
-        last_changed: SystemTime::UNIX_EPOCH,
-        source_agent: "agt-bench".into(),
-        source_seq: 1,
-    }
+    ci(host, "package", key, attrs)
 }
 
 fn expected(hosts: usize) -> (u64, u64, u64) {
@@ -163,90 +127,22 @@ fn expected(hosts: usize) -> (u64, u64, u64) {
     (count(1000), count(500), count(700))
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn populate(store: &SledStore, hosts: usize, packages: usize) -> Result<()> {
-    let now = SystemTime::now();
-    for h in 0..hosts {
-        let agent = format!("agt-{h:08}");
-        let instance = format!("inst-{h:08}");
-        let identity = HostIdentity {
-            hostname: Some(hostname(h)),
-            fqdn: None,
-            machine_id: Some(format!("{h:032x}")),
-            product_uuid: None,
-            serial_number: None,
-            board_serial: None,
-            cloud_instance_id: None,
-            macs: vec![],
-        };
-        store.put_agent(&AgentRecord::new(
-            &agent,
-            &instance,
-            "bench",
-            identity.clone(),
-            now,
-        ))?;
-        store.identify(&agent, &instance, &identity, now)?;
-        let items: Vec<v1::Item> = live(h, packages)
-            .map(|(k, v)| {
-                let mut attrs = Attrs::new();
-                attrs.insert("version".into(), AttrValue::Str(v));
-                v1::Item {
-                    class: "package".into(),
-                    key: k,
-                    attrs: cmdb_proto::convert::attrs_to_proto(&attrs),
-                }
-            })
-            .collect();
-        let n = items.len() as u64;
-        let snapshot = v1::Snapshot {
-            inventory: Some(v1::Inventory {
-                schema: "cmdb.inventory/v1".into(),
-                collected_at: Some(timestamp_from_system(now)),
-                agent: Some(v1::AgentInfo {
-                    version: "bench".into(),
-                    instance_id: instance.clone(),
-                }),
-                host: Some(v1::HostIdentity {
-                    hostname: identity.hostname.clone(),
-                    fqdn: None,
-                    machine_id: identity.machine_id.clone(),
-                    product_uuid: None,
-                    serial_number: None,
-                    board_serial: None,
-                    cloud_instance_id: None,
-                    macs: vec![],
-                }),
-                collectors: vec![v1::CollectorStatus {
-                    name: "dpkg".into(),
-                    state: v1::CollectorState::Ok as i32,
-                    duration_ms: 1,
-                    items: n,
-                    message: None,
-                    classes: vec!["package".into()],
-                }],
-                items,
-                relations: vec![],
-            }),
-            content_hash: vec![0; 32],
-        };
-        let ev = v1::Event {
-            seq: 1,
-            observed_at: Some(timestamp_from_system(now)),
-            kind: Some(event::Kind::Snapshot(snapshot)),
-        };
-        let out = store.apply(&agent, &[ev])?;
-        anyhow::ensure!(out.rejected == 0, "snapshot of host {h} rejected");
-    }
-    Ok(())
+/// Host `h`'s snapshot: its live package CIs (with the planted deficiencies) and the dpkg
+/// collector.
+fn inventory(h: usize, packages: usize) -> (Vec<v1::Item>, Vec<v1::CollectorStatus>) {
+    let items: Vec<v1::Item> = live(h, packages)
+        .map(|(k, v)| {
+            let mut attrs = Attrs::new();
+            attrs.insert("version".into(), AttrValue::Str(v));
+            v1::Item {
+                class: "package".into(),
+                key: k,
+                attrs: cmdb_proto::convert::attrs_to_proto(&attrs),
+            }
+        })
+        .collect();
+    let n = items.len() as u64;
+    (items, vec![collector_status("dpkg", "package", n, 1)])
 }
 
 /// Generates the live CIs of the hosts of shard `shard` (of `threads`), handing each to `f`.
@@ -260,7 +156,7 @@ fn each_ci(
     for h in (shard..hosts).step_by(threads.max(1)) {
         let host = host_id(h);
         for (k, v) in live(h, packages) {
-            f(&ci(&host, k, v));
+            f(&package_ci(&host, k, v));
         }
     }
 }
@@ -310,7 +206,7 @@ fn main() -> Result<()> {
         });
         let g = t.elapsed();
         // Index + generation + observe + finish.
-        let (t, c0) = (Instant::now(), cpu());
+        let (t, c0) = (Instant::now(), process_cpu());
         let index = Index::new(&reg, &hosts, SystemTime::UNIX_EPOCH);
         let built = t.elapsed();
         let observers: Vec<Observer<'_, '_>> = std::thread::scope(|s| {
@@ -334,7 +230,7 @@ fn main() -> Result<()> {
         let observed = t.elapsed();
         let out = index.finish(observers);
         let d = t.elapsed();
-        let used = cpu().saturating_sub(c0);
+        let used = process_cpu().saturating_sub(c0);
         let s = &out.summary;
         anyhow::ensure!(
             (s.missing, s.unregistered, s.mismatched) == (want_missing, want_unreg, want_mismatch),
@@ -390,7 +286,9 @@ fn main() -> Result<()> {
             println!("  sled: reusing the store in {}", dir.display());
         } else {
             let t = Instant::now();
-            populate(&store, args.scan_hosts, args.packages)?;
+            populate(store.as_ref(), args.scan_hosts, SystemTime::now(), |h| {
+                inventory(h, args.packages)
+            })?;
             store.flush()?;
             std::fs::write(&marker, b"").context("store marker")?;
             println!(
@@ -415,10 +313,10 @@ fn main() -> Result<()> {
         let mut cis = 0;
         let mut cpus = Vec::new();
         for run in 0..runs {
-            let (t, c0) = (Instant::now(), cpu());
+            let (t, c0) = (Instant::now(), process_cpu());
             let info = svc.run_audit(&actor, Some(0), SystemTime::now())?;
             let d = t.elapsed();
-            let used = cpu().saturating_sub(c0);
+            let used = process_cpu().saturating_sub(c0);
             // The planted deficiencies, and every live CI seen exactly once: a scan that
             // skips or repeats CIs fails the bench.
             let s = &info.summary;

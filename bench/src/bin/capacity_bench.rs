@@ -18,23 +18,16 @@
 
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
+use cmdb_bench::{MemStore, host_id, median_f64, thread_cpu_secs};
 use cmdb_collector::capacity::forecast::Scratch;
 use cmdb_collector::capacity::rollup::{self, HOUR};
 use cmdb_collector::capacity::series::{Kind, Point};
 use cmdb_collector::capacity::{self, CapacitySettings, HostRef, Status};
-use cmdb_collector::store::record_map::RecordMap;
-use cmdb_collector::store::{
-    AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiVersion, CloneRecord, FeedEntry, FeedPos,
-    HostId, MetricRecord, MetricSummary, RecordOp, RelationRecord, Store, StoreError,
-};
-use cmdb_proto::model::HostIdentity;
-use cmdb_proto::v1;
+use cmdb_collector::store::{MetricRecord, MetricSummary, RecordOp, Store};
 
 #[derive(Parser)]
 struct Args {
@@ -54,7 +47,7 @@ struct Args {
     rollup_hosts: usize,
     #[arg(long, default_value_t = 200)]
     read_hosts: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
 }
 
@@ -131,26 +124,16 @@ fn forecast_range(
     (n, at_risk)
 }
 
-/// CPU seconds this thread has used (utime + stime from /proc/thread-self/stat, 100 Hz),
-/// so other processes on a shared core do not count.
-fn thread_cpu() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    // Fields after the command name (which ends with ')'): state is field 3, utime 14.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
-}
-
 /// The forecasts on this thread: (wall, CPU seconds, at risk).
 fn forecasts_here(args: &Args, templates: &[Vec<Point>]) -> (Duration, f64, usize) {
     let settings = CapacitySettings::default();
     let total = args.hosts * args.resources;
     let now = T0 + args.points as u64 * HOUR;
-    let cpu = thread_cpu();
+    // Thread CPU time, so other processes on a shared core do not count.
+    let cpu = thread_cpu_secs();
     let t = Instant::now();
     let (_, risky) = forecast_range(&settings, templates, 0..total, now);
-    (t.elapsed(), thread_cpu() - cpu, risky)
+    (t.elapsed(), thread_cpu_secs() - cpu, risky)
 }
 
 fn forecasts(args: &Args, templates: &[Vec<Point>], threads: usize) -> (Duration, usize) {
@@ -175,97 +158,6 @@ fn forecasts(args: &Args, templates: &[Vec<Point>], threads: usize) -> (Duration
     (t.elapsed(), at_risk)
 }
 
-// === an in-memory store: metric windows and records ===
-
-struct MemStore {
-    windows: HashMap<String, Vec<MetricRecord>>,
-    records: RecordMap,
-    agents: Mutex<Vec<AgentRecord>>,
-}
-
-fn unsupported<T>() -> Result<T, StoreError> {
-    Err(StoreError::Backend("not in the benchmark store".into()))
-}
-
-impl Store for MemStore {
-    fn agent(&self, _: &str) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(None)
-    }
-    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self.agents.lock().map(|a| a.clone()).unwrap_or_default())
-    }
-    fn put_agent(&self, _: &AgentRecord) -> Result<(), StoreError> {
-        unsupported()
-    }
-    fn identify(
-        &self,
-        _: &str,
-        _: &str,
-        _: &HostIdentity,
-        _: SystemTime,
-    ) -> Result<HostId, StoreError> {
-        unsupported()
-    }
-    fn apply(&self, _: &str, _: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
-        unsupported()
-    }
-    fn ci(&self, _: &str) -> Result<Option<CiRecord>, StoreError> {
-        Ok(None)
-    }
-    fn ci_versions(&self, _: &str) -> Result<Vec<CiVersion>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn cis(&self, _: &CiFilter) -> Result<Vec<CiRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn relations_of(&self, _: &str) -> Result<Vec<RelationRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn metrics(
-        &self,
-        host: &str,
-        from: SystemTime,
-        to: SystemTime,
-    ) -> Result<Vec<MetricRecord>, StoreError> {
-        Ok(self
-            .windows
-            .get(host)
-            .map(|w| {
-                w.iter()
-                    .filter(|m| m.window_start >= from && m.window_start < to)
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default())
-    }
-    fn clones(&self) -> Result<Vec<CloneRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn feed(&self, _: Option<&FeedPos>, _: usize) -> Result<Vec<FeedEntry>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.records.get(collection, id)
-    }
-    fn records(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.records.list(collection, after, limit)
-    }
-    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        self.records.write(ops)
-    }
-}
-
 fn summaries(resources: usize, v: f64) -> Vec<MetricSummary> {
     (0..resources)
         .map(|r| MetricSummary {
@@ -286,7 +178,7 @@ fn summaries(resources: usize, v: f64) -> Vec<MetricSummary> {
 fn minute_store(hosts: usize, resources: usize, hour: u64) -> MemStore {
     let windows = (0..hosts)
         .map(|h| {
-            let host = format!("host-{h:016x}");
+            let host = host_id(h);
             let w = (0..60)
                 .map(|m| MetricRecord {
                     host_id: host.clone(),
@@ -298,15 +190,11 @@ fn minute_store(hosts: usize, resources: usize, hour: u64) -> MemStore {
             (host, w)
         })
         .collect();
-    MemStore {
-        windows,
-        records: RecordMap::default(),
-        agents: Mutex::new(Vec::new()),
-    }
+    MemStore::with_windows(windows)
 }
 
 fn rollup_hour(store: &MemStore, hour: u64) -> Result<Duration> {
-    let mut hosts: Vec<&String> = store.windows.keys().collect();
+    let mut hosts: Vec<&str> = store.window_hosts().collect();
     hosts.sort();
     let t = Instant::now();
     for h in hosts {
@@ -317,14 +205,10 @@ fn rollup_hour(store: &MemStore, hour: u64) -> Result<Duration> {
 
 /// A store whose hour tier holds `points` hours of every resource for `hosts` hosts.
 fn history_store(args: &Args, templates: &[Vec<Point>]) -> Result<(MemStore, Vec<HostRef>)> {
-    let store = MemStore {
-        windows: HashMap::new(),
-        records: RecordMap::default(),
-        agents: Mutex::new(Vec::new()),
-    };
+    let store = MemStore::default();
     let mut refs = Vec::new();
     for h in 0..args.read_hosts {
-        let host = format!("host-{h:016x}");
+        let host = host_id(h);
         let mut ops = Vec::new();
         let days = args.points.div_ceil(24);
         for d in 0..days {
@@ -358,11 +242,6 @@ fn history_store(args: &Args, templates: &[Vec<Point>]) -> Result<(MemStore, Vec
     Ok((store, refs))
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     let templates: Vec<Vec<Point>> = (0..args.templates)
@@ -387,7 +266,11 @@ fn main() -> Result<()> {
         cpu.push(c1);
         many.push(dn.as_secs_f64());
     }
-    let (m1, mc, mn) = (median(&mut one), median(&mut cpu), median(&mut many));
+    let (m1, mc, mn) = (
+        median_f64(&mut one),
+        median_f64(&mut cpu),
+        median_f64(&mut many),
+    );
     println!(
         "| forecasts, {series} series × {} points, 1 thread | {m1:.3} s wall, {mc:.2} CPU s | {:.1} µs/series (CPU) |",
         args.points,
@@ -411,7 +294,7 @@ fn main() -> Result<()> {
         );
         r.push(d.as_secs_f64());
     }
-    let mr = median(&mut r);
+    let mr = median_f64(&mut r);
     println!(
         "| roll-up of 1 hour (60 windows × {} series) for {} hosts, 1 thread | {mr:.3} s | {:.0} µs/host |",
         args.resources,
@@ -437,7 +320,7 @@ fn main() -> Result<()> {
         );
         f.push(d);
     }
-    let mf = median(&mut f);
+    let mf = median_f64(&mut f);
     println!(
         "| forecast_host incl. decoding {} days of hour blocks, {} hosts, 1 thread | {mf:.3} s | {:.2} ms/host |",
         args.points.div_ceil(24),

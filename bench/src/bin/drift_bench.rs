@@ -14,20 +14,16 @@
 
 #![forbid(unsafe_code)]
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use cmdb_bench::{MemStore, attrs, host_id, median_f64, str_attr as s, thread_cpu};
 use cmdb_collector::changes::{ChangeState, ChangeType, NewChange};
 use cmdb_collector::judgment::{Actor, Judgment, JudgmentSettings, NewWaiver};
-use cmdb_collector::store::record_map::RecordMap;
-use cmdb_collector::store::{
-    AgentRecord, ApplyOutcome, ChangeKind, CiFilter, CiRecord, CiState, CiVersion, CloneRecord,
-    FeedEntry, FeedPos, HostId, MetricRecord, RecordOp, RelationRecord, Store, StoreError,
-};
-use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
-use cmdb_proto::v1;
+use cmdb_collector::store::{ChangeKind, CiState, CiVersion, FeedEntry, FeedPos};
+use cmdb_proto::model::AttrValue;
 
 #[derive(Parser)]
 struct Args {
@@ -37,141 +33,8 @@ struct Args {
     /// Hosts the versions are spread over.
     #[arg(long, default_value_t = 1000)]
     hosts: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
-}
-
-/// A store that serves a prepared feed and keeps records in memory. The feed is handed
-/// out by moving entries (the engine reads each once, in order), so the figure excludes
-/// the store's own read cost (decoding pages: the store's `feed_read_cost` test measures
-/// it) and is the engine's.
-struct FeedStore {
-    feed: Mutex<std::collections::VecDeque<FeedEntry>>,
-    records: RecordMap,
-    written: Mutex<u64>,
-}
-
-fn unsupported<T>() -> Result<T, StoreError> {
-    Err(StoreError::Backend("not in the benchmark store".into()))
-}
-
-impl Store for FeedStore {
-    fn agent(&self, _id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(None)
-    }
-    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn put_agent(&self, _rec: &AgentRecord) -> Result<(), StoreError> {
-        unsupported()
-    }
-    fn identify(
-        &self,
-        _a: &str,
-        _i: &str,
-        _id: &HostIdentity,
-        _now: SystemTime,
-    ) -> Result<HostId, StoreError> {
-        unsupported()
-    }
-    fn apply(&self, _a: &str, _e: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
-        unsupported()
-    }
-    fn ci(&self, _id: &str) -> Result<Option<CiRecord>, StoreError> {
-        Ok(None)
-    }
-    fn ci_versions(&self, _id: &str) -> Result<Vec<CiVersion>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn cis(&self, _f: &CiFilter) -> Result<Vec<CiRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn relations_of(&self, _id: &str) -> Result<Vec<RelationRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn metrics(
-        &self,
-        _h: &str,
-        _f: SystemTime,
-        _t: SystemTime,
-    ) -> Result<Vec<MetricRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn clones(&self) -> Result<Vec<CloneRecord>, StoreError> {
-        Ok(Vec::new())
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn feed(&self, after: Option<&FeedPos>, limit: usize) -> Result<Vec<FeedEntry>, StoreError> {
-        let mut feed = self
-            .feed
-            .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))?;
-        // Entries up to `after` were handed out before: they are gone.
-        while feed
-            .front()
-            .is_some_and(|e| after.is_some_and(|a| &e.pos <= a))
-        {
-            feed.pop_front();
-        }
-        let n = limit.min(feed.len());
-        Ok(feed.drain(..n).collect())
-    }
-    fn record(&self, collection: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.records.get(collection, id)
-    }
-    fn records(
-        &self,
-        collection: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.records.list(collection, after, limit)
-    }
-    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        let bytes: u64 = ops
-            .iter()
-            .map(|op| match op {
-                RecordOp::Put { value, .. } => value.len() as u64,
-                RecordOp::Delete { .. } => 0,
-            })
-            .sum();
-        *self
-            .written
-            .lock()
-            .map_err(|_| StoreError::Backend("poisoned".into()))? += bytes;
-        // Drift records are the bulk; keeping them all would measure memory growth, not
-        // the engine. Keep the rest (incidents, changes, open drift).
-        let kept: Vec<RecordOp> = ops
-            .iter()
-            .filter(|op| {
-                !matches!(
-                    op,
-                    RecordOp::Put {
-                        collection: "drift",
-                        ..
-                    }
-                )
-            })
-            .cloned()
-            .collect();
-        self.records.write(&kept)
-    }
-}
-
-fn attrs(pairs: &[(&str, AttrValue)]) -> Attrs {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
-
-fn s(v: &str) -> AttrValue {
-    AttrValue::Str(v.to_owned())
 }
 
 /// The synthetic feed.
@@ -180,7 +43,7 @@ fn make_feed(n: usize, hosts: usize, at: SystemTime) -> Vec<FeedEntry> {
     for i in 0..n {
         // One commit = one agent's batch: 100 versions of one host, hosts in turn.
         let h = (i / 100) % hosts;
-        let host_id = format!("host-{h:016x}");
+        let host_id = host_id(h);
         let round = i / (100 * hosts);
         let slot = i % 100;
         let (class, key, old, new) = if slot < 50 {
@@ -204,14 +67,6 @@ fn make_feed(n: usize, hosts: usize, at: SystemTime) -> Vec<FeedEntry> {
             let mut new = old.clone();
             new.insert("version".into(), s(&format!("1.{}", round + 1)));
             ("package", format!("dpkg:{name}:amd64"), old, new)
-        } else if slot < 90 {
-            let old = attrs(&[
-                ("sha256", s(&format!("{round:064x}"))),
-                ("size", AttrValue::Int(10)),
-            ]);
-            let mut new = old.clone();
-            new.insert("sha256".into(), s(&format!("{:064x}", round + 1)));
-            ("file", format!("/etc/motd.d/{slot}"), old, new)
         } else {
             let old = attrs(&[
                 ("sha256", s(&format!("{round:064x}"))),
@@ -219,7 +74,13 @@ fn make_feed(n: usize, hosts: usize, at: SystemTime) -> Vec<FeedEntry> {
             ]);
             let mut new = old.clone();
             new.insert("sha256".into(), s(&format!("{:064x}", round + 1)));
-            ("file", format!("/etc/app/{slot}.conf"), old, new)
+            // Under a waiver (/etc/motd.d) or unauthorized (/etc/app).
+            let key = if slot < 90 {
+                format!("/etc/motd.d/{slot}")
+            } else {
+                format!("/etc/app/{slot}.conf")
+            };
+            ("file", key, old, new)
         };
         let ci_id = format!("ci-{:016x}", (h * 100 + slot) as u64);
         out.push(FeedEntry {
@@ -250,13 +111,27 @@ fn make_feed(n: usize, hosts: usize, at: SystemTime) -> Vec<FeedEntry> {
     out
 }
 
+/// A normal change of `scope` (one selector) whose window is the hour either side of `now`.
+fn new_change(title: String, scope: &str, now: SystemTime) -> NewChange {
+    NewChange {
+        title,
+        description: String::new(),
+        change_type: ChangeType::Normal,
+        scope: vec![scope.to_owned()],
+        window_start: now - Duration::from_secs(3600),
+        window_end: now + Duration::from_secs(3600),
+        expected: vec![],
+        outage_expected: false,
+        external_id: None,
+        state: None,
+    }
+}
+
 fn run_once(feed: Vec<FeedEntry>) -> Result<(usize, Duration, Duration, usize, u64)> {
     let n = feed.len();
-    let store = Arc::new(FeedStore {
-        feed: Mutex::new(feed.into()),
-        records: RecordMap::default(),
-        written: Mutex::new(0),
-    });
+    // Drift records are the bulk; keeping them all would measure memory growth, not the
+    // engine. The store keeps the rest (incidents, changes, open drift).
+    let store = Arc::new(MemStore::with_feed(feed).discarding("drift"));
     let settings = JudgmentSettings {
         initial_baselines: false,
         ..JudgmentSettings::default()
@@ -270,36 +145,14 @@ fn run_once(feed: Vec<FeedEntry>) -> Result<(usize, Duration, Duration, usize, u
     // 30 % of versions: package upgrades covered by an approved change.
     let change = j.create_change(
         &admin,
-        NewChange {
-            title: "Patch Tuesday".into(),
-            description: String::new(),
-            change_type: ChangeType::Normal,
-            scope: vec!["class=package".into()],
-            window_start: now - Duration::from_secs(3600),
-            window_end: now + Duration::from_secs(3600),
-            expected: vec![],
-            outage_expected: false,
-            external_id: None,
-            state: None,
-        },
+        new_change("Patch Tuesday".into(), "class=package", now),
     )?;
     j.transition_change(&admin, &change.id, ChangeState::Approved, None)?;
     // A few changes elsewhere, so that the engine looks past non-matching ones.
     for k in 0..20 {
         let c = j.create_change(
             &admin,
-            NewChange {
-                title: format!("other {k}"),
-                description: String::new(),
-                change_type: ChangeType::Normal,
-                scope: vec![format!("host=db-{k}-*")],
-                window_start: now - Duration::from_secs(3600),
-                window_end: now + Duration::from_secs(3600),
-                expected: vec![],
-                outage_expected: false,
-                external_id: None,
-                state: None,
-            },
+            new_change(format!("other {k}"), &format!("host=db-{k}-*"), now),
         )?;
         j.transition_change(&admin, &c.id, ChangeState::Approved, None)?;
     }
@@ -331,30 +184,8 @@ fn run_once(feed: Vec<FeedEntry>) -> Result<(usize, Duration, Duration, usize, u
             ..Default::default()
         })?
         .len();
-    let written = *store
-        .written
-        .lock()
-        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let written = store.written();
     Ok((n, elapsed, cpu, incidents, written))
-}
-
-/// CPU time (user + system) of the calling thread, from /proc/thread-self/stat (clock
-/// ticks: 10 ms resolution, fine for runs of seconds). On a shared machine this is the
-/// honest "one core" figure: wall time also counts the time other processes had the core.
-fn thread_cpu() -> Duration {
-    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else {
-        return Duration::ZERO;
-    };
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    let ticks = f.iter().sum::<u64>();
-    Duration::from_millis(ticks * 10)
 }
 
 fn main() -> Result<()> {
@@ -377,13 +208,11 @@ fn main() -> Result<()> {
         rates.push(rate);
         cpu_rates.push(cpu_rate);
     }
-    rates.sort_by(f64::total_cmp);
-    cpu_rates.sort_by(f64::total_cmp);
     println!(
         "median over {} runs: {:.0} versions/s wall, {:.0} versions per CPU-second",
         rates.len(),
-        rates[rates.len() / 2],
-        cpu_rates[cpu_rates.len() / 2]
+        median_f64(&mut rates),
+        median_f64(&mut cpu_rates)
     );
     Ok(())
 }

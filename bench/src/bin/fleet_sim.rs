@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use cmdb_bench::{collector_status, event_at};
 use cmdb_proto::convert::timestamp_from_system;
 use cmdb_proto::v1::{
     self, AgentMessage, CollectorMessage, agent_message,
@@ -143,28 +144,15 @@ fn package(i: usize, generation: u64) -> v1::Item {
 }
 
 fn snapshot(agent: &SimAgent, packages: usize) -> v1::Snapshot {
-    v1::Snapshot {
-        inventory: Some(v1::Inventory {
-            schema: "cmdb.inventory/v1".into(),
-            collected_at: Some(timestamp_from_system(SystemTime::now())),
-            agent: Some(v1::AgentInfo {
-                version: "sim".into(),
-                instance_id: agent.instance_id.clone(),
-            }),
-            host: Some(agent.identity.clone()),
-            collectors: vec![v1::CollectorStatus {
-                name: "dpkg".into(),
-                state: v1::CollectorState::Ok as i32,
-                duration_ms: 5,
-                items: packages as u64,
-                message: None,
-                classes: vec!["package".into()],
-            }],
-            items: (0..packages).map(|i| package(i, 0)).collect(),
-            relations: vec![],
-        }),
-        content_hash: vec![0; 32],
-    }
+    let at = SystemTime::now();
+    cmdb_bench::snapshot(
+        "sim",
+        agent.instance_id.clone(),
+        agent.identity.clone(),
+        vec![collector_status("dpkg", "package", packages as u64, 5)],
+        (0..packages).map(|i| package(i, 0)).collect(),
+        at,
+    )
 }
 
 fn delta(generation: u64, changes: usize, packages: usize, offset: usize) -> v1::Delta {
@@ -213,11 +201,7 @@ fn metrics() -> v1::Metrics {
 }
 
 fn ev(seq: u64, kind: event::Kind) -> v1::Event {
-    v1::Event {
-        seq,
-        observed_at: Some(timestamp_from_system(SystemTime::now())),
-        kind: Some(kind),
-    }
+    event_at(seq, SystemTime::now(), kind)
 }
 
 // === enrollment ===

@@ -13,12 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use cmdb_bench::{collector_status, host_id, hostname, populate, str_attr as s};
 use cmdb_collector::cmdb_health::{self, ComplianceInput, HealthSettings, Kpi, ReportBuilder};
 use cmdb_collector::store::sled::SledStore;
-use cmdb_collector::store::{AgentRecord, CiRecord, CiState, HOST_CLASS, Store, ci_id, host_ci_id};
-use cmdb_proto::convert::timestamp_from_system;
-use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
-use cmdb_proto::v1::{self, event};
+use cmdb_collector::store::{CiRecord, CiState, HOST_CLASS, ci_id, host_ci_id};
+use cmdb_proto::model::Attrs;
+use cmdb_proto::v1;
 
 #[derive(Parser)]
 struct Args {
@@ -29,10 +29,6 @@ struct Args {
     /// Hosts written to sled for the store walk (0 skips it).
     #[arg(long, default_value_t = 100)]
     scan_hosts: usize,
-}
-
-fn s(v: &str) -> AttrValue {
-    AttrValue::Str(v.to_owned())
 }
 
 fn main() -> Result<()> {
@@ -46,10 +42,10 @@ fn main() -> Result<()> {
     let mut b = ReportBuilder::new(&settings, now);
     // As `compute` does: every host CI first, then the rest judged as they come.
     for h in 0..args.hosts {
-        let host = format!("host-{h:016x}");
+        let host = host_id(h);
         let dup = h % 200 == 1;
         let attrs: Attrs = [
-            ("hostname".to_owned(), s(&format!("node{h:05}"))),
+            ("hostname".to_owned(), s(&hostname(h))),
             (
                 "machine_id".to_owned(),
                 s(&format!("{:032x}", if dup { h - 1 } else { h })),
@@ -74,7 +70,7 @@ fn main() -> Result<()> {
     }
     b.hosts_complete();
     for h in 0..args.hosts {
-        let host = format!("host-{h:016x}");
+        let host = host_id(h);
         for c in 0..args.cis {
             let name = format!("pkg{c:04}");
             let mut attrs: Attrs = [
@@ -137,7 +133,9 @@ fn main() -> Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let store = Arc::new(SledStore::open(&dir.join("store"), 256 * 1024 * 1024)?);
         let t = Instant::now();
-        populate(store.as_ref(), args.scan_hosts, args.cis, now)?;
+        populate(store.as_ref(), args.scan_hosts, now, |_| {
+            inventory(args.cis)
+        })?;
         println!(
             "populate: {} hosts x {} CIs in {:.1} s",
             args.scan_hosts,
@@ -163,72 +161,26 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn populate(store: &SledStore, hosts: usize, cis: usize, now: SystemTime) -> Result<()> {
-    for h in 0..hosts {
-        let agent = format!("agt-{h:08}");
-        let instance = format!("inst-{h:08}");
-        let identity = HostIdentity {
-            hostname: Some(format!("node{h:05}")),
-            machine_id: Some(format!("{h:032x}")),
-            ..HostIdentity::default()
-        };
-        store.put_agent(&AgentRecord::new(
-            &agent,
-            &instance,
-            "bench",
-            identity.clone(),
-            now,
-        ))?;
-        store.identify(&agent, &instance, &identity, now)?;
-        let str_value = |x: &str| v1::Value {
-            kind: Some(v1::value::Kind::String(x.to_owned())),
-        };
-        let items: Vec<v1::Item> = (0..cis)
-            .map(|c| v1::Item {
-                class: "package".into(),
-                key: format!("dpkg:pkg{c:04}:amd64"),
-                attrs: [
-                    ("manager".to_owned(), str_value("dpkg")),
-                    ("name".to_owned(), str_value(&format!("pkg{c:04}"))),
-                    ("version".to_owned(), str_value("1.0-1")),
-                ]
-                .into_iter()
-                .collect(),
-            })
-            .collect();
-        let snapshot = v1::Snapshot {
-            inventory: Some(v1::Inventory {
-                schema: "cmdb.inventory/v1".into(),
-                collected_at: Some(timestamp_from_system(now)),
-                agent: Some(v1::AgentInfo {
-                    version: "bench".into(),
-                    instance_id: instance.clone(),
-                }),
-                host: Some(v1::HostIdentity {
-                    hostname: identity.hostname.clone(),
-                    machine_id: identity.machine_id.clone(),
-                    ..v1::HostIdentity::default()
-                }),
-                collectors: vec![v1::CollectorStatus {
-                    name: "dpkg".into(),
-                    state: v1::CollectorState::Ok as i32,
-                    duration_ms: 1,
-                    items: cis as u64,
-                    message: None,
-                    classes: vec!["package".into()],
-                }],
-                items,
-                relations: vec![],
-            }),
-            content_hash: vec![0; 32],
-        };
-        let ev = v1::Event {
-            seq: 1,
-            observed_at: Some(timestamp_from_system(now)),
-            kind: Some(event::Kind::Snapshot(snapshot)),
-        };
-        let out = store.apply(&agent, &[ev])?;
-        anyhow::ensure!(out.rejected == 0, "snapshot of host {h} rejected");
-    }
-    Ok(())
+/// A host's snapshot: `cis` packages, all with a version, from the dpkg collector.
+fn inventory(cis: usize) -> (Vec<v1::Item>, Vec<v1::CollectorStatus>) {
+    let str_value = |x: &str| v1::Value {
+        kind: Some(v1::value::Kind::String(x.to_owned())),
+    };
+    let items: Vec<v1::Item> = (0..cis)
+        .map(|c| v1::Item {
+            class: "package".into(),
+            key: format!("dpkg:pkg{c:04}:amd64"),
+            attrs: [
+                ("manager".to_owned(), str_value("dpkg")),
+                ("name".to_owned(), str_value(&format!("pkg{c:04}"))),
+                ("version".to_owned(), str_value("1.0-1")),
+            ]
+            .into_iter()
+            .collect(),
+        })
+        .collect();
+    (
+        items,
+        vec![collector_status("dpkg", "package", cis as u64, 1)],
+    )
 }

@@ -14,10 +14,11 @@
 #![forbid(unsafe_code)]
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use clap::Parser;
+use cmdb_bench::{median, ms};
 use cmdb_collector::host_links::LinkIndex;
 use cmdb_collector::impact::{MAX_NODES, MemGraph, NodeInfo, impact};
 use cmdb_collector::store::{HOST_CLASS, host_ci_id};
@@ -30,17 +31,8 @@ struct Args {
     /// Outbound connections per host.
     #[arg(long, default_value_t = 10)]
     conns: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn addr(h: usize) -> IpAddr {

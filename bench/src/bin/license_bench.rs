@@ -24,16 +24,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use cmdb_bench::{attrs, ci, collector_status, host_id, hostname, median, ms, populate};
 use cmdb_collector::licenses::entitlements::{Entitlement, Metric};
 use cmdb_collector::licenses::lists::{ListMatcher, Lists};
 use cmdb_collector::licenses::normalise::{Normaliser, RuleSet};
 use cmdb_collector::licenses::position::{self, IndexBuilder, SoftwareIndex};
 use cmdb_collector::licenses::{LicenseSettings, Licenses};
+use cmdb_collector::store::Store;
 use cmdb_collector::store::sled::SledStore;
-use cmdb_collector::store::{AgentRecord, CiRecord, CiState, Store};
-use cmdb_proto::convert::timestamp_from_system;
-use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
-use cmdb_proto::v1::{self, event};
+use cmdb_proto::model::{AttrValue, Attrs};
+use cmdb_proto::v1;
 
 #[derive(Parser)]
 struct Args {
@@ -44,7 +44,7 @@ struct Args {
     /// Hosts written to the sled store for the scan measurement (0: skip it).
     #[arg(long, default_value_t = 250)]
     scan_hosts: usize,
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     runs: usize,
 }
 
@@ -91,10 +91,6 @@ const LICENSABLE: &[&str] = &[
     "mdatp",
 ];
 
-fn host_id(h: usize) -> String {
-    format!("host-{h:016x}")
-}
-
 /// The `p`-th package name of host `h`.
 fn package_name(h: usize, p: usize, packages: usize) -> String {
     let common = packages.saturating_sub(LICENSABLE.len());
@@ -112,30 +108,6 @@ fn package_name(h: usize, p: usize, packages: usize) -> String {
     }
 }
 
-fn attrs(pairs: &[(&str, AttrValue)]) -> Attrs {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-        .collect()
-}
-
-fn ci(host: &str, class: &str, key: String, attrs: Attrs) -> CiRecord {
-    CiRecord {
-        id: cmdb_collector::store::ci_id(host, class, &key),
-        host_id: host.to_owned(),
-        class: class.to_owned(),
-        key,
-        state: CiState::Present,
-        attrs,
-        version: 1,
-        first_seen: SystemTime::UNIX_EPOCH,
-        last_seen: SystemTime::UNIX_EPOCH,
-        last_changed: SystemTime::UNIX_EPOCH,
-        source_agent: "agt-bench".into(),
-        source_seq: 1,
-    }
-}
-
 fn package_attrs(name: &str, h: usize) -> Attrs {
     attrs(&[
         ("manager", AttrValue::Str("dpkg".into())),
@@ -150,7 +122,7 @@ fn build_index(args: &Args, nz: &Normaliser, lm: &ListMatcher) -> SoftwareIndex 
     let mut b = IndexBuilder::new(nz, lm);
     for h in 0..args.hosts {
         let host = host_id(h);
-        b.hostname(&host, Some(format!("node{h:05}")));
+        b.hostname(&host, Some(hostname(h)));
         b.add_cpu(&ci(
             &host,
             "cpu",
@@ -217,15 +189,6 @@ fn entitlements() -> Vec<Entitlement> {
         .collect()
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
 fn item(class: &str, key: String, attrs: &Attrs) -> v1::Item {
     v1::Item {
         class: class.into(),
@@ -234,86 +197,28 @@ fn item(class: &str, key: String, attrs: &Attrs) -> v1::Item {
     }
 }
 
-/// Writes `hosts` × `packages` package CIs to a fresh sled store, one snapshot per host.
-fn populate(store: &SledStore, hosts: usize, packages: usize) -> Result<()> {
-    let now = SystemTime::now();
-    for h in 0..hosts {
-        let agent = format!("agt-{h:08}");
-        let instance = format!("inst-{h:08}");
-        let identity = HostIdentity {
-            hostname: Some(format!("node{h:05}")),
-            fqdn: None,
-            machine_id: Some(format!("{h:032x}")),
-            product_uuid: None,
-            serial_number: None,
-            board_serial: None,
-            cloud_instance_id: None,
-            macs: vec![],
-        };
-        store.put_agent(&AgentRecord::new(
-            &agent,
-            &instance,
-            "bench",
-            identity.clone(),
-            now,
-        ))?;
-        store.identify(&agent, &instance, &identity, now)?;
-        let mut items: Vec<v1::Item> = (0..packages)
-            .map(|p| {
-                let name = package_name(h, p, packages);
-                item(
-                    "package",
-                    format!("dpkg:{name}:amd64"),
-                    &package_attrs(&name, h),
-                )
-            })
-            .collect();
-        items.push(item(
-            "cpu",
-            "cpu".into(),
-            &attrs(&[("cores", AttrValue::Int(8))]),
-        ));
-        let status = |name: &str, class: &str, n: usize| v1::CollectorStatus {
-            name: name.into(),
-            state: v1::CollectorState::Ok as i32,
-            duration_ms: 1,
-            items: n as u64,
-            message: None,
-            classes: vec![class.into()],
-        };
-        let snapshot = v1::Snapshot {
-            inventory: Some(v1::Inventory {
-                schema: "cmdb.inventory/v1".into(),
-                collected_at: Some(timestamp_from_system(now)),
-                agent: Some(v1::AgentInfo {
-                    version: "bench".into(),
-                    instance_id: instance.clone(),
-                }),
-                host: Some(v1::HostIdentity {
-                    hostname: identity.hostname.clone(),
-                    fqdn: None,
-                    machine_id: identity.machine_id.clone(),
-                    product_uuid: None,
-                    serial_number: None,
-                    board_serial: None,
-                    cloud_instance_id: None,
-                    macs: vec![],
-                }),
-                collectors: vec![status("dpkg", "package", packages), status("cpu", "cpu", 1)],
-                items,
-                relations: vec![],
-            }),
-            content_hash: vec![0; 32],
-        };
-        let ev = v1::Event {
-            seq: 1,
-            observed_at: Some(timestamp_from_system(now)),
-            kind: Some(event::Kind::Snapshot(snapshot)),
-        };
-        let out = store.apply(&agent, &[ev])?;
-        anyhow::ensure!(out.rejected == 0, "snapshot of host {h} rejected");
-    }
-    Ok(())
+/// Host `h`'s snapshot: `packages` package CIs and a cpu, from the dpkg and cpu collectors.
+fn inventory(h: usize, packages: usize) -> (Vec<v1::Item>, Vec<v1::CollectorStatus>) {
+    let mut items: Vec<v1::Item> = (0..packages)
+        .map(|p| {
+            let name = package_name(h, p, packages);
+            item(
+                "package",
+                format!("dpkg:{name}:amd64"),
+                &package_attrs(&name, h),
+            )
+        })
+        .collect();
+    items.push(item(
+        "cpu",
+        "cpu".into(),
+        &attrs(&[("cores", AttrValue::Int(8))]),
+    ));
+    let collectors = vec![
+        collector_status("dpkg", "package", packages as u64, 1),
+        collector_status("cpu", "cpu", 1, 1),
+    ];
+    (items, collectors)
 }
 
 fn main() -> Result<()> {
@@ -379,7 +284,10 @@ fn main() -> Result<()> {
         let dir = tempfile_dir()?;
         let store = Arc::new(SledStore::open(&dir.join("store"), 256 * 1024 * 1024)?);
         let t = Instant::now();
-        populate(&store, args.scan_hosts, args.packages)?;
+        // One snapshot per host written to a fresh sled store.
+        populate(store.as_ref(), args.scan_hosts, SystemTime::now(), |h| {
+            inventory(h, args.packages)
+        })?;
         println!(
             "  sled: {} hosts x {} packages written in {:.1} s",
             args.scan_hosts,
