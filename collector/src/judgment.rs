@@ -107,6 +107,36 @@ pub trait AuditSink: Send + Sync + 'static {
     ) -> Result<(), String>;
 }
 
+/// For tests: an audit sink that keeps the actions appended, or refuses every entry.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct RecordedActions {
+    pub(crate) entries: Mutex<Vec<String>>,
+    /// Every `append` fails (a full disk).
+    pub(crate) refuse: bool,
+}
+
+#[cfg(test)]
+impl AuditSink for RecordedActions {
+    fn append(
+        &self,
+        _: &Actor,
+        action: &str,
+        _: &str,
+        _: Option<&str>,
+        _: serde_json::Value,
+    ) -> Result<(), String> {
+        if self.refuse {
+            return Err("disk full".into());
+        }
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(action.to_owned());
+        Ok(())
+    }
+}
+
 /// Where incident notifications go: record writes for the notifier's outbox, committed
 /// with the incident change, and a wake-up after the commit.
 pub trait NoticeSink: Send + Sync + 'static {

@@ -1,115 +1,20 @@
 //! Planted CMDBs with known KPI figures.
 
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::UNIX_EPOCH;
 
 use cmdb_proto::model::HostIdentity;
-use cmdb_proto::v1;
 
 use super::*;
 use crate::compliance::{ComplianceFailure, ComplianceReport, ComplianceRow};
-use crate::store::memory::MemoryRecords;
-use crate::store::{
-    AgentRecord, ApplyOutcome, CiVersion, CloneRecord, FeedEntry, FeedPos, HostId, MetricRecord,
-    RecordOp, RelationRecord, host_ci_id,
-};
+use crate::store::memory::Planted;
+use crate::store::{AgentRecord, host_ci_id};
 
 fn t(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
 }
 
 const NOW: u64 = 10 * 86_400;
-
-/// A store holding planted CIs and agents (records delegate to [`MemoryRecords`]).
-#[derive(Default)]
-struct Planted {
-    cis: Vec<CiRecord>,
-    agents: Vec<AgentRecord>,
-    records: MemoryRecords,
-    /// `cis` calls, to see the cache work.
-    reads: Mutex<u64>,
-}
-
-impl Store for Planted {
-    fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(self.agents.iter().find(|a| a.agent_id == id).cloned())
-    }
-    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self.agents.clone())
-    }
-    fn put_agent(&self, r: &AgentRecord) -> Result<(), StoreError> {
-        self.records.put_agent(r)
-    }
-    fn identify(
-        &self,
-        a: &str,
-        i: &str,
-        h: &HostIdentity,
-        n: SystemTime,
-    ) -> Result<HostId, StoreError> {
-        self.records.identify(a, i, h, n)
-    }
-    fn apply(&self, a: &str, e: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
-        self.records.apply(a, e)
-    }
-    fn ci(&self, id: &str) -> Result<Option<CiRecord>, StoreError> {
-        Ok(self.cis.iter().find(|c| c.id == id).cloned())
-    }
-    fn ci_versions(&self, id: &str) -> Result<Vec<CiVersion>, StoreError> {
-        self.records.ci_versions(id)
-    }
-    fn cis(&self, f: &CiFilter) -> Result<Vec<CiRecord>, StoreError> {
-        *self.reads.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        let mut out: Vec<CiRecord> = self
-            .cis
-            .iter()
-            .filter(|c| f.class.as_ref().is_none_or(|k| *k == c.class))
-            .filter(|c| f.include_absent || c.state == CiState::Present)
-            .filter(|c| f.after.as_ref().is_none_or(|a| c.id > *a))
-            .cloned()
-            .collect();
-        out.sort_by(|a, b| a.id.cmp(&b.id));
-        out.truncate(f.limit);
-        Ok(out)
-    }
-    fn relations_of(&self, id: &str) -> Result<Vec<RelationRecord>, StoreError> {
-        self.records.relations_of(id)
-    }
-    fn metrics(
-        &self,
-        h: &str,
-        a: SystemTime,
-        b: SystemTime,
-    ) -> Result<Vec<MetricRecord>, StoreError> {
-        self.records.metrics(h, a, b)
-    }
-    fn clones(&self) -> Result<Vec<CloneRecord>, StoreError> {
-        self.records.clones()
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn feed(&self, a: Option<&FeedPos>, l: usize) -> Result<Vec<FeedEntry>, StoreError> {
-        self.records.feed(a, l)
-    }
-    fn record(&self, c: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.records.record(c, id)
-    }
-    fn records(
-        &self,
-        c: &str,
-        a: Option<&str>,
-        l: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.records.records(c, a, l)
-    }
-    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        self.records.write_records(ops)
-    }
-}
 
 fn attrs(pairs: &[(&str, AttrValue)]) -> Attrs {
     pairs
@@ -453,10 +358,10 @@ fn the_report_is_cached_for_its_ttl() {
         HealthSettings::default(),
     ));
     let a = health.report().unwrap();
-    let reads = *store.reads.lock().unwrap();
+    let reads = store.cis_calls.load(Ordering::SeqCst);
     let b = health.report().unwrap();
     assert!(Arc::ptr_eq(&a, &b));
-    assert_eq!(*store.reads.lock().unwrap(), reads);
+    assert_eq!(store.cis_calls.load(Ordering::SeqCst), reads);
     let fresh = Arc::new(CmdbHealth::new(
         Arc::clone(&store) as Arc<dyn Store>,
         None,

@@ -5,129 +5,18 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use cmdb_proto::model::{AttrValue, Attrs, HostIdentity};
-use cmdb_proto::v1;
 
 use super::*;
-use crate::store::memory::MemoryRecords;
-use crate::store::{
-    AgentRecord, ApplyOutcome, CiFilter, CiRecord, CiState, CiVersion, CloneRecord, FeedEntry,
-    FeedPos, HostId, MetricRecord, RelationRecord,
-};
+use crate::store::memory::Planted;
+use crate::store::{AgentRecord, CiRecord, CiState};
 
 /// Records in memory plus a fixed set of agents and CIs.
-#[derive(Default)]
-struct Fake {
-    rec: MemoryRecords,
-    agents: Vec<AgentRecord>,
-    cis: Vec<CiRecord>,
-}
+type Fake = Planted;
 
-impl Store for Fake {
-    fn agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        Ok(self.agents.iter().find(|a| a.agent_id == id).cloned())
-    }
-    fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
-        Ok(self.agents.clone())
-    }
-    fn put_agent(&self, r: &AgentRecord) -> Result<(), StoreError> {
-        self.rec.put_agent(r)
-    }
-    fn identify(
-        &self,
-        a: &str,
-        b: &str,
-        c: &HostIdentity,
-        d: SystemTime,
-    ) -> Result<HostId, StoreError> {
-        self.rec.identify(a, b, c, d)
-    }
-    fn apply(&self, a: &str, e: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
-        self.rec.apply(a, e)
-    }
-    fn ci(&self, id: &str) -> Result<Option<CiRecord>, StoreError> {
-        Ok(self.cis.iter().find(|c| c.id == id).cloned())
-    }
-    fn ci_versions(&self, id: &str) -> Result<Vec<CiVersion>, StoreError> {
-        self.rec.ci_versions(id)
-    }
-    fn cis(&self, f: &CiFilter) -> Result<Vec<CiRecord>, StoreError> {
-        let mut v: Vec<CiRecord> = self
-            .cis
-            .iter()
-            .filter(|c| f.class.as_ref().is_none_or(|k| *k == c.class))
-            .filter(|c| f.include_absent || c.state == CiState::Present)
-            .filter(|c| f.after.as_ref().is_none_or(|a| c.id > *a))
-            .cloned()
-            .collect();
-        v.sort_by(|a, b| a.id.cmp(&b.id));
-        v.truncate(f.limit);
-        Ok(v)
-    }
-    fn relations_of(&self, id: &str) -> Result<Vec<RelationRecord>, StoreError> {
-        self.rec.relations_of(id)
-    }
-    fn metrics(
-        &self,
-        h: &str,
-        a: SystemTime,
-        b: SystemTime,
-    ) -> Result<Vec<MetricRecord>, StoreError> {
-        self.rec.metrics(h, a, b)
-    }
-    fn clones(&self) -> Result<Vec<CloneRecord>, StoreError> {
-        self.rec.clones()
-    }
-    fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(0)
-    }
-    fn flush(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn feed(&self, a: Option<&FeedPos>, l: usize) -> Result<Vec<FeedEntry>, StoreError> {
-        self.rec.feed(a, l)
-    }
-    fn record(&self, c: &str, id: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.rec.record(c, id)
-    }
-    fn records(
-        &self,
-        c: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        self.rec.records(c, after, limit)
-    }
-    fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError> {
-        self.rec.write_records(ops)
-    }
-}
-
-#[derive(Default)]
-struct Log {
-    entries: Mutex<Vec<String>>,
-    refuse: bool,
-}
-
-impl AuditSink for Log {
-    fn append(
-        &self,
-        _: &Actor,
-        action: &str,
-        _: &str,
-        _: Option<&str>,
-        _: serde_json::Value,
-    ) -> Result<(), String> {
-        if self.refuse {
-            return Err("disk full".into());
-        }
-        self.entries.lock().unwrap().push(action.to_owned());
-        Ok(())
-    }
-}
+type Log = crate::judgment::RecordedActions;
 
 fn auditor() -> Actor {
     Actor {
@@ -187,7 +76,6 @@ fn planted() -> Fake {
     absent_old.state = CiState::Absent;
     absent_old.last_seen = t(NOW - 30 * DAY);
     Fake {
-        rec: MemoryRecords::default(),
         agents: vec![
             agent(1, H1, "web-01"),
             agent(2, H2, "db-01"),
@@ -223,6 +111,7 @@ fn planted() -> Fake {
             // class outside the register: ignored
             ci(H1, "user", "root", &[]),
         ],
+        ..Fake::default()
     }
 }
 
@@ -533,7 +422,7 @@ fn bad_imports_name_rows_and_commit_nothing() {
         t(NOW),
     )
     .unwrap();
-    let before = store.rec.all(REGISTER);
+    let before = store.records.all(REGISTER);
 
     // Unknown column.
     let e = register::parse_csv(b"class,key,host,colour\npackage,a,h,red\n").unwrap_err();
@@ -594,7 +483,7 @@ fn bad_imports_name_rows_and_commit_nothing() {
         refusing.import(&auditor(), rows, t(NOW)),
         Err(AuditError::Audit(_))
     ));
-    assert_eq!(store.rec.all(REGISTER), before);
+    assert_eq!(store.records.all(REGISTER), before);
     assert_eq!(refusing.register().0.rows, 8);
 }
 
@@ -617,7 +506,7 @@ fn a_large_register_is_chunked_and_replaced_whole() {
     assert_eq!(again.register().1.to_rows(), big);
     // A smaller import removes the surplus chunks.
     a.import(&auditor(), big[..3].to_vec(), t(NOW)).unwrap();
-    assert_eq!(store.rec.all(REGISTER).len(), 2);
+    assert_eq!(store.records.all(REGISTER).len(), 2);
     assert_eq!(open(store, None).register().1.len(), 3);
 }
 

@@ -3,33 +3,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Mutex;
-
 use super::*;
 use crate::store::memory::MemoryRecords;
 
-#[derive(Default)]
-struct Audit {
-    entries: Mutex<Vec<String>>,
-    refuse: bool,
-}
-
-impl AuditSink for Audit {
-    fn append(
-        &self,
-        _: &Actor,
-        action: &str,
-        _: &str,
-        _: Option<&str>,
-        _: serde_json::Value,
-    ) -> Result<(), String> {
-        if self.refuse {
-            return Err("disk full".into());
-        }
-        self.entries.lock().unwrap().push(action.to_owned());
-        Ok(())
-    }
-}
+type Audit = crate::judgment::RecordedActions;
 
 fn admin() -> Actor {
     Actor {
