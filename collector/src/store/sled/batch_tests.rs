@@ -56,6 +56,20 @@ fn contents(tree: &sled::Tree) -> Model {
         .collect()
 }
 
+/// sled releases its directory lock a moment after the last handle is dropped (its
+/// background threads let go of the file last): retry as the store's tests do.
+fn reopen(dir: &std::path::Path) -> sled::Db {
+    for _ in 0..100 {
+        match sled::Config::new().path(dir).open() {
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other.unwrap(),
+        }
+    }
+    sled::Config::new().path(dir).open().unwrap()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
@@ -79,7 +93,7 @@ proptest! {
             }
             db.flush().unwrap();
         }
-        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let db = reopen(dir.path());
         let tree = db.open_tree("t").unwrap();
         prop_assert_eq!(&contents(&tree), &model);
     }
