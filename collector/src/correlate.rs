@@ -622,6 +622,7 @@ mod tests {
         assert_eq!(c.tick(t(800)), vec![n.clone()]);
         assert_eq!(c.incidents[&n].state, IncidentState::Resolved);
     }
+
     /// The key index kept up by `fire`, `recover` and `forget_closed` equals the one built
     /// from the incidents alone (as at start), every alert's key maps to its own position
     /// (no incident holds a key twice), and a correlator rebuilt from the incidents at any
