@@ -262,6 +262,18 @@ impl ApiError {
     }
 
     /// A store failure, after logging it: the client learns only that the store failed.
+    /// The audit log refused the entry of a mutation of `what`, so it was not made.
+    fn audit_refused(what: &'static str, e: &str) -> Self {
+        tracing::error!(error = %e, what, "The audit log refused an entry; the change was not made.");
+        Self::unavailable("the audit log is unavailable; nothing was changed")
+    }
+
+    /// A record of `what` does not decode: logged, and a bare 500 to the caller.
+    fn corrupt(what: &'static str, e: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %e, what, "A stored record is corrupt.");
+        Self::internal()
+    }
+
     fn store(what: &'static str, e: &StoreError) -> Self {
         tracing::error!(error = %e, what, "Store read for the API failed.");
         match e {

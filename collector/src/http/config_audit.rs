@@ -65,14 +65,8 @@ impl From<AuditError> for ApiError {
             AuditError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, "not_found", m),
             AuditError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             AuditError::Store(s) => ApiError::store("config audit", &s),
-            AuditError::Audit(m) => {
-                tracing::error!(error = %m, "The audit log refused an entry; the configuration audit change was not made.");
-                ApiError::unavailable("the audit log is unavailable; nothing was changed")
-            }
-            AuditError::Corrupt { .. } => {
-                tracing::error!(error = %e, "A configuration audit record is corrupt.");
-                ApiError::internal()
-            }
+            AuditError::Audit(m) => ApiError::audit_refused("configuration audit", &m),
+            AuditError::Corrupt { .. } => ApiError::corrupt("configuration audit", &e),
         }
     }
 }

@@ -89,14 +89,8 @@ impl From<JudgmentError> for ApiError {
             JudgmentError::Invalid(m) => ApiError::bad_request(m),
             JudgmentError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
             JudgmentError::Store(s) => ApiError::store("judgment", &s),
-            JudgmentError::Audit(m) => {
-                tracing::error!(error = %m, "The audit log refused an entry; the mutation was not made.");
-                ApiError::unavailable("the audit log is unavailable; nothing was changed")
-            }
-            JudgmentError::Corrupt { .. } => {
-                tracing::error!(error = %e, "A judgment record is corrupt.");
-                ApiError::internal()
-            }
+            JudgmentError::Audit(m) => ApiError::audit_refused("judgment", &m),
+            JudgmentError::Corrupt { .. } => ApiError::corrupt("judgment", &e),
         }
     }
 }

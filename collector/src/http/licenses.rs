@@ -86,14 +86,8 @@ impl From<LicenseError> for ApiError {
             LicenseError::Invalid(m) => ApiError::bad_request(m),
             LicenseError::Import(i) => ApiError::bad_request(i.to_string()),
             LicenseError::Store(s) => ApiError::store("licenses", &s),
-            LicenseError::Audit(m) => {
-                tracing::error!(error = %m, "The audit log refused an entry; the licence change was not made.");
-                ApiError::unavailable("the audit log is unavailable; nothing was changed")
-            }
-            LicenseError::Corrupt { .. } => {
-                tracing::error!(error = %e, "A licence record is corrupt.");
-                ApiError::internal()
-            }
+            LicenseError::Audit(m) => ApiError::audit_refused("licences", &m),
+            LicenseError::Corrupt { .. } => ApiError::corrupt("licences", &e),
         }
     }
 }
