@@ -196,7 +196,7 @@ impl AlertKind {
 }
 
 /// One alert inside an incident, keyed by its dedup key (host, class, key, kind).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AlertRecord {
     pub dedup: String,
     pub kind: AlertKind,

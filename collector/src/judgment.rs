@@ -293,6 +293,9 @@ struct State {
     baselined: HashMap<String, (u64, String)>,
     open_drift: HashMap<String, OpenDrift>,
     corr: Correlator,
+    /// What the store holds of each incident in memory (see `stored`); absent for one read
+    /// from the layout before it, which its next write replaces.
+    stored: HashMap<String, stored::Shape>,
     hosts: BTreeMap<String, HostInfo>,
     liveness: HashMap<String, Liveness>,
     clones_seen: BTreeSet<String>,
@@ -453,9 +456,18 @@ impl State {
         let waivers: Vec<Waiver> = load_all(store, C_WAIVER, |_| true)?;
         let baselines: Vec<Baseline> = load_all(store, C_BASELINE, |_| true)?;
         let open: Vec<OpenDrift> = load_all(store, C_OPEN_DRIFT, |_| true)?;
-        let incidents: Vec<Incident> = load_all(store, C_INCIDENT, |i: &Incident| {
+        let mut incidents = Vec::new();
+        let mut shapes = HashMap::new();
+        for header in load_all(store, C_INCIDENT, |i: &Incident| {
             i.state != IncidentState::Closed
-        })?;
+        })? {
+            let inline = stored::is_inline(&header);
+            let inc = stored::complete(store, header)?;
+            if !inline {
+                shapes.insert(inc.number.clone(), stored::Shape::of(&inc));
+            }
+            incidents.push(inc);
+        }
         let liveness: HashMap<String, Liveness> =
             load_pairs(store, C_LIVENESS, |_, _: &Liveness| true)?
                 .into_iter()
@@ -486,6 +498,7 @@ impl State {
                     .map(|i| (i.number.clone(), i))
                     .collect(),
             ),
+            stored: shapes,
             hosts: BTreeMap::new(),
             liveness,
             clones_seen,
@@ -581,12 +594,17 @@ impl Judgment {
             }
         }
         let touched = batch.touched.clone();
+        let mut shapes = Vec::with_capacity(touched.len());
         for (number, event) in &touched {
-            // Serialised in place: an incident of thousands of alerts is not copied per step.
-            let Some(inc) = st.corr.incidents.get(number) else {
+            let Some(inc) = st.corr.incidents.get_mut(number) else {
                 continue;
             };
-            batch.put(C_INCIDENT, number, inc);
+            // Serialised in place: an incident of thousands of alerts is not copied per step.
+            shapes.push((
+                number.clone(),
+                stored::write(&mut batch, inc, st.stored.get(number)),
+            ));
+            let inc = &*inc;
             if let Some(n) = &self.notices {
                 batch.ops.extend(n.notice_ops(event, inc, now));
             }
@@ -619,8 +637,11 @@ impl Judgment {
                 {
                     n.wake();
                 }
+                st.stored.extend(shapes);
                 // Closed incidents leave memory: they are history in the store.
                 st.corr.forget_closed();
+                let open = &st.corr.incidents;
+                st.stored.retain(|number, _| open.contains_key(number));
                 Ok(())
             }
             Err(e) => {
@@ -2028,15 +2049,19 @@ impl Judgment {
         }
         v.sort_by(|a, b| b.number.cmp(&a.number));
         v.truncate(limit);
-        Ok(v)
+        // Headers from the store get their alerts and timeline only once listed.
+        v.into_iter()
+            .map(|i| stored::complete(self.store.as_ref(), i))
+            .collect()
     }
 
     pub fn incident(&self, number: &str) -> Result<Incident, JudgmentError> {
         if let Some(i) = self.lock().corr.incidents.get(number) {
             return Ok(i.clone());
         }
-        get(self.store.as_ref(), C_INCIDENT, number)?
-            .ok_or_else(|| JudgmentError::NotFound(format!("no incident {number}")))
+        let header = get(self.store.as_ref(), C_INCIDENT, number)?
+            .ok_or_else(|| JudgmentError::NotFound(format!("no incident {number}")))?;
+        stored::complete(self.store.as_ref(), header)
     }
 
     /// A person's action on an incident.
@@ -2515,6 +2540,8 @@ impl IncidentQuery {
     }
 }
 
+mod stored;
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -2645,5 +2672,89 @@ mod tests {
             j.incident(&first[0]).unwrap().state,
             IncidentState::Resolved
         );
+    }
+
+    /// An incident stored apart (header, alerts, timeline) comes back whole in an engine
+    /// opened on the same store, which goes on writing it step by step; a closed one is
+    /// read from the store alone.
+    #[test]
+    fn incidents_come_back_whole_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path(), 16 << 20).unwrap());
+        let open =
+            || Judgment::open(Arc::clone(&store), JudgmentSettings::default(), None, None).unwrap();
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let alert = |key: &str, secs: u64| ExternalAlert {
+            kind: AlertKind::Capacity,
+            host_id: "h1".into(),
+            ci_id: host_ci_id("h1"),
+            class: "filesystem".into(),
+            key: key.into(),
+            summary: format!("{key} full in 5 days"),
+            at: at + Duration::from_secs(secs),
+        };
+        let j = open();
+        let number = j.raise_alerts(&[alert("/var", 0)]).unwrap().remove(0);
+        for (i, key) in ["/srv", "/home", "/var"].into_iter().enumerate() {
+            j.raise_alerts(&[alert(key, 10 * (i as u64 + 1))]).unwrap();
+        }
+        let before = j.incident(&number).unwrap();
+        assert_eq!(before.alerts.len(), 3);
+        drop(j);
+
+        let j = open();
+        assert_eq!(j.incident(&number).unwrap(), before);
+        assert_eq!(
+            j.lock().stored.get(&number),
+            Some(&stored::Shape::of(&before))
+        );
+        j.raise_alerts(&[alert("/opt", 100)]).unwrap();
+        let key = |k: &str| {
+            (
+                "h1".to_owned(),
+                "filesystem".to_owned(),
+                k.to_owned(),
+                AlertKind::Capacity,
+            )
+        };
+        j.clear_alerts(
+            &[key("/var"), key("/srv"), key("/home"), key("/opt")],
+            at + Duration::from_secs(200),
+            "no longer at risk",
+        )
+        .unwrap();
+        let resolved = j.incident(&number).unwrap();
+        assert_eq!(resolved.state, IncidentState::Resolved);
+        assert_eq!(resolved.alerts.len(), 4);
+        let closed = j
+            .act_on_incident(
+                &Actor::engine(),
+                &number,
+                IncidentAction::Close {
+                    note: "done".into(),
+                    change_id: None,
+                },
+            )
+            .unwrap();
+        assert!(j.lock().stored.is_empty());
+        // Closed, it is read from the store (whose times are whole seconds).
+        let closed_read = j.incident(&number).unwrap();
+        assert_eq!(closed_read.alerts, closed.alerts);
+        assert_eq!(closed_read.timeline.len(), closed.timeline.len());
+        assert_eq!(closed_read.state, IncidentState::Closed);
+        let closed = closed_read;
+        drop(j);
+
+        let j = open();
+        assert!(!j.lock().corr.incidents.contains_key(&number));
+        assert_eq!(j.incident(&number).unwrap(), closed);
+        let listed = j
+            .incidents(&IncidentQuery {
+                state: Some(IncidentState::Closed),
+                limit: 10,
+                ..IncidentQuery::default()
+            })
+            .unwrap();
+        assert_eq!(listed, vec![closed]);
     }
 }
