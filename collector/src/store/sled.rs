@@ -1122,6 +1122,10 @@ impl Store for SledStore {
         self.durable()
     }
 
+    fn wait_for_idle_writers(&self, limit: Duration) -> bool {
+        self.group.wait_quiet(limit)
+    }
+
     /// Writes the pending heartbeats, then makes everything durable.
     fn flush(&self) -> Result<(), StoreError> {
         self.write_beats(true)?;

@@ -80,6 +80,27 @@ impl GroupCommit {
         Writing(self)
     }
 
+    /// Waits until no writer is in flight, at most `limit` (the last writer's guard wakes
+    /// it). Returns whether it found none.
+    pub(super) fn wait_quiet(&self, limit: Duration) -> bool {
+        let give_up = Instant::now() + limit;
+        let mut state = self.lock();
+        loop {
+            if self.writers.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= give_up {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, give_up - now)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
     /// Returns once commit `commit` is durable. `flush` makes everything committed before it
     /// starts durable and returns the number of the last commit it covered.
     pub(super) fn wait_durable(
@@ -159,6 +180,35 @@ mod tests {
         }
         assert!(flushes.load(Ordering::Acquire) <= 8);
         assert_eq!(g.lock().durable, 8);
+    }
+
+    /// No writer: at once. A writer in flight: until it is done (woken by its guard, long
+    /// before the limit), or the limit when it stays.
+    #[test]
+    fn waiting_for_idle_writers_ends_when_the_last_one_is_done() {
+        let g = Arc::new(GroupCommit::new(0));
+        assert!(g.wait_quiet(Duration::from_secs(60)));
+
+        let held = g.writing();
+        let started = Instant::now();
+        assert!(!g.wait_quiet(Duration::from_millis(50)));
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        drop(held);
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let writer = {
+            let g = Arc::clone(&g);
+            std::thread::spawn(move || {
+                let _w = g.writing();
+                tx.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(100));
+            })
+        };
+        rx.recv().unwrap();
+        let started = Instant::now();
+        assert!(g.wait_quiet(Duration::from_secs(60)));
+        assert!(started.elapsed() < Duration::from_secs(30));
+        writer.join().unwrap();
     }
 
     #[test]
