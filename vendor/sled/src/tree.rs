@@ -386,18 +386,96 @@ impl Tree {
     ) -> Result<()> {
         let peg = self.context.pin_log(guard)?;
         trace!("applying batch {:?}", batch);
-        for (k, v_opt) in batch.writes {
-            loop {
-                if self.insert_inner(&k, v_opt.clone(), guard)?.is_ok() {
-                    break;
+        // cmdb patch (PATCHED.md, "Batches a leaf at a time"): the writes in key order, and
+        // a key that falls in the leaf the previous write just linked to reuses the view that
+        // link returned instead of walking the tree from the root again.
+        let mut writes: Vec<(IVec, Option<IVec>)> = batch.writes.into_iter().collect();
+        writes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut written = Vec::with_capacity(writes.len());
+        {
+            let guard: &Guard = guard;
+            let mut leaf: Option<View<'_>> = None;
+            for (k, v_opt) in writes {
+                loop {
+                    let view = match leaf.take() {
+                        Some(view) if Self::leaf_takes(&view, &k) => view,
+                        _ => self.view_for_key(k.as_ref(), guard)?,
+                    };
+                    if let Some(next) =
+                        self.link_in_leaf(view, &k, v_opt.clone(), guard)?
+                    {
+                        written.push(next.pid);
+                        leaf = Some(next);
+                        break;
+                    }
                 }
             }
         }
+        guard.writeset.extend(written);
 
         // when the peg drops, it ensures all updates
         // written to the log since its creation are
         // recovered atomically
         peg.seal_batch()
+    }
+
+    /// cmdb patch: whether a write of `key` may go to `view` as it is: a leaf that holds
+    /// the key's range, is neither merging nor due a split or a merge (the walk from the
+    /// root does those first).
+    fn leaf_takes(view: &View<'_>, key: &[u8]) -> bool {
+        !view.data.is_index()
+            && key >= view.lo.as_ref()
+            && (view.hi.is_empty() || key < view.hi.as_ref())
+            && !view.merging
+            && view.merging_child.is_none()
+            && !view.should_split()
+            && !view.should_merge()
+    }
+
+    /// cmdb patch: `insert_inner` on a leaf view the caller already has (see
+    /// `apply_batch_inner`). Returns the leaf as it is after the write (unchanged for a
+    /// no-op), or `None` when the page changed under it (the caller walks again).
+    fn link_in_leaf<'g>(
+        &'g self,
+        view: View<'g>,
+        key: &[u8],
+        mut value: Option<IVec>,
+        guard: &'g Guard,
+    ) -> Result<Option<View<'g>>> {
+        let _measure = if value.is_some() {
+            Measure::new(&M.tree_set)
+        } else {
+            Measure::new(&M.tree_del)
+        };
+        let mut subscriber_reservation = self.subscribers.reserve(&key);
+        let (encoded_key, last_value) = view.node_kv_pair(key);
+        if value == last_value {
+            return Ok(Some(view));
+        }
+        let frag = if let Some(value) = value.clone() {
+            Link::Set(encoded_key, value)
+        } else {
+            Link::Del(encoded_key)
+        };
+        let pid = view.pid;
+        match self.context.pagecache.link(pid, view.node_view.0, frag, guard)? {
+            Ok(page) => {
+                if let Some(res) = subscriber_reservation.take() {
+                    let event = if let Some(value) = value.take() {
+                        subscriber::Event::Insert { key: key.into(), value }
+                    } else {
+                        subscriber::Event::Remove { key: key.into() }
+                    };
+                    res.complete(&event);
+                }
+                let size = page.log_size();
+                Ok(Some(View { node_view: NodeView(page), pid, size }))
+            }
+            Err(_) => {
+                M.tree_looped();
+                Ok(None)
+            }
+        }
     }
 
     /// Retrieve a value from the `Tree` if it exists.

@@ -1,9 +1,9 @@
 //! The vendored sled's `Tree::apply_batch`, which every store commit goes through: checked
 //! against a `BTreeMap` model over batches that insert, overwrite and remove clustered keys
 //! (leaves fill, split and merge inside one batch), with values inline and not, in memory
-//! and after a reopen from disk. Written for a patch that applied a batch a leaf at a time
-//! (tried and reverted, docs/BENCHMARKS.md, "Batches a leaf at a time"); kept as the guard
-//! for any later change to sled's write path.
+//! and after a reopen from disk. The guard of the vendored sled's leaf-at-a-time batches
+//! (`vendor/sled/PATCHED.md`; docs/BENCHMARKS.md, "Batches a leaf at a time") and of any
+//! later change to sled's write path.
 
 use std::collections::BTreeMap;
 
