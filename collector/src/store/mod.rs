@@ -556,10 +556,10 @@ pub fn check_record_op(op: &RecordOp) -> Result<(), StoreError> {
 }
 
 /// How long a feed step of derived work waits for agents' writes to pause before it commits
-/// anyway ([`Store::wait_for_idle_writers`]). Under a sustained storm a step then commits at
-/// most every 250 ms (steps are up to 5 000 entries: still 20 000 judged per second), and
-/// ingest keeps the writer lock the rest of the time: measured, +25 % CI changes/s acked and
-/// a third off ack p99 (docs/BENCHMARKS.md).
+/// anyway ([`Store::wait_for_idle_writers`]). Under a sustained storm each step then waits
+/// the whole 250 ms (steps are up to 5 000 entries: still up to 20 000 judged per second),
+/// and ingest keeps the writer lock meanwhile: measured, +23 % CI changes/s acked and a
+/// quarter off ack p99 (docs/BENCHMARKS.md).
 pub const DERIVED_WAIT: Duration = Duration::from_millis(250);
 
 /// The CMDB store. Blocking API: async callers use `spawn_blocking`.
