@@ -46,8 +46,8 @@ use std::time::Duration;
 use cmdb_proto::model::{AttrValue, Attrs, class};
 
 use crate::store::{
-    CiFilter, CiId, CiState, DERIVED_WAIT, FeedPos, HOST_CLASS, HostId, RecordOp, RelationRecord,
-    Store, StoreError, host_ci_id,
+    CiFilter, CiId, CiState, FeedPos, HOST_CLASS, HostId, RecordOp, RelationRecord, Store,
+    StoreError, host_ci_id,
 };
 
 /// Record collection of the derived relations (two records per relation).
@@ -861,7 +861,7 @@ impl HostLinks {
             value: serde_json::to_vec(&last).unwrap_or_default(),
         });
         // Derived work: agents' applies and acks go first while they keep coming.
-        store.wait_for_idle_writers(DERIVED_WAIT);
+        store.wait_for_idle_writers();
         if let Err(e) = store.write_records(&ops) {
             // The index is ahead of the store now: rebuild it on the next step.
             st.loaded = false;

@@ -51,7 +51,7 @@ use crate::policy::{
     self, AttributePolicies, CriticalityRule, DenyRule, PolicyError, Waiver, criticality,
 };
 use crate::selector::{Selector, Subject};
-use crate::store::{DERIVED_WAIT, FeedEntry, FeedPos, RecordOp, Store, StoreError, host_ci_id};
+use crate::store::{FeedEntry, FeedPos, RecordOp, Store, StoreError, host_ci_id};
 
 /// Feed entries judged per step.
 pub const FEED_BATCH: usize = 2000;
@@ -724,7 +724,7 @@ impl Judgment {
         }
         let n = entries.len();
         // Derived work: agents' applies and acks go first while they keep coming.
-        self.store.wait_for_idle_writers(DERIVED_WAIT);
+        self.store.wait_for_idle_writers();
         self.commit(&mut st, batch, now)?;
         Ok(n)
     }

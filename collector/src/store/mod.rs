@@ -672,14 +672,11 @@ pub trait Store: Send + Sync + 'static {
     /// or hold a NUL, and values over [`MAX_RECORD_BYTES`] ([`check_record_op`]) with
     /// [`StoreError::Backend`] and writes nothing.
     fn write_records(&self, ops: &[RecordOp]) -> Result<(), StoreError>;
-    /// For derived work (the judgment engine's and host links' feed steps, with
-    /// [`DERIVED_WAIT`]) before it commits: waits, at most `limit`, until no write is in flight, so that agents' applies
-    /// (and their acks) go first while they keep coming. Returns whether it found the
-    /// writers idle. Backends with no writer contention return at once.
-    fn wait_for_idle_writers(&self, limit: Duration) -> bool {
-        let _ = limit;
-        true
-    }
+    /// For derived work (the judgment engine's and host links' feed steps) before it
+    /// commits: waits, at most [`DERIVED_WAIT`], until no write is in flight, so that
+    /// agents' applies (and their acks) go first while they keep coming. Backends with no
+    /// writer contention return at once.
+    fn wait_for_idle_writers(&self) {}
 
     // === liveness (cheap, not flushed: durable with the next flush) ===
     /// Marks the agent's stream up or down. Returns false for an unknown agent.

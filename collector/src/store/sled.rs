@@ -1122,8 +1122,8 @@ impl Store for SledStore {
         self.durable()
     }
 
-    fn wait_for_idle_writers(&self, limit: Duration) -> bool {
-        self.group.wait_quiet(limit)
+    fn wait_for_idle_writers(&self) {
+        self.group.wait_quiet(crate::store::DERIVED_WAIT);
     }
 
     /// Writes the pending heartbeats, then makes everything durable.
