@@ -10,6 +10,11 @@ use parking_lot::RwLock;
 
 use crate::{atomic_shim::AtomicU64, pagecache::NodeView, *};
 
+/// cmdb patch: a batch's run of at least this many writes into one leaf is applied to a copy
+/// of the leaf and installed with one replace (`Tree::replace_in_leaf`); shorter runs are
+/// linked one write at a time.
+const LEAF_REPLACE_MIN_WRITES: usize = 3;
+
 #[derive(Debug, Clone)]
 pub(crate) struct View<'g> {
     pub node_view: NodeView<'g>,
@@ -395,19 +400,35 @@ impl Tree {
         {
             let guard: &Guard = guard;
             let mut leaf: Option<View<'_>> = None;
-            for (k, v_opt) in writes {
-                loop {
-                    let view = match leaf.take() {
-                        Some(view) if Self::leaf_takes(&view, &k) => view,
-                        _ => self.view_for_key(k.as_ref(), guard)?,
-                    };
-                    if let Some(next) =
-                        self.link_in_leaf(view, &k, v_opt.clone(), guard)?
+            let mut i = 0;
+            while i < writes.len() {
+                let view = match leaf.take() {
+                    Some(view) if Self::leaf_takes(&view, &writes[i].0) => view,
+                    _ => self.view_for_key(writes[i].0.as_ref(), guard)?,
+                };
+                // cmdb patch (PATCHED.md, "Several writes to one leaf, one replace"): a
+                // run of writes that all fall in this leaf becomes one new node.
+                let run = writes[i..]
+                    .iter()
+                    .take_while(|(k, _)| Self::in_leaf(&view, k))
+                    .count();
+                if run >= LEAF_REPLACE_MIN_WRITES {
+                    if let Some((next, done)) =
+                        self.replace_in_leaf(view, &writes[i..i + run], guard)?
                     {
                         written.push(next.pid);
                         leaf = Some(next);
-                        break;
+                        i += done;
                     }
+                    continue;
+                }
+                let (k, v_opt) = &writes[i];
+                if let Some(next) =
+                    self.link_in_leaf(view, k, v_opt.clone(), guard)?
+                {
+                    written.push(next.pid);
+                    leaf = Some(next);
+                    i += 1;
                 }
             }
         }
@@ -417,6 +438,77 @@ impl Tree {
         // written to the log since its creation are
         // recovered atomically
         peg.seal_batch()
+    }
+
+    /// cmdb patch: whether `key` falls in the leaf `view` (its low and high keys).
+    fn in_leaf(view: &View<'_>, key: &[u8]) -> bool {
+        !view.data.is_index()
+            && key >= view.lo.as_ref()
+            && (view.hi.is_empty() || key < view.hi.as_ref())
+    }
+
+    /// cmdb patch: a run of sorted writes that all fall in the leaf `view` (which
+    /// `leaf_takes` the first of them), applied to a copy of the leaf and installed with one
+    /// `PageCache::replace` instead of a `Link` each (each link copies the leaf, reserves
+    /// log space and brings the page closer to its consolidation, which is a replace
+    /// anyway). The run stops after a write that makes the leaf due a split or a merge, as
+    /// writes linked one by one do (the walk from the root does those). Writes that change
+    /// nothing are skipped, as `insert_inner` skips them. Returns the leaf as it is after the
+    /// writes and how many of them it consumed, or `None` when the page changed under it
+    /// (the caller walks again; nothing was written).
+    fn replace_in_leaf<'g>(
+        &'g self,
+        view: View<'g>,
+        writes: &[(IVec, Option<IVec>)],
+        guard: &'g Guard,
+    ) -> Result<Option<(View<'g>, usize)>> {
+        let mut node: Node = (*view).clone();
+        let mut reservations = Vec::new();
+        let mut done = 0;
+        let mut changed = 0;
+        for (key, value) in writes {
+            done += 1;
+            let (encoded_key, last_value) = node.node_kv_pair(key);
+            if *value == last_value {
+                continue;
+            }
+            if let Some(res) = self.subscribers.reserve(key) {
+                reservations.push((res, key, value));
+            }
+            let frag = match value {
+                Some(value) => Link::Set(encoded_key, value.clone()),
+                None => Link::Del(encoded_key),
+            };
+            node.apply(&frag);
+            changed += 1;
+            if node.should_split() || node.should_merge() {
+                break;
+            }
+        }
+        if changed == 0 {
+            return Ok(Some((view, done)));
+        }
+        let pid = view.pid;
+        match self.context.pagecache.replace(pid, view.node_view.0, node, guard)? {
+            Ok(page) => {
+                for (res, key, value) in reservations {
+                    let event = match value {
+                        Some(value) => subscriber::Event::Insert {
+                            key: key.clone(),
+                            value: value.clone(),
+                        },
+                        None => subscriber::Event::Remove { key: key.clone() },
+                    };
+                    res.complete(&event);
+                }
+                let size = page.log_size();
+                Ok(Some((View { node_view: NodeView(page), pid, size }, done)))
+            }
+            Err(_) => {
+                M.tree_looped();
+                Ok(None)
+            }
+        }
     }
 
     /// cmdb patch: whether a write of `key` may go to `view` as it is: a leaf that holds
@@ -499,6 +591,33 @@ impl Tree {
                 return Ok(get);
             }
         }
+    }
+
+    /// cmdb patch (PATCHED.md, "Reading many keys a leaf at a time"): the values of
+    /// `keys`, in the same order, read under one epoch guard and one concurrency-control
+    /// read lock. A key that falls in the leaf the previous key was read from is looked up
+    /// in that leaf with no walk from the root, so keys in ascending order cost one walk
+    /// per leaf they touch; any order gives the right values. Each value is as `get` would
+    /// have read it at some moment during the call; keys written concurrently may be seen
+    /// before or after those writes, as with `get` called once per key.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<IVec>>> {
+        let guard = pin();
+        let _cc = concurrency_control::read();
+        let mut out = Vec::with_capacity(keys.len());
+        let mut leaf: Option<View<'_>> = None;
+        for key in keys {
+            let key = key.as_ref();
+            let view = match leaf.take() {
+                Some(view) if Self::in_leaf(&view, key) && !view.merging => view,
+                _ => self.view_for_key(key, &guard)?,
+            };
+            out.push(view.leaf_pair_for_key(key).map(|kv| kv.1.clone()));
+            leaf = Some(view);
+        }
+        Ok(out)
     }
 
     pub(crate) fn get_inner(

@@ -5,7 +5,7 @@
 //! state or the attributes change; a snapshot removes CIs only of classes whose collector
 //! reported `ok`; relations are dropped by a snapshot only when both ends' classes are `ok`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::SystemTime;
 
 use super::codec::{self, CiRow};
@@ -13,8 +13,8 @@ use super::feed_tail::OldAttrs;
 use super::keys;
 use super::txn::Txn;
 use crate::store::{
-    AgentRecord, ApplyOutcome, ChangeKind, CiState, MetricRecord, MetricSummary, RelationRecord,
-    ShutdownRecord, StoreError, ci_id,
+    AgentRecord, ApplyOutcome, ChangeKind, CiId, CiState, MetricRecord, MetricSummary,
+    RelationRecord, ShutdownRecord, StoreError, ci_id,
 };
 use cmdb_proto::convert::system_from_timestamp;
 use cmdb_proto::model::{CollectorReport, CollectorState, Inventory, Relation};
@@ -55,16 +55,15 @@ fn bump(row: &mut CiRow, src: &Source<'_>) {
 }
 
 /// Makes (host, class, key) present with `attrs` (in `codec::encode_attrs` form: canonical,
-/// so equal attributes have equal encodings). Returns whether a version was written.
+/// so equal attributes have equal encodings). `id` is `ci_id(host, class, key)`. Returns
+/// whether a version was written.
 pub(super) fn upsert_ci(
     txn: &mut Txn<'_>,
-    host: &str,
-    class: &str,
-    key: &str,
+    (host, class, key): (&str, &str, &str),
+    id: CiId,
     attrs: Vec<u8>,
     src: &Source<'_>,
 ) -> Result<bool, StoreError> {
-    let id = ci_id(host, class, key);
     if !txn.load_ci(host, class, &id)? {
         let row = CiRow {
             state: CiState::Present,
@@ -308,6 +307,25 @@ pub(super) fn apply_events(
     Ok(out)
 }
 
+/// Reads ahead the stored rows of the CIs a snapshot or delta names (`Txn::prefetch_cis`,
+/// one pass per class in key order), `None` ids being skipped.
+fn prefetch<'i>(
+    txn: &mut Txn<'_>,
+    host: &str,
+    named: impl Iterator<Item = (&'i str, &'i Option<CiId>)>,
+) -> Result<(), StoreError> {
+    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (class, id) in named {
+        if let Some(id) = id {
+            by_class.entry(class).or_default().push(id);
+        }
+    }
+    for (class, ids) in by_class {
+        txn.prefetch_cis(host, class, &ids)?;
+    }
+    Ok(())
+}
+
 fn apply_snapshot(
     txn: &mut Txn<'_>,
     host: &str,
@@ -331,18 +349,28 @@ fn apply_snapshot(
         .filter(|c| c.status == CollectorState::Ok)
         .flat_map(|c| c.classes.iter().map(String::as_str))
         .collect();
+    let ids: Vec<Option<CiId>> = inv
+        .items
+        .iter()
+        .map(|item| {
+            (valid_class(&item.class) && item.key.len() <= MAX_KEY_LEN)
+                .then(|| ci_id(host, &item.class, &item.key))
+        })
+        .collect();
+    prefetch(
+        txn,
+        host,
+        inv.items.iter().map(|i| i.class.as_str()).zip(&ids),
+    )?;
     let mut seen: HashSet<String> = HashSet::with_capacity(inv.items.len());
-    for item in inv.items {
-        if !valid_class(&item.class)
-            || item.key.len() > MAX_KEY_LEN
-            || !txn.class_allowed(&item.class)
-        {
+    for (item, id) in inv.items.into_iter().zip(ids) {
+        let Some(id) = id.filter(|_| txn.class_allowed(&item.class)) else {
             out.rejected += 1;
             continue;
-        }
-        seen.insert(ci_id(host, &item.class, &item.key));
+        };
+        seen.insert(id.clone());
         let attrs = codec::encode_attrs(&item.attrs);
-        if upsert_ci(txn, host, &item.class, &item.key, attrs, src)? {
+        if upsert_ci(txn, (host, &item.class, &item.key), id, attrs, src)? {
             out.ci_versions += 1;
         }
     }
@@ -407,11 +435,24 @@ fn apply_delta(
     src: &Source<'_>,
     out: &mut ApplyOutcome,
 ) -> Result<(), StoreError> {
-    for change in &delta.changes {
-        if !valid_class(&change.class) || change.key.len() > MAX_KEY_LEN {
+    let ids: Vec<Option<CiId>> = delta
+        .changes
+        .iter()
+        .map(|c| {
+            (valid_class(&c.class) && c.key.len() <= MAX_KEY_LEN)
+                .then(|| ci_id(host, &c.class, &c.key))
+        })
+        .collect();
+    prefetch(
+        txn,
+        host,
+        delta.changes.iter().map(|c| c.class.as_str()).zip(&ids),
+    )?;
+    for (change, id) in delta.changes.iter().zip(ids) {
+        let Some(id) = id else {
             out.rejected += 1;
             continue;
-        }
+        };
         let written = match v1::ChangeKind::try_from(change.kind) {
             Ok(v1::ChangeKind::Added | v1::ChangeKind::Changed)
                 if !txn.class_allowed(&change.class) =>
@@ -421,12 +462,9 @@ fn apply_delta(
             }
             Ok(v1::ChangeKind::Added | v1::ChangeKind::Changed) => {
                 let attrs = codec::encode_proto_attrs(&change.new_attrs);
-                upsert_ci(txn, host, &change.class, &change.key, attrs, src)?
+                upsert_ci(txn, (host, &change.class, &change.key), id, attrs, src)?
             }
-            Ok(v1::ChangeKind::Removed) => {
-                let id = ci_id(host, &change.class, &change.key);
-                remove_ci(txn, host, &change.class, &id, src)?
-            }
+            Ok(v1::ChangeKind::Removed) => remove_ci(txn, host, &change.class, &id, src)?,
             Ok(v1::ChangeKind::Unspecified) | Err(_) => {
                 out.rejected += 1;
                 false

@@ -1,9 +1,11 @@
-//! The vendored sled's `Tree::apply_batch`, which every store commit goes through: checked
-//! against a `BTreeMap` model over batches that insert, overwrite and remove clustered keys
-//! (leaves fill, split and merge inside one batch), with values inline and not, in memory
-//! and after a reopen from disk. The guard of the vendored sled's leaf-at-a-time batches
-//! (`vendor/sled/PATCHED.md`; docs/BENCHMARKS.md, "Batches a leaf at a time") and of any
-//! later change to sled's write path.
+//! The vendored sled's `Tree::apply_batch`, which every store commit goes through, and its
+//! `Tree::get_many`, which reads the CIs a commit changes: checked against a `BTreeMap`
+//! model over batches that insert, overwrite and remove clustered keys (leaves fill, split
+//! and merge inside one batch; runs of writes into one leaf are installed as one node),
+//! with values inline and not, in memory and after a reopen from disk. The guard of the
+//! vendored sled's leaf-at-a-time batches and reads (`vendor/sled/PATCHED.md`;
+//! docs/BENCHMARKS.md, "Batches a leaf at a time") and of any later change to sled's write
+//! path.
 
 use std::collections::BTreeMap;
 
@@ -89,6 +91,18 @@ proptest! {
                 for (k, _) in writes {
                     let got = tree.get(k).unwrap().map(|v| v.to_vec());
                     prop_assert_eq!(got.as_ref(), model.get(k));
+                }
+                // And reads of many keys a leaf at a time, in key order and in the batch's.
+                let mut sorted: Vec<&[u8]> = writes.iter().map(|(k, _)| k.as_slice()).collect();
+                sorted.sort_unstable();
+                let unsorted: Vec<&[u8]> = writes.iter().map(|(k, _)| k.as_slice()).collect();
+                for ks in [&sorted, &unsorted] {
+                    let got = tree.get_many(ks).unwrap();
+                    prop_assert_eq!(got.len(), ks.len());
+                    for (k, v) in ks.iter().zip(got) {
+                        let v = v.map(|v| v.to_vec());
+                        prop_assert_eq!(v.as_ref(), model.get(*k));
+                    }
                 }
             }
             db.flush().unwrap();

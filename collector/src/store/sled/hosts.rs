@@ -253,7 +253,13 @@ fn update_host(
         attrs.entry("clone_of".into()).or_insert(AttrValue::Null);
     }
     let new_hostname = attr_str(&attrs, "hostname");
-    upsert_ci(txn, host, HOST_CLASS, host, encode_attrs(&attrs), src)?;
+    upsert_ci(
+        txn,
+        (host, HOST_CLASS, host),
+        host_ci_id(host),
+        encode_attrs(&attrs),
+        src,
+    )?;
     if old_hostname != new_hostname {
         if let Some(h) = old_hostname.filter(|h| indexable_hostname(h)) {
             txn.raw.delete(keys::by_hostname(&h, host));

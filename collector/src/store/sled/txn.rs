@@ -142,6 +142,9 @@ pub(super) struct Txn<'a> {
     classes: &'a HashSet<String>,
     pub(super) new_classes: BTreeSet<String>,
     pub(super) cis: HashMap<CiId, TxnCi>,
+    /// CIs read ahead of use (`prefetch_cis`) as the tree has them; not written unless
+    /// `load_ci` moves them into `cis`. `None`: not in the tree.
+    prefetched: HashMap<CiId, Option<TxnCi>>,
     pub(super) versions: Versions,
     pub(super) agents: BTreeMap<String, AgentRecord>,
     pub(super) raw: Raw,
@@ -158,6 +161,7 @@ impl<'a> Txn<'a> {
             classes,
             new_classes: BTreeSet::new(),
             cis: HashMap::new(),
+            prefetched: HashMap::new(),
             versions: Versions {
                 number,
                 entries: Vec::new(),
@@ -202,8 +206,11 @@ impl<'a> Txn<'a> {
         class: &str,
         id: &str,
     ) -> Result<Option<CiRecord>, StoreError> {
-        match self.cis.get(id) {
-            Some(ci) => ci.record().map(Some),
+        if let Some(ci) = self.cis.get(id) {
+            return ci.record().map(Some);
+        }
+        match self.prefetched.get(id) {
+            Some(ci) => ci.as_ref().map(TxnCi::record).transpose(),
             None => read_ci(self.tree, host, class, id)?
                 .map(|ci| ci.record())
                 .transpose(),
@@ -217,10 +224,49 @@ impl<'a> Txn<'a> {
         class: &str,
         id: &str,
     ) -> Result<Option<CiState>, StoreError> {
-        match self.cis.get(id) {
-            Some(ci) => Ok(Some(ci.row.state)),
+        if let Some(ci) = self.cis.get(id) {
+            return Ok(Some(ci.row.state));
+        }
+        match self.prefetched.get(id) {
+            Some(ci) => Ok(ci.as_ref().map(|ci| ci.row.state)),
             None => Ok(read_ci(self.tree, host, class, id)?.map(|ci| ci.row.state)),
         }
+    }
+
+    /// Reads the CIs `ids` of (host, class) that the transaction has not loaded, in one
+    /// pass over the tree in key order (`sled::Tree::get_many`: one walk from the root per
+    /// leaf, not per CI), for the `load_ci`, `peek_state` and `peek_ci` calls that follow.
+    /// Only an optimisation: what those calls return is the same without it.
+    pub(super) fn prefetch_cis(
+        &mut self,
+        host: &str,
+        class: &str,
+        ids: &[&str],
+    ) -> Result<(), StoreError> {
+        let mut wanted: Vec<(Vec<u8>, &str)> = ids
+            .iter()
+            .filter(|id| !self.cis.contains_key(**id) && !self.prefetched.contains_key(**id))
+            .map(|id| (keys::ci(host, class, id), *id))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        wanted.sort_unstable();
+        wanted.dedup();
+        let keys: Vec<&[u8]> = wanted.iter().map(|(k, _)| k.as_slice()).collect();
+        let values = self.tree.get_many(&keys).map_err(backend)?;
+        self.prefetched.reserve(wanted.len());
+        for ((rkey, id), value) in wanted.into_iter().zip(values) {
+            let ci = match value {
+                Some(v) => Some(TxnCi {
+                    row: codec::decode_row(&rkey, &v)?,
+                    rkey,
+                }),
+                None => None,
+            };
+            self.prefetched.insert(id.to_owned(), ci);
+        }
+        Ok(())
     }
 
     /// Loads the CI into the transaction (it will be written at commit). False if unknown.
@@ -233,7 +279,11 @@ impl<'a> Txn<'a> {
         if self.cis.contains_key(id) {
             return Ok(true);
         }
-        match read_ci(self.tree, host, class, id)? {
+        let read = match self.prefetched.remove(id) {
+            Some(ci) => ci,
+            None => read_ci(self.tree, host, class, id)?,
+        };
+        match read {
             Some(ci) => {
                 self.cis.insert(id.to_owned(), ci);
                 Ok(true)
