@@ -597,9 +597,9 @@ impl Tree {
     /// `keys`, in the same order, read under one epoch guard and one concurrency-control
     /// read lock. A key that falls in the leaf the previous key was read from is looked up
     /// in that leaf with no walk from the root, so keys in ascending order cost one walk
-    /// per leaf they touch; any order gives the right values. Each value is as `get` would
-    /// have read it at some moment during the call; keys written concurrently may be seen
-    /// before or after those writes, as with `get` called once per key.
+    /// per leaf they touch; any order gives the right values. The read lock is held for
+    /// the whole call and a batch takes it exclusively, so a batch is seen whole or not at
+    /// all; single inserts made meanwhile may be seen or not, as with `get` per key.
     pub fn get_many<K: AsRef<[u8]>>(
         &self,
         keys: &[K],

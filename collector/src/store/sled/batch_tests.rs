@@ -134,3 +134,55 @@ fn a_large_batch_of_new_and_changed_keys() {
         assert_eq!(contents(&tree), model, "round {round}");
     }
 }
+
+/// Readers never see half a batch: a writer sets every key of a group to the batch's number
+/// (each leaf's run installed as one node) while a reader reads the whole group with
+/// `get_many`, which holds sled's concurrency-control read lock for the whole call, so all
+/// its values come from one batch.
+#[test]
+fn get_many_sees_whole_batches_while_batches_are_applied() {
+    let db = sled::Config::new().temporary(true).open().unwrap();
+    let tree = db.open_tree("t").unwrap();
+    let keys: Vec<Vec<u8>> = (0u16..600)
+        .map(|n| {
+            let mut k = b"c/host\0package\0".to_vec();
+            k.extend_from_slice(&n.to_be_bytes());
+            k
+        })
+        .collect();
+    let write = |round: u32| {
+        let mut batch = sled::Batch::default();
+        for k in &keys {
+            // Values alternate between inline (≤ 22 bytes) and reference-counted sizes.
+            let len = if round % 2 == 0 { 8 } else { 40 };
+            let mut v = round.to_be_bytes().to_vec();
+            v.resize(len, 0);
+            batch.insert(k.clone(), v);
+        }
+        tree.apply_batch(batch).unwrap();
+    };
+    write(0);
+    let rounds = 200u32;
+    std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            for round in 1..=rounds {
+                write(round);
+            }
+        });
+        let mut reads = 0;
+        while !writer.is_finished() || reads == 0 {
+            let values = tree.get_many(&keys).unwrap();
+            let first: [u8; 4] = values[0].as_ref().unwrap()[..4].try_into().unwrap();
+            for v in &values {
+                assert_eq!(v.as_ref().unwrap()[..4], first, "a read saw two batches");
+            }
+            reads += 1;
+        }
+        assert!(reads > 0);
+    });
+    let last = tree.get_many(&keys).unwrap();
+    assert!(
+        last.iter()
+            .all(|v| v.as_ref().unwrap()[..4] == rounds.to_be_bytes())
+    );
+}
