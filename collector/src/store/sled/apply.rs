@@ -307,23 +307,28 @@ pub(super) fn apply_events(
     Ok(out)
 }
 
-/// Reads ahead the stored rows of the CIs a snapshot or delta names (`Txn::prefetch_cis`,
-/// one pass per class in key order), `None` ids being skipped.
-fn prefetch<'i>(
+/// The ids of the CIs a snapshot or delta names, as (class, key) pairs (`None` for an
+/// invalid class or an overlong key), with their stored rows read ahead
+/// (`Txn::prefetch_cis`: one pass per class, in key order).
+fn ids_read_ahead<'i>(
     txn: &mut Txn<'_>,
     host: &str,
-    named: impl Iterator<Item = (&'i str, &'i Option<CiId>)>,
-) -> Result<(), StoreError> {
-    let mut by_class: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for (class, id) in named {
-        if let Some(id) = id {
-            by_class.entry(class).or_default().push(id);
+    named: impl Iterator<Item = (&'i str, &'i str)>,
+) -> Result<Vec<Option<CiId>>, StoreError> {
+    let mut ids = Vec::new();
+    let mut by_class: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (class, key) in named {
+        let id = (valid_class(class) && key.len() <= MAX_KEY_LEN).then(|| ci_id(host, class, key));
+        if id.is_some() {
+            by_class.entry(class).or_default().push(ids.len());
         }
+        ids.push(id);
     }
-    for (class, ids) in by_class {
-        txn.prefetch_cis(host, class, &ids)?;
+    for (class, at) in by_class {
+        let of_class: Vec<&str> = at.iter().filter_map(|&i| ids[i].as_deref()).collect();
+        txn.prefetch_cis(host, class, &of_class)?;
     }
-    Ok(())
+    Ok(ids)
 }
 
 fn apply_snapshot(
@@ -349,18 +354,10 @@ fn apply_snapshot(
         .filter(|c| c.status == CollectorState::Ok)
         .flat_map(|c| c.classes.iter().map(String::as_str))
         .collect();
-    let ids: Vec<Option<CiId>> = inv
-        .items
-        .iter()
-        .map(|item| {
-            (valid_class(&item.class) && item.key.len() <= MAX_KEY_LEN)
-                .then(|| ci_id(host, &item.class, &item.key))
-        })
-        .collect();
-    prefetch(
+    let ids = ids_read_ahead(
         txn,
         host,
-        inv.items.iter().map(|i| i.class.as_str()).zip(&ids),
+        inv.items.iter().map(|i| (i.class.as_str(), i.key.as_str())),
     )?;
     let mut seen: HashSet<String> = HashSet::with_capacity(inv.items.len());
     for (item, id) in inv.items.into_iter().zip(ids) {
@@ -435,18 +432,13 @@ fn apply_delta(
     src: &Source<'_>,
     out: &mut ApplyOutcome,
 ) -> Result<(), StoreError> {
-    let ids: Vec<Option<CiId>> = delta
-        .changes
-        .iter()
-        .map(|c| {
-            (valid_class(&c.class) && c.key.len() <= MAX_KEY_LEN)
-                .then(|| ci_id(host, &c.class, &c.key))
-        })
-        .collect();
-    prefetch(
+    let ids = ids_read_ahead(
         txn,
         host,
-        delta.changes.iter().map(|c| c.class.as_str()).zip(&ids),
+        delta
+            .changes
+            .iter()
+            .map(|c| (c.class.as_str(), c.key.as_str())),
     )?;
     for (change, id) in delta.changes.iter().zip(ids) {
         let Some(id) = id else {
