@@ -154,7 +154,7 @@ fn get_many_sees_whole_batches_while_batches_are_applied() {
         let mut batch = sled::Batch::default();
         for k in &keys {
             // Values alternate between inline (≤ 22 bytes) and reference-counted sizes.
-            let len = if round % 2 == 0 { 8 } else { 40 };
+            let len = if round.is_multiple_of(2) { 8 } else { 40 };
             let mut v = round.to_be_bytes().to_vec();
             v.resize(len, 0);
             batch.insert(k.clone(), v);
