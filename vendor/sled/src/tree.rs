@@ -515,9 +515,7 @@ impl Tree {
     /// the key's range, is neither merging nor due a split or a merge (the walk from the
     /// root does those first).
     fn leaf_takes(view: &View<'_>, key: &[u8]) -> bool {
-        !view.data.is_index()
-            && key >= view.lo.as_ref()
-            && (view.hi.is_empty() || key < view.hi.as_ref())
+        Self::in_leaf(view, key)
             && !view.merging
             && view.merging_child.is_none()
             && !view.should_split()
