@@ -23,9 +23,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use cmdb_proto::model::HostIdentity;
+// The stream is decoded as the ingest view (`ItemChange.old_attrs` stepped over: the store
+// keeps each CI's previous attributes itself) and its events converted to `v1`'s types.
+use cmdb_proto::ingest::{AgentMessage, agent_message, agent_service_server::AgentService};
 use cmdb_proto::v1::{
-    self, AgentMessage, CollectorMessage, EnrollRequest, EnrollResponse, agent_message,
-    agent_service_server::AgentService, collector_message, event,
+    self, CollectorMessage, EnrollRequest, EnrollResponse, collector_message, event,
 };
 use futures_util::Stream;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -429,7 +431,7 @@ async fn serve_stream(
         let batch = match msg {
             Ok(Some(AgentMessage {
                 kind: Some(agent_message::Kind::Batch(b)),
-            })) => b,
+            })) => v1::Batch::from(b),
             Ok(Some(_)) => {
                 break Err(Status::invalid_argument(
                     "only Batch messages may follow Hello",

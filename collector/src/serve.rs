@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cmdb_proto::v1::agent_service_server::AgentServiceServer;
+use cmdb_proto::ingest::agent_service_server::AgentServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 

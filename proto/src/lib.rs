@@ -12,9 +12,18 @@ pub mod convert;
 pub mod identity;
 pub mod model;
 pub mod monitor;
+mod view;
 
 /// Generated protobuf and gRPC code for package `cmdb.v1`.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("cmdb.v1");
+}
+
+/// The collector's view of the agent stream: `cmdb.v1`'s service and wire format, with
+/// `ItemChange.old_attrs` left undecoded (see `build.rs`). Only `AgentMessage`, `Batch`,
+/// `Event`, `Delta` and `ItemChange` are its own; every other type is [`v1`]'s.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod ingest {
+    include!(concat!(env!("OUT_DIR"), "/ingest/cmdb.v1.rs"));
 }

@@ -25,10 +25,14 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use cmdb_bench::{collector_status, event_at};
 use cmdb_proto::convert::timestamp_from_system;
-use cmdb_proto::v1::{
-    self, AgentMessage, CollectorMessage, agent_message,
-    agent_service_client::AgentServiceClient,
+// The decode-and-drop server decodes the stream as the collector does: the ingest view
+// (`ItemChange.old_attrs` stepped over), converted to `v1`'s types.
+use cmdb_proto::ingest::{
+    self,
     agent_service_server::{AgentService, AgentServiceServer},
+};
+use cmdb_proto::v1::{
+    self, AgentMessage, CollectorMessage, agent_message, agent_service_client::AgentServiceClient,
     collector_message, event,
 };
 use tokio::sync::{Mutex, mpsc};
@@ -463,7 +467,7 @@ impl AgentService for DecodeAndDrop {
     type ConnectStream = ReceiverStream<Result<CollectorMessage, Status>>;
     async fn connect(
         &self,
-        req: Request<Streaming<AgentMessage>>,
+        req: Request<Streaming<ingest::AgentMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(32);
@@ -479,7 +483,7 @@ impl AgentService for DecodeAndDrop {
             };
             let mut last = 0;
             while let Ok(Some(m)) = inbound.message().await {
-                match m.kind {
+                match v1::AgentMessage::from(m).kind {
                     Some(agent_message::Kind::Hello(_)) if tx.send(ack(0)).await.is_err() => {
                         return;
                     }
