@@ -130,7 +130,10 @@
 //! a per-transaction cache and serialise through the same global lock; a batch is one log
 //! reservation with no retries. All reads an apply needs are point lookups or short scans
 //! done under our writer lock, so the overlay in the `txn` module gives read-your-writes
-//! without sled transactions.
+//! without sled transactions. The one exception is an optimisation: an apply reads the rows
+//! of the CIs its deltas name before it takes the lock (`apply::Prepared`), and the writer
+//! uses them only if no commit since then wrote a CI of that host (`Writer::host_written`,
+//! kept under the lock); otherwise it reads them again under the lock.
 //!
 //! # Cost per CI change, and what was measured
 //! A change reads its CI record (one `get`) and writes it back plus its share of a version
@@ -171,7 +174,7 @@
 //! hostnames are bounded in length before they become keys, classes in number
 //! (`txn::MAX_CLASSES`).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -261,6 +264,17 @@ pub struct SledStore {
 struct Writer {
     /// Every class the store has CIs of (loaded at open, extended by commits).
     classes: HashSet<String>,
+    /// Host → the last commit (since open) that wrote one of its CI records: rows read
+    /// without the lock as of commit N are current if no host they belong to has a later
+    /// one (`apply::Prepared`). One entry per host written, as the store has hosts.
+    host_written: HashMap<String, u64>,
+}
+
+impl Writer {
+    /// Whether no commit after `as_of` wrote a CI record of `host`.
+    fn rows_current(&self, host: &str, as_of: u64) -> bool {
+        self.host_written.get(host).is_none_or(|&n| n <= as_of)
+    }
 }
 
 impl std::fmt::Debug for SledStore {
@@ -360,7 +374,10 @@ impl SledStore {
             db,
             tree,
             path: dir.to_path_buf(),
-            writer: Mutex::new(Writer { classes }),
+            writer: Mutex::new(Writer {
+                classes,
+                host_written: HashMap::new(),
+            }),
             live_window: DEFAULT_LIVE_WINDOW,
             commits: AtomicU64::new(commit),
             sealed: Mutex::new(commit),
@@ -414,14 +431,26 @@ impl SledStore {
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_seeing(|_, txn| f(txn))
+    }
+
+    /// `write`, with the writer's state for `f` to read.
+    fn write_seeing<T>(
+        &self,
+        f: impl FnOnce(&Writer, &mut Txn<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let _writing = self.group.writing();
         let mut writer = self.lock();
         let horizon = self.liveness.horizon();
         let mut txn = self.begin(&writer).with_beats(&self.liveness, horizon);
-        let value = f(&mut txn)?;
+        let value = f(&writer, &mut txn)?;
         let agents: Vec<String> = txn.agents.keys().cloned().collect();
-        let classes = self.commit(txn)?;
+        let (classes, hosts) = self.commit(txn)?;
         writer.classes.extend(classes);
+        let number = self.commits.load(Ordering::Acquire);
+        for host in hosts {
+            writer.host_written.insert(host, number);
+        }
         // Under the writer lock: the next transaction reads the records just written.
         self.liveness.written(agents.iter(), horizon);
         Ok(value)
@@ -438,8 +467,9 @@ impl SledStore {
         )
     }
 
-    /// Commits `txn` (made by `begin`); returns the classes it added.
-    fn commit(&self, txn: Txn<'_>) -> Result<BTreeSet<String>, StoreError> {
+    /// Commits `txn` (made by `begin`); returns the classes it added and the hosts whose
+    /// CI records it wrote.
+    fn commit(&self, txn: Txn<'_>) -> Result<(BTreeSet<String>, BTreeSet<String>), StoreError> {
         let next = self.commits.load(Ordering::Acquire) + 1;
         let committed = txn.commit()?;
         if committed.written {
@@ -447,7 +477,7 @@ impl SledStore {
             self.tail.push(next, committed.versions);
             self.commits.store(next, Ordering::Release);
         }
-        Ok(committed.classes)
+        Ok((committed.classes, committed.hosts))
     }
 
     /// Makes every commit so far durable (sled's flush: fsync) and seals it. Pending
@@ -847,7 +877,19 @@ impl Store for SledStore {
 
     fn apply(&self, agent_id: &str, events: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
         let now = SystemTime::now();
-        let outcome = self.write(|txn| apply::apply_events(txn, agent_id, events, now))?;
+        // Before the writer lock (apply::Prepared): ids, encoded attributes and the rows of
+        // the CIs the deltas name. The commit number first: every commit up to it is in
+        // the rows read after it.
+        let as_of = self.commits.load(Ordering::Acquire);
+        let prepared = match self.agent(agent_id)?.and_then(|a| a.host_id) {
+            Some(host) => apply::Prepared::read(&self.tree, &host, events, as_of)?,
+            None => None,
+        };
+        let outcome = self.write_seeing(|writer, txn| {
+            apply::apply_events(txn, agent_id, events, now, prepared, |p| {
+                writer.rows_current(&p.host, p.as_of)
+            })
+        })?;
         self.durable()?;
         Ok(outcome)
     }

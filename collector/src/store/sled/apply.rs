@@ -5,13 +5,13 @@
 //! state or the attributes change; a snapshot removes CIs only of classes whose collector
 //! reported `ok`; relations are dropped by a snapshot only when both ends' classes are `ok`.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::SystemTime;
 
 use super::codec::{self, CiRow};
 use super::feed_tail::OldAttrs;
 use super::keys;
-use super::txn::Txn;
+use super::txn::{self, Txn, TxnCi};
 use crate::store::{
     AgentRecord, ApplyOutcome, ChangeKind, CiId, CiState, MetricRecord, MetricSummary,
     RelationRecord, ShutdownRecord, StoreError, ci_id,
@@ -235,21 +235,34 @@ fn observed_at(ev: &v1::Event, now: SystemTime, out: &mut ApplyOutcome) -> Syste
 }
 
 /// Applies `events` of one agent (see `Store::apply`). The agent must be identified.
+///
+/// `prepared`: what [`Prepared::read`] made of the same `events` before the writer lock was
+/// taken; used only if it was made for the host the agent still has and its rows are
+/// still current (`rows_current`), else the work is done here.
 pub(super) fn apply_events(
     txn: &mut Txn<'_>,
     agent_id: &str,
     events: &[v1::Event],
     now: SystemTime,
+    prepared: Option<Prepared>,
+    rows_current: impl FnOnce(&Prepared) -> bool,
 ) -> Result<ApplyOutcome, StoreError> {
     let unidentified = || StoreError::Unidentified {
         agent_id: agent_id.to_owned(),
     };
     let mut agent = txn.peek_agent(agent_id)?.ok_or_else(unidentified)?;
     let host = agent.host_id.clone().ok_or_else(unidentified)?;
-    let mut order: Vec<&v1::Event> = events.iter().collect();
-    order.sort_by_key(|e| e.seq);
+    let mut deltas = HashMap::new();
+    if let Some(p) = prepared.filter(|p| p.host == host) {
+        if rows_current(&p) {
+            txn.seed_rows(p.rows);
+        }
+        deltas = p.deltas;
+    }
+    let mut order: Vec<(usize, &v1::Event)> = events.iter().enumerate().collect();
+    order.sort_by_key(|(_, e)| e.seq);
     let mut out = ApplyOutcome::default();
-    for ev in order {
+    for (at, ev) in order {
         use v1::event::Kind;
         if ev.seq == 0 {
             // Heartbeats are unsequenced; any other event needs a seq.
@@ -278,7 +291,10 @@ pub(super) fn apply_events(
                 continue;
             }
             Some(Kind::Snapshot(s)) => apply_snapshot(txn, &host, &mut agent, s, &src, &mut out)?,
-            Some(Kind::Delta(d)) => apply_delta(txn, &host, &mut agent, d, &src, &mut out)?,
+            Some(Kind::Delta(d)) => {
+                let prepared = deltas.remove(&at);
+                apply_delta(txn, &host, &mut agent, (d, prepared), &src, &mut out)?;
+            }
             Some(Kind::Metrics(m)) => apply_metrics(txn, &host, m, &src, &mut out)?,
             Some(Kind::Heartbeat(hb)) => {
                 agent.outbox_events = hb.outbox_events;
@@ -315,20 +331,118 @@ fn ids_read_ahead<'i>(
     host: &str,
     named: impl Iterator<Item = (&'i str, &'i str)>,
 ) -> Result<Vec<Option<CiId>>, StoreError> {
-    let mut ids = Vec::new();
-    let mut by_class: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (class, key) in named {
-        let id = (valid_class(class) && key.len() <= MAX_KEY_LEN).then(|| ci_id(host, class, key));
-        if id.is_some() {
-            by_class.entry(class).or_default().push(ids.len());
-        }
-        ids.push(id);
-    }
-    for (class, at) in by_class {
-        let of_class: Vec<&str> = at.iter().filter_map(|&i| ids[i].as_deref()).collect();
+    let named: Vec<(&str, &str)> = named.collect();
+    let ids = ids_of(host, &named);
+    for (class, of_class) in by_class(&named, &ids) {
         txn.prefetch_cis(host, class, &of_class)?;
     }
     Ok(ids)
+}
+
+/// `ci_id` of each named (class, key), `None` where the class or key is not acceptable.
+fn ids_of(host: &str, named: &[(&str, &str)]) -> Vec<Option<CiId>> {
+    named
+        .iter()
+        .map(|&(class, key)| {
+            (valid_class(class) && key.len() <= MAX_KEY_LEN).then(|| ci_id(host, class, key))
+        })
+        .collect()
+}
+
+/// The ids in `ids` (one per entry of `named`) grouped by their class.
+fn by_class<'a>(
+    named: &[(&'a str, &str)],
+    ids: &'a [Option<CiId>],
+) -> BTreeMap<&'a str, Vec<&'a str>> {
+    let mut out: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (&(class, _), id) in named.iter().zip(ids) {
+        if let Some(id) = id {
+            out.entry(class).or_default().push(id);
+        }
+    }
+    out
+}
+
+/// The (class, key) of each change of a delta.
+fn named_changes(delta: &v1::Delta) -> Vec<(&str, &str)> {
+    delta
+        .changes
+        .iter()
+        .map(|c| (c.class.as_str(), c.key.as_str()))
+        .collect()
+}
+
+/// The part of applying one agent's events that needs no writer lock, done before it is
+/// taken (`SledStore::apply`), so that the writer holds the lock for less: each delta's CI
+/// ids and encoded attributes, and the stored rows of those CIs read ahead.
+///
+/// The rows are read without the lock, so a commit can write some of them after they are
+/// read; `as_of` (the store's commit number when the read began: every commit up to it is
+/// in what was read) lets the writer check that no later commit wrote a CI of `host`
+/// before it trusts them (`apply_events`' `rows_current`). Ids and attributes depend only
+/// on the events and the host, so they are kept whenever the agent's host is still `host`.
+pub(super) struct Prepared {
+    pub(super) host: String,
+    pub(super) as_of: u64,
+    /// By position of the delta event in the call's events.
+    deltas: HashMap<usize, PreparedDelta>,
+    rows: HashMap<CiId, Option<TxnCi>>,
+}
+
+/// One delta's ids and encoded new attributes (added and changed CIs), by change.
+struct PreparedDelta {
+    ids: Vec<Option<CiId>>,
+    attrs: Vec<Option<Vec<u8>>>,
+}
+
+impl Prepared {
+    /// Prepares `events` of agent `host`; `as_of` is the store's commit number, read
+    /// before this is called. `None` when there is no delta to prepare.
+    pub(super) fn read(
+        tree: &sled::Tree,
+        host: &str,
+        events: &[v1::Event],
+        as_of: u64,
+    ) -> Result<Option<Prepared>, StoreError> {
+        let mut deltas = HashMap::new();
+        let mut rows = HashMap::new();
+        for (at, ev) in events.iter().enumerate() {
+            let Some(v1::event::Kind::Delta(d)) = &ev.kind else {
+                continue;
+            };
+            let named = named_changes(d);
+            let ids = ids_of(host, &named);
+            for (class, of_class) in by_class(&named, &ids) {
+                let wanted: Vec<&str> = of_class
+                    .into_iter()
+                    .filter(|id| !rows.contains_key(*id))
+                    .collect();
+                rows.extend(txn::read_rows(tree, host, class, &wanted)?);
+            }
+            let attrs = d
+                .changes
+                .iter()
+                .zip(&ids)
+                .map(|(c, id)| {
+                    let upsert = matches!(
+                        v1::ChangeKind::try_from(c.kind),
+                        Ok(v1::ChangeKind::Added | v1::ChangeKind::Changed)
+                    );
+                    (upsert && id.is_some()).then(|| codec::encode_proto_attrs(&c.new_attrs))
+                })
+                .collect();
+            deltas.insert(at, PreparedDelta { ids, attrs });
+        }
+        if deltas.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Prepared {
+            host: host.to_owned(),
+            as_of,
+            deltas,
+            rows,
+        }))
+    }
 }
 
 fn apply_snapshot(
@@ -428,19 +542,20 @@ fn apply_delta(
     txn: &mut Txn<'_>,
     host: &str,
     agent: &mut AgentRecord,
-    delta: &v1::Delta,
+    (delta, prepared): (&v1::Delta, Option<PreparedDelta>),
     src: &Source<'_>,
     out: &mut ApplyOutcome,
 ) -> Result<(), StoreError> {
-    let ids = ids_read_ahead(
-        txn,
-        host,
-        delta
-            .changes
-            .iter()
-            .map(|c| (c.class.as_str(), c.key.as_str())),
-    )?;
-    for (change, id) in delta.changes.iter().zip(ids) {
+    let named = named_changes(delta);
+    let (ids, mut attrs) = match prepared {
+        Some(p) if p.ids.len() == named.len() => (p.ids, p.attrs),
+        _ => (ids_of(host, &named), Vec::new()),
+    };
+    // Rows already read ahead (Prepared) are not read again.
+    for (class, of_class) in by_class(&named, &ids) {
+        txn.prefetch_cis(host, class, &of_class)?;
+    }
+    for (i, (change, id)) in delta.changes.iter().zip(ids).enumerate() {
         let Some(id) = id else {
             out.rejected += 1;
             continue;
@@ -453,7 +568,10 @@ fn apply_delta(
                 false
             }
             Ok(v1::ChangeKind::Added | v1::ChangeKind::Changed) => {
-                let attrs = codec::encode_proto_attrs(&change.new_attrs);
+                let attrs = attrs
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_else(|| codec::encode_proto_attrs(&change.new_attrs));
                 upsert_ci(txn, (host, &change.class, &change.key), id, attrs, src)?
             }
             Ok(v1::ChangeKind::Removed) => remove_ci(txn, host, &change.class, &id, src)?,

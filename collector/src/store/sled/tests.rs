@@ -170,6 +170,103 @@ fn state(store: &SledStore, host: &str, class: &str, key: &str) -> Option<CiStat
     store.ci(&ci_id(host, class, key)).unwrap().map(|c| c.state)
 }
 
+// === work done before the writer lock (apply::Prepared) ===
+
+/// Applies `events` of "agt-1" with `prepared` as `Store::apply` does (the writer decides
+/// whether its rows are current).
+fn apply_prepared(
+    store: &SledStore,
+    events: &[v1::Event],
+    prepared: Option<apply::Prepared>,
+) -> ApplyOutcome {
+    store
+        .write_seeing(|writer, txn| {
+            apply::apply_events(txn, "agt-1", events, SystemTime::now(), prepared, |p| {
+                writer.rows_current(&p.host, p.as_of)
+            })
+        })
+        .unwrap()
+}
+
+fn versions_and_values(store: &SledStore, host: &str, key: &str) -> Vec<(u64, Option<i64>)> {
+    versions(store, host, "package", key)
+        .iter()
+        .map(|v| (v.version, v_of(&v.attrs)))
+        .collect()
+}
+
+/// Rows read ahead without the writer lock are trusted only while no later commit wrote a
+/// CI of their host. Here one did, between the read and the lock: the apply must read the
+/// row again (version 3), not write version 2 over the one already there.
+#[test]
+fn rows_read_ahead_are_dropped_when_a_later_commit_wrote_their_host() {
+    use v1::ChangeKind::{Added, Changed};
+    let (_d, store, host) = setup();
+    store
+        .apply("agt-1", &[delta(1, vec![change(Added, "package", "p", 1)])])
+        .unwrap();
+    let late = [delta(3, vec![change(Changed, "package", "p", 3)])];
+    let as_of = store.commits.load(Ordering::Acquire);
+    let prepared = apply::Prepared::read(&store.tree, &host, &late, as_of).unwrap();
+    assert!(prepared.is_some());
+    store
+        .apply(
+            "agt-1",
+            &[delta(2, vec![change(Changed, "package", "p", 2)])],
+        )
+        .unwrap();
+    let out = apply_prepared(&store, &late, prepared);
+    assert_eq!(out.ci_versions, 1);
+    assert_eq!(
+        versions_and_values(&store, &host, "p"),
+        vec![(1, Some(1)), (2, Some(2)), (3, Some(3))]
+    );
+    let report = store.verify().unwrap();
+    assert!(report.is_consistent(), "{:?}", report.problems);
+}
+
+/// A commit that wrote only another host's CIs leaves the rows read ahead current, and they
+/// give the same result as reading them under the lock.
+#[test]
+fn rows_read_ahead_stay_current_across_other_hosts_commits() {
+    use v1::ChangeKind::{Added, Changed};
+    let (_d, store, host) = setup();
+    store
+        .identify("agt-2", "inst-2", &identity("uuid-2"), SystemTime::now())
+        .unwrap();
+    store
+        .apply("agt-1", &[delta(1, vec![change(Added, "package", "p", 1)])])
+        .unwrap();
+    let next = [delta(2, vec![change(Changed, "package", "p", 2)])];
+    let as_of = store.commits.load(Ordering::Acquire);
+    let prepared = apply::Prepared::read(&store.tree, &host, &next, as_of).unwrap();
+    store
+        .apply("agt-2", &[delta(1, vec![change(Added, "package", "q", 1)])])
+        .unwrap();
+    assert!(store.lock().rows_current(&host, as_of));
+    let out = apply_prepared(&store, &next, prepared);
+    assert_eq!(out.ci_versions, 1);
+    assert_eq!(
+        versions_and_values(&store, &host, "p"),
+        vec![(1, Some(1)), (2, Some(2))]
+    );
+}
+
+/// Work prepared for another host (the agent was re-identified in between) is not used:
+/// its ids are that host's.
+#[test]
+fn work_prepared_for_another_host_is_not_used() {
+    use v1::ChangeKind::Added;
+    let (_d, store, host) = setup();
+    let events = [delta(1, vec![change(Added, "package", "p", 1)])];
+    let as_of = store.commits.load(Ordering::Acquire);
+    let other = apply::Prepared::read(&store.tree, "host-other", &events, as_of).unwrap();
+    let out = apply_prepared(&store, &events, other);
+    assert_eq!(out.ci_versions, 1);
+    assert_eq!(versions_and_values(&store, &host, "p"), vec![(1, Some(1))]);
+    assert!(versions(&store, "host-other", "package", "p").is_empty());
+}
+
 // === exactly once ===
 
 #[test]
@@ -2222,9 +2319,12 @@ fn throughput_of_ci_changes() {
         let t0 = std::time::Instant::now();
         let mut writer = store.lock();
         let mut txn = store.begin(&writer);
-        let out = apply::apply_events(&mut txn, "agt-1", &events, SystemTime::now()).unwrap();
+        let out = apply::apply_events(&mut txn, "agt-1", &events, SystemTime::now(), None, |_| {
+            false
+        })
+        .unwrap();
         let t1 = std::time::Instant::now();
-        let classes = store.commit(txn).unwrap();
+        let (classes, _) = store.commit(txn).unwrap();
         writer.classes.extend(classes);
         drop(writer);
         let t2 = std::time::Instant::now();

@@ -234,39 +234,43 @@ impl<'a> Txn<'a> {
     }
 
     /// Reads the CIs `ids` of (host, class) that the transaction has not loaded, in one
-    /// pass over the tree in key order (`sled::Tree::get_many`: one walk from the root per
-    /// leaf, not per CI), for the `load_ci`, `peek_state` and `peek_ci` calls that follow.
-    /// Only an optimisation: what those calls return is the same without it.
+    /// pass over the tree in key order ([`read_rows`]), for the `load_ci`, `peek_state` and
+    /// `peek_ci` calls that follow. Only an optimisation: what those calls return is the
+    /// same without it.
     pub(super) fn prefetch_cis(
         &mut self,
         host: &str,
         class: &str,
         ids: &[&str],
     ) -> Result<(), StoreError> {
-        let mut wanted: Vec<(Vec<u8>, &str)> = ids
+        let wanted: Vec<&str> = ids
             .iter()
             .filter(|id| !self.cis.contains_key(**id) && !self.prefetched.contains_key(**id))
-            .map(|id| (keys::ci(host, class, id), *id))
+            .copied()
             .collect();
         if wanted.is_empty() {
             return Ok(());
         }
-        wanted.sort_unstable();
-        wanted.dedup();
-        let keys: Vec<&[u8]> = wanted.iter().map(|(k, _)| k.as_slice()).collect();
-        let values = self.tree.get_many(&keys).map_err(backend)?;
-        self.prefetched.reserve(wanted.len());
-        for ((rkey, id), value) in wanted.into_iter().zip(values) {
-            let ci = match value {
-                Some(v) => Some(TxnCi {
-                    row: codec::decode_row(&rkey, &v)?,
-                    rkey,
-                }),
-                None => None,
-            };
-            self.prefetched.insert(id.to_owned(), ci);
-        }
+        let rows = read_rows(self.tree, host, class, &wanted)?;
+        self.prefetched.reserve(rows.len());
+        self.prefetched.extend(rows);
         Ok(())
+    }
+
+    /// Takes rows read before this transaction began ([`read_rows`] outside the writer
+    /// lock) as what the tree holds now. The caller vouches that no commit since that read
+    /// wrote any of them (`SledStore::apply` checks the hosts each commit wrote). Rows the
+    /// transaction has already loaded or read keep their values.
+    pub(super) fn seed_rows(&mut self, rows: HashMap<CiId, Option<TxnCi>>) {
+        if self.prefetched.is_empty() && self.cis.is_empty() {
+            self.prefetched = rows;
+            return;
+        }
+        for (id, ci) in rows {
+            if !self.cis.contains_key(&id) {
+                self.prefetched.entry(id).or_insert(ci);
+            }
+        }
     }
 
     /// Loads the CI into the transaction (it will be written at commit). False if unknown.
@@ -409,7 +413,12 @@ impl<'a> Txn<'a> {
     pub(super) fn commit(self) -> Result<Committed, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
+        let mut hosts = BTreeSet::new();
         for ci in self.cis.into_values() {
+            let host = ci.parts().0;
+            if !hosts.contains(host) {
+                hosts.insert(host.to_owned());
+            }
             batch.insert(ci.rkey, codec::encode_row(&ci.row));
             n += 1;
         }
@@ -444,6 +453,7 @@ impl<'a> Txn<'a> {
         self.tree.apply_batch(batch).map_err(backend)?;
         Ok(Committed {
             written: true,
+            hosts,
             classes: self.new_classes,
             versions: entries,
         })
@@ -455,6 +465,8 @@ impl<'a> Txn<'a> {
 pub(super) struct Committed {
     /// Whether anything was (nothing written: no number used).
     pub(super) written: bool,
+    /// The hosts whose CI records it wrote.
+    pub(super) hosts: BTreeSet<String>,
     /// Classes it added.
     pub(super) classes: BTreeSet<String>,
     /// Its versions, in feed order.
@@ -476,4 +488,35 @@ pub(super) fn read_ci(
         }
         None => Ok(None),
     }
+}
+
+/// The CI records `ids` of (host, class), read in one pass over the tree in key order
+/// (`sled::Tree::get_many`: one walk from the root per leaf, not per CI, and every batch
+/// seen whole or not at all); `None` for an id with no record.
+pub(super) fn read_rows(
+    tree: &sled::Tree,
+    host: &str,
+    class: &str,
+    ids: &[&str],
+) -> Result<Vec<(CiId, Option<TxnCi>)>, StoreError> {
+    let mut wanted: Vec<(Vec<u8>, &str)> = ids
+        .iter()
+        .map(|id| (keys::ci(host, class, id), *id))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let keys: Vec<&[u8]> = wanted.iter().map(|(k, _)| k.as_slice()).collect();
+    let values = tree.get_many(&keys).map_err(backend)?;
+    let mut out = Vec::with_capacity(wanted.len());
+    for ((rkey, id), value) in wanted.into_iter().zip(values) {
+        let ci = match value {
+            Some(v) => Some(TxnCi {
+                row: codec::decode_row(&rkey, &v)?,
+                rkey,
+            }),
+            None => None,
+        };
+        out.push((id.to_owned(), ci));
+    }
+    Ok(out)
 }
