@@ -260,6 +260,16 @@ pub struct SledStore {
     identities: feed::Identities,
 }
 
+/// What [`SledStore::commit`] leaves to its caller.
+struct Done {
+    /// Classes the commit added.
+    classes: BTreeSet<String>,
+    /// Hosts whose CI records it wrote.
+    hosts: BTreeSet<String>,
+    /// Entries it pushed out of the feed's tail, to free once the writer lock is released.
+    evicted: Vec<std::sync::Arc<feed_tail::TailEntry>>,
+}
+
 /// What the writer keeps between transactions (guarded by the writer lock).
 struct Writer {
     /// Every class the store has CIs of (loaded at open, extended by commits).
@@ -445,14 +455,17 @@ impl SledStore {
         let mut txn = self.begin(&writer).with_beats(&self.liveness, horizon);
         let value = f(&writer, &mut txn)?;
         let agents: Vec<String> = txn.agents.keys().cloned().collect();
-        let (classes, hosts) = self.commit(txn)?;
-        writer.classes.extend(classes);
+        let done = self.commit(txn)?;
+        writer.classes.extend(done.classes);
         let number = self.commits.load(Ordering::Acquire);
-        for host in hosts {
+        for host in done.hosts {
             writer.host_written.insert(host, number);
         }
         // Under the writer lock: the next transaction reads the records just written.
         self.liveness.written(agents.iter(), horizon);
+        // The feed tail's evicted entries are freed after the lock, not while others wait.
+        drop(writer);
+        drop(done.evicted);
         Ok(value)
     }
 
@@ -467,17 +480,21 @@ impl SledStore {
         )
     }
 
-    /// Commits `txn` (made by `begin`); returns the classes it added and the hosts whose
-    /// CI records it wrote.
-    fn commit(&self, txn: Txn<'_>) -> Result<(BTreeSet<String>, BTreeSet<String>), StoreError> {
+    /// Commits `txn` (made by `begin`).
+    fn commit(&self, txn: Txn<'_>) -> Result<Done, StoreError> {
         let next = self.commits.load(Ordering::Acquire) + 1;
         let committed = txn.commit()?;
+        let mut evicted = Vec::new();
         if committed.written {
             // Before the number is published: a feed read up to it finds it in the tail.
-            self.tail.push(next, committed.versions);
+            evicted = self.tail.push(next, committed.versions);
             self.commits.store(next, Ordering::Release);
         }
-        Ok((committed.classes, committed.hosts))
+        Ok(Done {
+            classes: committed.classes,
+            hosts: committed.hosts,
+            evicted,
+        })
     }
 
     /// Makes every commit so far durable (sled's flush: fsync) and seals it. Pending
@@ -881,7 +898,15 @@ impl Store for SledStore {
         // the CIs the deltas name. The commit number first: every commit up to it is in
         // the rows read after it.
         let as_of = self.commits.load(Ordering::Acquire);
-        let prepared = match self.agent(agent_id)?.and_then(|a| a.host_id) {
+        let has_delta = events
+            .iter()
+            .any(|e| matches!(e.kind, Some(v1::event::Kind::Delta(_))));
+        let host = if has_delta {
+            self.agent(agent_id)?.and_then(|a| a.host_id)
+        } else {
+            None
+        };
+        let prepared = match host {
             Some(host) => apply::Prepared::read(&self.tree, &host, events, as_of)?,
             None => None,
         };

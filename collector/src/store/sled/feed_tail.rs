@@ -154,11 +154,13 @@ impl FeedTail {
     }
 
     /// Adds commit `commit`'s versions (in feed order; empty when it wrote none). Commits
-    /// come in number order, each once, before the store publishes the number.
-    pub(super) fn push(&self, commit: u64, entries: Vec<TailEntry>) {
+    /// come in number order, each once, before the store publishes the number. Returns the
+    /// entries it evicted, for the caller to free outside its locks.
+    pub(super) fn push(&self, commit: u64, entries: Vec<TailEntry>) -> Vec<Arc<TailEntry>> {
+        let mut evicted = Vec::new();
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.is_empty() {
-            return;
+            return evicted;
         }
         for e in entries {
             debug_assert_eq!(e.commit, commit);
@@ -177,10 +179,12 @@ impl FeedTail {
             while inner.entries.front().is_some_and(|e| e.commit == oldest) {
                 if let Some(e) = inner.entries.pop_front() {
                     inner.bytes -= e.bytes();
+                    evicted.push(e);
                 }
             }
             inner.first = oldest + 1;
         }
+        evicted
     }
 
     /// The entries after `after` of commits up to `last_commit`, at most `limit`; `None` when
@@ -277,11 +281,22 @@ mod tests {
     fn eviction_is_by_whole_commits_and_moves_the_boundary() {
         let one = entry(1, "a", 1).bytes();
         let tail = FeedTail::new(0, 3 * one);
-        tail.push(1, vec![entry(1, "a", 1), entry(1, "b", 1)]);
-        tail.push(2, vec![entry(2, "a", 2)]);
+        assert!(
+            tail.push(1, vec![entry(1, "a", 1), entry(1, "b", 1)])
+                .is_empty()
+        );
+        assert!(tail.push(2, vec![entry(2, "a", 2)]).is_empty());
         assert_eq!(tail.read(2, None, 10).unwrap().len(), 3);
-        tail.push(3, vec![entry(3, "a", 3)]);
-        // Commit 1 went (both entries), so from-the-start and positions in it go to the tree.
+        let evicted = tail.push(3, vec![entry(3, "a", 3)]);
+        // Commit 1 went (both entries, handed back to be freed), so from-the-start and
+        // positions in it go to the tree.
+        assert_eq!(
+            evicted
+                .iter()
+                .map(|e| (e.commit, e.id.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, "a"), (1, "b")]
+        );
         assert!(tail.read(3, None, 10).is_none());
         assert!(tail.read(3, Some(&pos(1, "a", 1)), 10).is_none());
         assert_eq!(

@@ -2324,7 +2324,7 @@ fn throughput_of_ci_changes() {
         })
         .unwrap();
         let t1 = std::time::Instant::now();
-        let (classes, _) = store.commit(txn).unwrap();
+        let classes = store.commit(txn).unwrap().classes;
         writer.classes.extend(classes);
         drop(writer);
         let t2 = std::time::Instant::now();
