@@ -1,13 +1,15 @@
-//! The embedded [`Store`]: sled 0.34, one tree, one writer at a time.
+//! The embedded [`Store`]: sled 0.34, one tree, one writer building at a time.
 //!
 //! # Invariants
 //! - Every mutation (identify, apply, retention, put_agent, write_records) runs as one
-//!   transaction (`txn` module) under the writer lock and commits as ONE `sled::Batch` on
-//!   ONE tree: all of its writes land together or not at all, on disk (sled recovers
-//!   batches atomically) and for readers (a batch holds sled's concurrency-control write
-//!   lock; every read takes it shared).
+//!   transaction (`txn` module) built under the writer lock and commits as ONE
+//!   `sled::Batch` on ONE tree: all of its writes land together or not at all, on disk
+//!   (sled recovers batches atomically) and for readers (a batch holds sled's
+//!   concurrency-control write lock; every read takes it shared). The batch is applied
+//!   under the commit lock, taken before the writer lock is released, so the next writer
+//!   builds while it is applied (`pipeline` module: its reads of the tree wait for it).
 //! - Every batch that writes anything carries the next commit number (`meta/commit`), one
-//!   more than the last, and batches are applied in that order (one writer). The number is
+//!   more than the last, and batches are applied in that order (build order). The number is
 //!   published to readers (`SledStore::commits`) only after its batch is applied: every
 //!   commit up to the published number is visible, whole, and anything committed later has
 //!   a higher number. The change feed relies on both.
@@ -174,7 +176,7 @@
 //! hostnames are bounded in length before they become keys, classes in number
 //! (`txn::MAX_CLASSES`).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -203,6 +205,7 @@ mod hosts;
 mod keys;
 mod liveness;
 mod locate;
+mod pipeline;
 mod seal;
 mod txn;
 mod verify;
@@ -245,8 +248,14 @@ pub struct SledStore {
     tree: sled::Tree,
     path: PathBuf,
     writer: Mutex<Writer>,
+    /// Taken under `writer` by a writer whose transaction is built, held while its batch
+    /// is applied (`pipeline` module).
+    committing: Mutex<()>,
+    /// The last transaction whose batch was applied or failed (`pipeline` module).
+    finished: pipeline::Finished,
     live_window: Duration,
-    /// Number of the last committed batch (`meta/commit`); written under `writer`.
+    /// Number of the last committed batch (`meta/commit`), published after its batch is
+    /// applied, under `committing`.
     commits: AtomicU64,
     /// Highest commit number written to the seal file.
     sealed: Mutex<u64>,
@@ -260,30 +269,31 @@ pub struct SledStore {
     identities: feed::Identities,
 }
 
-/// What [`SledStore::commit`] leaves to its caller.
-struct Done {
-    /// Classes the commit added.
-    classes: BTreeSet<String>,
-    /// Hosts whose CI records it wrote.
-    hosts: BTreeSet<String>,
-    /// Entries it pushed out of the feed's tail, to free once the writer lock is released.
-    evicted: Vec<std::sync::Arc<feed_tail::TailEntry>>,
-}
-
 /// What the writer keeps between transactions (guarded by the writer lock).
 struct Writer {
     /// Every class the store has CIs of (loaded at open, extended by commits).
     classes: HashSet<String>,
-    /// Host → the last commit (since open) that wrote one of its CI records: rows read
-    /// without the lock as of commit N are current if no host they belong to has a later
-    /// one (`apply::Prepared`). One entry per host written, as the store has hosts.
+    /// Host → the number of the last transaction built (since open) that writes one of
+    /// its CI records: rows read without the lock as of commit N are current if their host
+    /// has no later one (`apply::Prepared`). One entry per host written.
     host_written: HashMap<String, u64>,
+    /// Agent → the same for its agent record. One entry per agent written.
+    agent_written: HashMap<String, u64>,
+    /// Number of the last transaction built (`pipeline`: it may still be in flight).
+    built: u64,
+    /// Ticket of the last transaction built (never reused).
+    tickets: u64,
 }
 
 impl Writer {
-    /// Whether no commit after `as_of` wrote a CI record of `host`.
+    /// Whether no transaction built after commit `as_of` writes a CI record of `host`.
     fn rows_current(&self, host: &str, as_of: u64) -> bool {
         self.host_written.get(host).is_none_or(|&n| n <= as_of)
+    }
+
+    /// Whether no transaction built after commit `as_of` writes the record of `agent`.
+    fn agent_current(&self, agent: &str, as_of: u64) -> bool {
+        self.agent_written.get(agent).is_none_or(|&n| n <= as_of)
     }
 }
 
@@ -387,7 +397,12 @@ impl SledStore {
             writer: Mutex::new(Writer {
                 classes,
                 host_written: HashMap::new(),
+                agent_written: HashMap::new(),
+                built: commit,
+                tickets: 0,
             }),
+            committing: Mutex::new(()),
+            finished: pipeline::Finished::default(),
             live_window: DEFAULT_LIVE_WINDOW,
             commits: AtomicU64::new(commit),
             sealed: Mutex::new(commit),
@@ -436,65 +451,81 @@ impl SledStore {
         self.writer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` in a transaction under the writer lock and commits it (not flushed).
+    /// Runs `f` in a transaction under the writer lock and commits it (not flushed), once
+    /// every transaction built before has finished.
     fn write<T>(
         &self,
         f: impl FnOnce(&mut Txn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.write_seeing(|_, txn| f(txn))
+        self.write_with(false, |_, txn| f(txn))
     }
 
-    /// `write`, with the writer's state for `f` to read.
-    fn write_seeing<T>(
+    /// `write`, with the writer's state for `f` to read. `pipelined`: `f` may start while
+    /// the previous transaction's batch is still being applied (its reads of the tree wait
+    /// for it; `pipeline` module). Returns once this transaction's batch is applied.
+    fn write_with<T>(
         &self,
+        pipelined: bool,
         f: impl FnOnce(&Writer, &mut Txn<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _writing = self.group.writing();
         let mut writer = self.lock();
+        if self.finished.take_broken() {
+            // A batch failed: let everything in flight finish, then number on from the
+            // last one published.
+            self.finished.wait_for(writer.tickets);
+            writer.built = self.commits.load(Ordering::Acquire);
+        }
+        if !pipelined {
+            self.finished.wait_for(writer.tickets);
+        }
         let horizon = self.liveness.horizon();
-        let mut txn = self.begin(&writer).with_beats(&self.liveness, horizon);
+        let txn = Txn::new(&self.tree, writer.built + 1, &writer.classes)
+            .with_beats(&self.liveness, horizon);
+        let mut txn = txn.settling(&self.finished, writer.tickets);
         let value = f(&writer, &mut txn)?;
-        let agents: Vec<String> = txn.agents.keys().cloned().collect();
-        let done = self.commit(txn)?;
-        writer.classes.extend(done.classes);
-        let number = self.commits.load(Ordering::Acquire);
-        for host in done.hosts {
-            writer.host_written.insert(host, number);
+        let Some(built) = txn.build()? else {
+            return Ok(value);
+        };
+        let (number, ticket) = (built.number, writer.tickets + 1);
+        writer.built = number;
+        writer.tickets = ticket;
+        let finishing = self.finished.finishing(ticket);
+        writer.classes.extend(built.classes.iter().cloned());
+        for host in &built.hosts {
+            writer.host_written.insert(host.clone(), number);
         }
-        // Under the writer lock: the next transaction reads the records just written.
-        self.liveness.written(agents.iter(), horizon);
-        // The feed tail's evicted entries are freed after the lock, not while others wait.
+        for agent in &built.agents {
+            writer.agent_written.insert(agent.clone(), number);
+        }
+        // Batches are applied in the order they were built: the commit lock is taken
+        // before the writer lock is released.
+        let committing = self
+            .committing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         drop(writer);
-        drop(done.evicted);
+        let agents = built.agents.clone();
+        let applied = if self.commits.load(Ordering::Acquire) + 1 == number {
+            built.apply(&self.tree)
+        } else {
+            Err(StoreError::Backend(
+                "an earlier write to the store failed; this one was built on it and is dropped"
+                    .into(),
+            ))
+        };
+        // On error (or a panic) `finishing` marks the ticket finished and the chain broken.
+        let versions = applied?;
+        // Before the number is published: a feed read up to it finds it in the tail.
+        let evicted = self.tail.push(number, versions);
+        self.commits.store(number, Ordering::Release);
+        // The next transactions read the records just written.
+        self.liveness.written(agents.iter(), horizon);
+        finishing.succeeded();
+        drop(committing);
+        // The feed tail's evicted entries are freed after the locks, not while others wait.
+        drop(evicted);
         Ok(value)
-    }
-
-    /// A transaction numbered with the next commit number, for the holder of the writer
-    /// lock (`writer`), who commits it with `commit` before releasing the lock and adds
-    /// the classes `commit` returns to `writer.classes`.
-    fn begin<'a>(&'a self, writer: &'a Writer) -> Txn<'a> {
-        Txn::new(
-            &self.tree,
-            self.commits.load(Ordering::Acquire) + 1,
-            &writer.classes,
-        )
-    }
-
-    /// Commits `txn` (made by `begin`).
-    fn commit(&self, txn: Txn<'_>) -> Result<Done, StoreError> {
-        let next = self.commits.load(Ordering::Acquire) + 1;
-        let committed = txn.commit()?;
-        let mut evicted = Vec::new();
-        if committed.written {
-            // Before the number is published: a feed read up to it finds it in the tail.
-            evicted = self.tail.push(next, committed.versions);
-            self.commits.store(next, Ordering::Release);
-        }
-        Ok(Done {
-            classes: committed.classes,
-            hosts: committed.hosts,
-            evicted,
-        })
     }
 
     /// Makes every commit so far durable (sled's flush: fsync) and seals it. Pending
@@ -894,26 +925,19 @@ impl Store for SledStore {
 
     fn apply(&self, agent_id: &str, events: &[v1::Event]) -> Result<ApplyOutcome, StoreError> {
         let now = SystemTime::now();
-        // Before the writer lock (apply::Prepared): ids, encoded attributes and the rows of
-        // the CIs the deltas name. The commit number first: every commit up to it is in
-        // the rows read after it.
+        // Before the writer lock (apply::Prepared): the agent's record and, for deltas, ids,
+        // encoded attributes and the rows of the CIs they name. The commit number first:
+        // every commit up to it is in what is read after it.
         let as_of = self.commits.load(Ordering::Acquire);
-        let has_delta = events
-            .iter()
-            .any(|e| matches!(e.kind, Some(v1::event::Kind::Delta(_))));
-        let host = if has_delta {
-            self.agent(agent_id)?.and_then(|a| a.host_id)
-        } else {
-            None
-        };
-        let prepared = match host {
-            Some(host) => apply::Prepared::read(&self.tree, &host, events, as_of)?,
-            None => None,
-        };
-        let outcome = self.write_seeing(|writer, txn| {
-            apply::apply_events(txn, agent_id, events, now, prepared, |p| {
-                writer.rows_current(&p.host, p.as_of)
-            })
+        let prepared = apply::Prepared::read(&self.tree, agent_id, events)?;
+        let outcome = self.write_with(true, |writer, txn| {
+            let prepared = prepared.map(|p| {
+                p.trusted(
+                    |host| writer.rows_current(host, as_of),
+                    writer.agent_current(agent_id, as_of),
+                )
+            });
+            apply::apply_events(txn, agent_id, events, now, prepared)
         })?;
         self.durable()?;
         Ok(outcome)

@@ -237,26 +237,26 @@ fn observed_at(ev: &v1::Event, now: SystemTime, out: &mut ApplyOutcome) -> Syste
 /// Applies `events` of one agent (see `Store::apply`). The agent must be identified.
 ///
 /// `prepared`: what [`Prepared::read`] made of the same `events` before the writer lock was
-/// taken; used only if it was made for the host the agent still has and its rows are
-/// still current (`rows_current`), else the work is done here.
+/// taken, keeping only what is still current ([`Prepared::trusted`]); its ids and rows are
+/// used only if it was made for the host the agent still has, else the work is done here.
 pub(super) fn apply_events(
     txn: &mut Txn<'_>,
     agent_id: &str,
     events: &[v1::Event],
     now: SystemTime,
-    prepared: Option<Prepared>,
-    rows_current: impl FnOnce(&Prepared) -> bool,
+    mut prepared: Option<Prepared>,
 ) -> Result<ApplyOutcome, StoreError> {
     let unidentified = || StoreError::Unidentified {
         agent_id: agent_id.to_owned(),
     };
+    if let Some(rec) = prepared.as_mut().and_then(|p| p.agent.take()) {
+        txn.seed_agent(rec);
+    }
     let mut agent = txn.peek_agent(agent_id)?.ok_or_else(unidentified)?;
     let host = agent.host_id.clone().ok_or_else(unidentified)?;
     let mut deltas = HashMap::new();
-    if let Some(p) = prepared.filter(|p| p.host == host) {
-        if rows_current(&p) {
-            txn.seed_rows(p.rows);
-        }
+    if let Some(p) = prepared.filter(|p| p.host.as_deref() == Some(host.as_str())) {
+        txn.seed_rows(p.rows);
         deltas = p.deltas;
     }
     let mut order: Vec<(usize, &v1::Event)> = events.iter().enumerate().collect();
@@ -373,17 +373,21 @@ fn named_changes(delta: &v1::Delta) -> Vec<(&str, &str)> {
 }
 
 /// The part of applying one agent's events that needs no writer lock, done before it is
-/// taken (`SledStore::apply`), so that the writer holds the lock for less: each delta's CI
-/// ids and encoded attributes, and the stored rows of those CIs read ahead.
+/// taken (`SledStore::apply`), so that the writer holds the lock for less and, in the
+/// common case, reads nothing from the tree (`pipeline`: it can then build while the
+/// previous batch is applied): the agent's record, and each delta's CI ids, encoded
+/// attributes and the stored rows of those CIs.
 ///
-/// The rows are read without the lock, so a commit can write some of them after they are
-/// read; `as_of` (the store's commit number when the read began: every commit up to it is
-/// in what was read) lets the writer check that no later commit wrote a CI of `host`
-/// before it trusts them (`apply_events`' `rows_current`). Ids and attributes depend only
-/// on the events and the host, so they are kept whenever the agent's host is still `host`.
+/// The records are read without the lock, so a transaction can write some of them after
+/// they are read; `as_of` (the store's commit number when the read began: every commit up
+/// to it is in what was read) lets the writer keep only those that no transaction built
+/// since wrote ([`Prepared::trusted`]). Ids and attributes depend only on the events and the
+/// host, so they are kept whenever the agent's host is still `host`.
 pub(super) struct Prepared {
-    pub(super) host: String,
-    pub(super) as_of: u64,
+    /// The agent's host, from its record as read.
+    host: Option<String>,
+    /// The agent's record as read (without pending heartbeats).
+    agent: Option<AgentRecord>,
     /// By position of the delta event in the call's events.
     deltas: HashMap<usize, PreparedDelta>,
     rows: HashMap<CiId, Option<TxnCi>>,
@@ -396,28 +400,37 @@ struct PreparedDelta {
 }
 
 impl Prepared {
-    /// Prepares `events` of agent `host`; `as_of` is the store's commit number, read
-    /// before this is called. `None` when there is no delta to prepare.
+    /// Prepares `events` of `agent_id`. The caller reads the store's commit number before
+    /// (the writer checks against it; see [`Prepared::trusted`]).
     pub(super) fn read(
         tree: &sled::Tree,
-        host: &str,
+        agent_id: &str,
         events: &[v1::Event],
-        as_of: u64,
     ) -> Result<Option<Prepared>, StoreError> {
+        let agent = txn::read_agent(tree, agent_id)?;
+        let host = agent.as_ref().and_then(|a| a.host_id.clone());
         let mut deltas = HashMap::new();
         let mut rows = HashMap::new();
+        let Some(h) = host.as_deref() else {
+            return Ok(Some(Prepared {
+                host,
+                agent,
+                deltas,
+                rows,
+            }));
+        };
         for (at, ev) in events.iter().enumerate() {
             let Some(v1::event::Kind::Delta(d)) = &ev.kind else {
                 continue;
             };
             let named = named_changes(d);
-            let ids = ids_of(host, &named);
+            let ids = ids_of(h, &named);
             for (class, of_class) in by_class(&named, &ids) {
                 let wanted: Vec<&str> = of_class
                     .into_iter()
                     .filter(|id| !rows.contains_key(*id))
                     .collect();
-                rows.extend(txn::read_rows(tree, host, class, &wanted)?);
+                rows.extend(txn::read_rows(tree, h, class, &wanted)?);
             }
             let attrs = d
                 .changes
@@ -433,15 +446,29 @@ impl Prepared {
                 .collect();
             deltas.insert(at, PreparedDelta { ids, attrs });
         }
-        if deltas.is_empty() {
-            return Ok(None);
-        }
         Ok(Some(Prepared {
-            host: host.to_owned(),
-            as_of,
+            host,
+            agent,
             deltas,
             rows,
         }))
+    }
+
+    /// Keeps the rows only if `rows_current(host)` (no transaction built since the read
+    /// wrote a CI of the host) and the agent's record only if `agent_current`; the writer
+    /// reads what is dropped again (under the lock, after the transaction in flight).
+    pub(super) fn trusted(
+        mut self,
+        rows_current: impl FnOnce(&str) -> bool,
+        agent_current: bool,
+    ) -> Self {
+        if !self.host.as_deref().is_some_and(rows_current) {
+            self.rows.clear();
+        }
+        if !agent_current {
+            self.agent = None;
+        }
+        self
     }
 }
 

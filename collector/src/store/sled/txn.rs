@@ -7,6 +7,7 @@
 //! raw bytes. Only one transaction runs at a time (the store's writer lock), so what it
 //! reads from the tree cannot change under it.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
@@ -17,6 +18,7 @@ use super::codec::{self, CiRow, PageWriter, VersionFields};
 use super::feed_tail::{OldAttrs, TailEntry};
 use super::keys;
 use super::liveness::Liveness;
+use super::pipeline::Finished;
 use crate::store::{AgentRecord, ChangeKind, CiId, CiRecord, CiState, StoreError};
 
 /// Version pages close at about this many bytes: small enough that a sled leaf of them
@@ -150,6 +152,13 @@ pub(super) struct Txn<'a> {
     pub(super) raw: Raw,
     /// Pending heartbeats (`liveness`) and the last one this transaction folds in.
     beats: Option<(&'a Liveness, u64)>,
+    /// The transaction in flight when this one began (`pipeline`): every read of the tree
+    /// waits for its ticket to finish first, once.
+    settle: Option<(&'a Finished, u64)>,
+    settled: Cell<bool>,
+    /// An agent record read before the writer lock (`apply::Prepared`), used by
+    /// `peek_agent` in place of the tree's.
+    seeded_agent: Option<AgentRecord>,
 }
 
 impl<'a> Txn<'a> {
@@ -169,7 +178,34 @@ impl<'a> Txn<'a> {
             agents: BTreeMap::new(),
             raw: Raw::default(),
             beats: None,
+            settle: None,
+            settled: Cell::new(false),
+            seeded_agent: None,
         }
+    }
+
+    /// Reads of the tree wait for `ticket` (the transaction in flight) to finish.
+    pub(super) fn settling(mut self, finished: &'a Finished, ticket: u64) -> Self {
+        self.settle = Some((finished, ticket));
+        self
+    }
+
+    /// The tree, once the transaction in flight when this one began has finished (see
+    /// `pipeline`): every read goes through here.
+    fn tree(&self) -> &'a sled::Tree {
+        if !self.settled.get() {
+            if let Some((finished, ticket)) = self.settle {
+                finished.wait_for(ticket);
+            }
+            self.settled.set(true);
+        }
+        self.tree
+    }
+
+    /// Takes `rec`, read before this transaction began, as the tree's record of its agent
+    /// (the caller vouches that no transaction built since wrote it).
+    pub(super) fn seed_agent(&mut self, rec: AgentRecord) {
+        self.seeded_agent = Some(rec);
     }
 
     /// Reads agent records with the heartbeats in `liveness` recorded up to `horizon`.
@@ -183,7 +219,7 @@ impl<'a> Txn<'a> {
         if let Some(pending) = self.raw.0.get(key) {
             return Ok(pending.clone());
         }
-        Ok(self.tree.get(key).map_err(backend)?.map(|v| v.to_vec()))
+        Ok(self.tree().get(key).map_err(backend)?.map(|v| v.to_vec()))
     }
 
     pub(super) fn get_json<T: DeserializeOwned>(
@@ -193,7 +229,7 @@ impl<'a> Txn<'a> {
         if let Some(pending) = self.raw.0.get(key) {
             return pending.as_deref().map(|b| decode(key, b)).transpose();
         }
-        match self.tree.get(key).map_err(backend)? {
+        match self.tree().get(key).map_err(backend)? {
             Some(v) => decode(key, &v).map(Some),
             None => Ok(None),
         }
@@ -211,7 +247,7 @@ impl<'a> Txn<'a> {
         }
         match self.prefetched.get(id) {
             Some(ci) => ci.as_ref().map(TxnCi::record).transpose(),
-            None => read_ci(self.tree, host, class, id)?
+            None => read_ci(self.tree(), host, class, id)?
                 .map(|ci| ci.record())
                 .transpose(),
         }
@@ -229,7 +265,7 @@ impl<'a> Txn<'a> {
         }
         match self.prefetched.get(id) {
             Some(ci) => Ok(ci.as_ref().map(|ci| ci.row.state)),
-            None => Ok(read_ci(self.tree, host, class, id)?.map(|ci| ci.row.state)),
+            None => Ok(read_ci(self.tree(), host, class, id)?.map(|ci| ci.row.state)),
         }
     }
 
@@ -251,7 +287,7 @@ impl<'a> Txn<'a> {
         if wanted.is_empty() {
             return Ok(());
         }
-        let rows = read_rows(self.tree, host, class, &wanted)?;
+        let rows = read_rows(self.tree(), host, class, &wanted)?;
         self.prefetched.reserve(rows.len());
         self.prefetched.extend(rows);
         Ok(())
@@ -285,7 +321,7 @@ impl<'a> Txn<'a> {
         }
         let read = match self.prefetched.remove(id) {
             Some(ci) => ci,
-            None => read_ci(self.tree, host, class, id)?,
+            None => read_ci(self.tree(), host, class, id)?,
         };
         match read {
             Some(ci) => {
@@ -338,7 +374,7 @@ impl<'a> Txn<'a> {
     ) -> Result<Vec<CiId>, StoreError> {
         let mut ids = Vec::new();
         for k in self
-            .tree
+            .tree()
             .scan_prefix(keys::cis_of_host_class(host, class))
             .keys()
             .take(limit)
@@ -365,10 +401,9 @@ impl<'a> Txn<'a> {
         if let Some(rec) = self.agents.get(id) {
             return Ok(Some(rec.clone()));
         }
-        let key = keys::agent(id);
-        let mut rec: Option<AgentRecord> = match self.tree.get(&key).map_err(backend)? {
-            Some(v) => Some(decode(&key, &v)?),
-            None => None,
+        let mut rec = match &self.seeded_agent {
+            Some(seeded) if seeded.agent_id == id => Some(seeded.clone()),
+            _ => read_agent(self.tree(), id)?,
         };
         if let (Some(rec), Some((liveness, horizon))) = (rec.as_mut(), self.beats)
             && let Some(beat) = liveness.get(id, horizon)
@@ -385,7 +420,7 @@ impl<'a> Txn<'a> {
         limit: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut merged: BTreeMap<Vec<u8>, bool> = BTreeMap::new();
-        for kv in self.tree.scan_prefix(prefix).keys() {
+        for kv in self.tree().scan_prefix(prefix).keys() {
             merged.insert(kv.map_err(backend)?.to_vec(), true);
             if merged.len() >= limit {
                 break;
@@ -406,11 +441,10 @@ impl<'a> Txn<'a> {
             .collect())
     }
 
-    /// Applies everything as one atomic batch stamped with this transaction's commit
-    /// number (see `seal`; version pages are keyed by it). Returns whether anything was
-    /// written (nothing written: no number used), the classes it added and the versions it
-    /// wrote in feed order (for the feed's tail).
-    pub(super) fn commit(self) -> Result<Committed, StoreError> {
+    /// Everything this transaction writes, as one batch stamped with its commit number
+    /// (see `seal`; version pages are keyed by it), for [`Built::apply`]. `None` when it
+    /// writes nothing (no number used).
+    pub(super) fn build(self) -> Result<Option<Built>, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         let mut hosts = BTreeSet::new();
@@ -447,30 +481,51 @@ impl<'a> Txn<'a> {
             n += 1;
         }
         if n == 0 {
-            return Ok(Committed::default());
+            return Ok(None);
         }
         batch.insert(keys::META_COMMIT, &self.number.to_be_bytes());
-        self.tree.apply_batch(batch).map_err(backend)?;
-        Ok(Committed {
-            written: true,
+        Ok(Some(Built {
+            number: self.number,
+            batch,
             hosts,
+            agents: self.agents.into_keys().collect(),
             classes: self.new_classes,
             versions: entries,
-        })
+        }))
     }
 }
 
-/// What [`Txn::commit`] wrote.
-#[derive(Default)]
-pub(super) struct Committed {
-    /// Whether anything was (nothing written: no number used).
-    pub(super) written: bool,
-    /// The hosts whose CI records it wrote.
+/// A transaction's writes, built and not yet applied (see [`Txn::build`]).
+pub(super) struct Built {
+    /// Its commit number.
+    pub(super) number: u64,
+    batch: sled::Batch,
+    /// The hosts whose CI records it writes.
     pub(super) hosts: BTreeSet<String>,
-    /// Classes it added.
+    /// The agents whose records it writes.
+    pub(super) agents: Vec<String>,
+    /// Classes it adds.
     pub(super) classes: BTreeSet<String>,
     /// Its versions, in feed order.
     pub(super) versions: Vec<TailEntry>,
+}
+
+impl Built {
+    /// Applies the batch (atomic on disk and for readers); returns the versions for the
+    /// feed's tail.
+    pub(super) fn apply(self, tree: &sled::Tree) -> Result<Vec<TailEntry>, StoreError> {
+        tree.apply_batch(self.batch).map_err(backend)?;
+        Ok(self.versions)
+    }
+}
+
+/// An agent record from the tree (without pending heartbeats).
+pub(super) fn read_agent(tree: &sled::Tree, id: &str) -> Result<Option<AgentRecord>, StoreError> {
+    let key = keys::agent(id);
+    match tree.get(&key).map_err(backend)? {
+        Some(v) => Ok(Some(decode(&key, &v)?)),
+        None => Ok(None),
+    }
 }
 
 /// A CI record from the tree.
