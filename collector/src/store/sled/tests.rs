@@ -130,6 +130,13 @@ fn change(kind: v1::ChangeKind, class: &str, key: &str, v: i64) -> v1::ItemChang
     }
 }
 
+/// Changes of packages `p0`..`p{n-1}` to value `v`.
+fn package_changes(n: usize, kind: v1::ChangeKind, v: u64) -> Vec<v1::ItemChange> {
+    (0..n)
+        .map(|i| change(kind, "package", &format!("p{i}"), v as i64))
+        .collect()
+}
+
 fn delta(seq: u64, changes: Vec<v1::ItemChange>) -> v1::Event {
     event(
         seq,
@@ -317,9 +324,7 @@ fn concurrent_writers_through_the_pipeline_lose_nothing() {
                     } else {
                         v1::ChangeKind::Changed
                     };
-                    let changes = (0..CIS)
-                        .map(|i| change(kind, "package", &format!("p{i}"), seq as i64))
-                        .collect();
+                    let changes = package_changes(CIS, kind, seq);
                     let out = store
                         .apply(&format!("agt-{a}"), &[delta(seq, changes)])
                         .unwrap();
@@ -341,16 +346,7 @@ fn concurrent_writers_through_the_pipeline_lose_nothing() {
         threads.push(std::thread::spawn(move || {
             for k in 0..CALLS {
                 let seq = 2 * k + t + 1;
-                let changes = (0..CIS)
-                    .map(|i| {
-                        change(
-                            v1::ChangeKind::Changed,
-                            "package",
-                            &format!("p{i}"),
-                            seq as i64,
-                        )
-                    })
-                    .collect();
+                let changes = package_changes(CIS, v1::ChangeKind::Changed, seq);
                 let out = store.apply("agt-s", &[delta(seq, changes)]).unwrap();
                 if out.ci_versions > 0 {
                     assert_eq!(out.ci_versions, CIS as u64);
@@ -2617,16 +2613,7 @@ fn flipped_bytes_never_go_unnoticed() {
                 .identify("a", "ia", &identity("U"), SystemTime::now())
                 .unwrap();
             for seq in 1..50u64 {
-                let changes = (0..20)
-                    .map(|i| {
-                        change(
-                            v1::ChangeKind::Changed,
-                            "package",
-                            &format!("p{i}"),
-                            seq as i64,
-                        )
-                    })
-                    .collect();
+                let changes = package_changes(20, v1::ChangeKind::Changed, seq);
                 store.apply("a", &[delta(seq, changes)]).unwrap();
             }
             assert!(store.verify().unwrap().is_consistent());
