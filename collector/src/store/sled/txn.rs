@@ -4,8 +4,10 @@
 //! CI and agent records are kept typed while the transaction runs (a CI touched by several
 //! events of one call is decoded once and encoded once); versions are collected and written
 //! at commit as the version pages of this transaction's commit number; everything else is
-//! raw bytes. Only one transaction runs at a time (the store's writer lock), so what it
-//! reads from the tree cannot change under it.
+//! raw bytes. Only one transaction is built at a time (the store's writer lock), and its
+//! first read of the tree waits for the batch still being applied, if any (`pipeline`;
+//! every read goes through `Txn::tree`), so what it reads cannot change under it.
+//! [`Txn::build`] turns it into the batch that the writer applies under the commit lock.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
