@@ -332,6 +332,24 @@ impl Collector {
         self.get_with(path, &self.admin_token)
     }
 
+    /// `get`, but `None` for 404 Not Found (what was visible before a SIGKILL but not yet
+    /// flushed is gone until the agent sends it again: it was never acknowledged).
+    pub fn get_if_found(&self, path: &str) -> Option<Value> {
+        let resp = reqwest::blocking::Client::new()
+            .get(format!("{}{path}", self.api()))
+            .bearer_auth(&self.admin_token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .unwrap();
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        let body: Value = resp.json().unwrap_or(Value::Null);
+        assert!(status.is_success(), "GET {path}: {status} {body}");
+        Some(body)
+    }
+
     pub fn get_with(&self, path: &str, token: &str) -> Value {
         let resp = reqwest::blocking::Client::new()
             .get(format!("{}{path}", self.api()))
