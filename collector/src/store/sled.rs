@@ -484,18 +484,19 @@ impl SledStore {
             .with_beats(&self.liveness, horizon);
         let mut txn = txn.settling(&self.finished, writer.tickets);
         let value = f(&writer, &mut txn)?;
-        let Some(built) = txn.build()? else {
+        let Some(mut built) = txn.build()? else {
             return Ok(value);
         };
         let (number, ticket) = (built.number, writer.tickets + 1);
         writer.built = number;
         writer.tickets = ticket;
         let finishing = self.finished.finishing(ticket);
-        writer.classes.extend(built.classes.iter().cloned());
-        for host in &built.hosts {
-            writer.host_written.insert(host.clone(), number);
+        writer.classes.extend(std::mem::take(&mut built.classes));
+        for host in std::mem::take(&mut built.hosts) {
+            writer.host_written.insert(host, number);
         }
-        for agent in &built.agents {
+        let agents = std::mem::take(&mut built.agents);
+        for agent in &agents {
             writer.agent_written.insert(agent.clone(), number);
         }
         // Batches are applied in the order they were built: the commit lock is taken
@@ -505,7 +506,6 @@ impl SledStore {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         drop(writer);
-        let agents = built.agents.clone();
         let applied = if self.commits.load(Ordering::Acquire) + 1 == number {
             built.apply(&self.tree)
         } else {
