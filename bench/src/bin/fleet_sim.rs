@@ -68,6 +68,10 @@ enum Cmd {
         /// Package changes per delta (changes scenario).
         #[arg(long, default_value_t = 200)]
         changes: usize,
+        /// Deltas each agent keeps unacknowledged (changes scenario). The real agent
+        /// pipelines up to 5 000 events in batches of up to 500 events / 1 MiB.
+        #[arg(long, default_value_t = 4)]
+        inflight: usize,
         /// The collector binary (default: next to this one).
         #[arg(long)]
         collector_bin: Option<PathBuf>,
@@ -290,6 +294,7 @@ async fn agent_channel(url: &str, ca: &str, a: &SimAgent) -> anyhow::Result<Chan
 struct Run {
     scenario: Scenario,
     changes: usize,
+    inflight: usize,
     packages: usize,
     start_at: Instant,
     measure_from: Instant,
@@ -384,7 +389,7 @@ async fn simulate(
             .await?;
             let mut generation = 1u64;
             while Instant::now() < run.until {
-                if inflight.lock().await.len() >= 4 {
+                if inflight.lock().await.len() >= run.inflight {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                     continue;
                 }
@@ -601,6 +606,7 @@ struct Load {
     scenario: Scenario,
     seconds: u64,
     changes: usize,
+    inflight: usize,
     warmup: Duration,
     bunched: bool,
 }
@@ -610,6 +616,7 @@ async fn drive(url: &str, ca: &str, agents: Vec<SimAgent>, load: Load) -> Figure
         scenario,
         seconds,
         changes,
+        inflight,
         warmup,
         bunched,
     } = load;
@@ -618,6 +625,7 @@ async fn drive(url: &str, ca: &str, agents: Vec<SimAgent>, load: Load) -> Figure
     let run = Arc::new(Run {
         scenario,
         changes,
+        inflight: inflight.max(1),
         packages: 800,
         start_at,
         measure_from: start_at + warmup,
@@ -852,6 +860,7 @@ fn main() -> anyhow::Result<()> {
             agents,
             seconds,
             changes,
+            inflight,
             collector_bin,
             skip_drop,
             warmup,
@@ -874,6 +883,7 @@ fn main() -> anyhow::Result<()> {
                 scenario,
                 seconds,
                 changes,
+                inflight,
                 warmup,
                 bunched,
             };
