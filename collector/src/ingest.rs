@@ -20,8 +20,9 @@
 //! - **Config**: right after that first Ack, a `Config` built for the identified host by the
 //!   [`AgentConfigFn`] hook (by default: the heartbeat interval, no monitors). The agent keeps
 //!   the latest one and evaluates its monitors besides its own.
-//! - **Bounds**: message size (tonic decode limit), events per batch (INVALID_ARGUMENT),
-//!   per-agent rate (token bucket; RESOURCE_EXHAUSTED when an agent ignores the hint),
+//! - **Bounds**: message size (tonic decode limit), read-ahead (4 batches per stream and
+//!   [`READ_AHEAD_BYTES`] of encoded batches for all streams together), events per batch
+//!   (INVALID_ARGUMENT), per-agent rate (token bucket; RESOURCE_EXHAUSTED when an agent ignores the hint),
 //!   concurrent streams (UNAVAILABLE). A malformed message ends that stream alone.
 
 use std::collections::HashMap;
@@ -37,7 +38,8 @@ use cmdb_proto::v1::{
     self, CollectorMessage, EnrollRequest, EnrollResponse, collector_message, event,
 };
 use futures_util::Stream;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use prost::Message as _;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -53,6 +55,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(15);
 const OUTBOUND_BUFFER: usize = 32;
 /// Batches of a stream decoded and checked ahead of the one being applied.
 const READ_AHEAD: usize = 4;
+/// Encoded bytes of the batches read but not yet applied, all streams together: a reader
+/// waits for room before it queues a batch (and its agent, by HTTP/2 flow control), so the
+/// read-ahead costs at most this much beyond one batch per stream, however many streams.
+const READ_AHEAD_BYTES: usize = 64 * 1024 * 1024;
 
 /// Builds the `Config` sent to an agent after its Hello was accepted, from the id of the host
 /// CI it was identified as (`host-…`, the `host` column of `/api/v1/agents`).
@@ -80,6 +86,8 @@ struct Inner {
     telemetry: Arc<Telemetry>,
     limits: Limits,
     streams: Arc<Semaphore>,
+    /// The read-ahead's byte budget ([`READ_AHEAD_BYTES`] permits, one per encoded byte).
+    read_ahead: Arc<Semaphore>,
     /// agent id → the notify that ends its current stream (superseded by a newer one).
     live: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
     next_generation: std::sync::atomic::AtomicU64,
@@ -108,6 +116,7 @@ impl Ingest {
                 telemetry,
                 limits,
                 streams,
+                read_ahead: Arc::new(Semaphore::new(READ_AHEAD_BYTES)),
                 live: Mutex::new(HashMap::new()),
                 next_generation: std::sync::atomic::AtomicU64::new(1),
             }),
@@ -422,24 +431,29 @@ fn validate(events: &[v1::Event], max: usize) -> Result<(), Status> {
     Ok(())
 }
 
-/// A checked batch and when it was decoded.
-type Received = (v1::Batch, Instant);
+/// A checked batch, when it was decoded (for the ack latency), and its share of the
+/// read-ahead budget, given back when it is dropped (applied, or the stream ended).
+struct Received {
+    batch: v1::Batch,
+    at: Instant,
+    budget: Option<OwnedSemaphorePermit>,
+}
 /// How a stream ended: closed by the agent (`Ok`), or why it is refused.
 type StreamEnd = Result<(), Status>;
 
 /// What a stream's reader hands to its applier, in arrival order.
 enum Inbound {
-    /// A checked batch and when it was decoded (for the ack latency).
-    Batch(v1::Batch, Instant),
+    /// A checked batch.
+    Batch(Received),
     /// The stream ends: the agent closed it (`Ok`), or why it is refused.
     End(StreamEnd),
 }
 
 /// Reads, decodes and checks the stream's messages while the applier is busy, so that the
 /// next batches are ready (and may be applied together) when the current one is durable.
-/// At most [`READ_AHEAD`] wait in `out`; past that the reader waits, and so does the
-/// agent's stream (HTTP/2 flow control). Ends after sending `End`, or when the applier is
-/// gone.
+/// At most [`READ_AHEAD`] wait in `out`, within the shared [`READ_AHEAD_BYTES`]; past
+/// that the reader waits, and so does the agent's stream (HTTP/2 flow control). Ends after
+/// sending `End`, or when the applier is gone.
 async fn read_stream(
     inner: Arc<Inner>,
     agent_id: String,
@@ -449,12 +463,24 @@ async fn read_stream(
     let mut limit = RateLimit::new(inner.limits.per_agent_events_per_second);
     loop {
         let item = match inbound.message().await {
-            Ok(Some(AgentMessage {
-                kind: Some(agent_message::Kind::Batch(b)),
-            })) => check(&inner, &agent_id, &mut limit, v1::Batch::from(b)),
-            Ok(Some(_)) => Inbound::End(Err(Status::invalid_argument(
-                "only Batch messages may follow Hello",
-            ))),
+            Ok(Some(msg)) => {
+                let size = msg.encoded_len().clamp(1, READ_AHEAD_BYTES);
+                match msg.kind {
+                    Some(agent_message::Kind::Batch(b)) => {
+                        match check(&inner, &agent_id, &mut limit, v1::Batch::from(b)) {
+                            Ok(batch) => Inbound::Batch(Received {
+                                batch,
+                                at: Instant::now(),
+                                budget: take_budget(&inner.read_ahead, size).await,
+                            }),
+                            Err(status) => Inbound::End(Err(status)),
+                        }
+                    }
+                    _ => Inbound::End(Err(Status::invalid_argument(
+                        "only Batch messages may follow Hello",
+                    ))),
+                }
+            }
             Ok(None) => Inbound::End(Ok(())),
             Err(status) => Inbound::End(Err(status)),
         };
@@ -465,26 +491,36 @@ async fn read_stream(
     }
 }
 
+/// Waits for `bytes` of the read-ahead budget (`None` only if the budget was closed,
+/// which nothing does).
+async fn take_budget(budget: &Arc<Semaphore>, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    let n = u32::try_from(bytes).unwrap_or(u32::MAX);
+    Arc::clone(budget).acquire_many_owned(n).await.ok()
+}
+
 /// A batch as it arrives: well-formed, from an agent not revoked, within its rate.
-fn check(inner: &Inner, agent_id: &str, limit: &mut RateLimit, batch: v1::Batch) -> Inbound {
+fn check(
+    inner: &Inner,
+    agent_id: &str,
+    limit: &mut RateLimit,
+    batch: v1::Batch,
+) -> Result<v1::Batch, Status> {
     if let Err(status) = validate(&batch.events, inner.limits.max_batch_events) {
         inner.telemetry.refused("malformed");
-        return Inbound::End(Err(status));
+        return Err(status);
     }
     if inner.pki.is_revoked(agent_id) {
         inner.telemetry.refused("revoked");
-        return Inbound::End(Err(Status::permission_denied(
-            "this agent has been revoked",
-        )));
+        return Err(Status::permission_denied("this agent has been revoked"));
     }
     if !limit.take(batch.events.len()) {
         inner.telemetry.refused("rate");
-        return Inbound::End(Err(Status::resource_exhausted(format!(
+        return Err(Status::resource_exhausted(format!(
             "more than {} events/s: follow the Ack's max_rate_hint",
             inner.limits.per_agent_events_per_second
-        ))));
+        )));
     }
-    Inbound::Batch(batch, Instant::now())
+    Ok(batch)
 }
 
 /// Aborts the task when dropped (a stream's reader, when its applier ends for any reason).
@@ -506,13 +542,13 @@ fn coalesce(
     rx: &mut mpsc::Receiver<Inbound>,
     max_events: usize,
 ) -> (Vec<Received>, Option<StreamEnd>) {
-    let mut events = first.0.events.len();
+    let mut events = first.batch.events.len();
     let mut batches = vec![first];
     while events < max_events {
         match rx.try_recv() {
-            Ok(Inbound::Batch(b, at)) => {
-                events += b.events.len();
-                batches.push((b, at));
+            Ok(Inbound::Batch(r)) => {
+                events += r.batch.events.len();
+                batches.push(r);
             }
             Ok(Inbound::End(end)) => return (batches, Some(end)),
             Err(_) => break,
@@ -528,7 +564,7 @@ async fn serve_stream(
     stop: Arc<Notify>,
     inbound: Streaming<AgentMessage>,
     tx: mpsc::Sender<Result<CollectorMessage, Status>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
 ) {
     let (read_tx, mut read_rx) = mpsc::channel(READ_AHEAD);
     let _reader = AbortOnDrop(tokio::spawn(read_stream(
@@ -543,15 +579,20 @@ async fn serve_stream(
             () = stop.notified() => break Err(Status::aborted("superseded by a newer stream of this agent")),
         };
         let first = match first {
-            Some(Inbound::Batch(b, at)) => (b, at),
+            Some(Inbound::Batch(r)) => r,
             Some(Inbound::End(end)) => break end,
             None => break Ok(()),
         };
         let (batches, end) = coalesce(first, &mut read_rx, inner.limits.max_batch_events);
-        let received: Vec<Instant> = batches.iter().map(|(_, at)| *at).collect();
+        let received: Vec<Instant> = batches.iter().map(|r| r.at).collect();
+        // The budget is given back once the batches are applied, not when their events move.
+        let mut budget = Vec::with_capacity(batches.len());
         let (heartbeats, events): (Vec<v1::Event>, Vec<v1::Event>) = batches
             .into_iter()
-            .flat_map(|(b, _)| b.events)
+            .flat_map(|r| {
+                budget.extend(r.budget);
+                r.batch.events
+            })
             .partition(|e| matches!(e.kind, Some(event::Kind::Heartbeat(_))));
         for e in &events {
             inner.telemetry.events(kind_name(e), 1);
@@ -573,6 +614,7 @@ async fn serve_stream(
                 .map(|o| (Some(o), heartbeats.len()))
         })
         .await;
+        drop(budget);
         let outcome = match applied {
             Ok(Ok((outcome, beats))) => {
                 inner.telemetry.events("heartbeat", beats as u64);
@@ -648,13 +690,17 @@ mod tests {
     fn batch(seqs: std::ops::Range<u64>) -> Received {
         let sd = || event::Kind::Shutdown(v1::Shutdown::default());
         let events = seqs.map(|s| ev(s, sd())).collect();
-        (v1::Batch { events }, Instant::now())
+        Received {
+            batch: v1::Batch { events },
+            at: Instant::now(),
+            budget: None,
+        }
     }
 
     fn seqs(batches: &[Received]) -> Vec<u64> {
         batches
             .iter()
-            .flat_map(|(b, _)| b.events.iter().map(|e| e.seq))
+            .flat_map(|r| r.batch.events.iter().map(|e| e.seq))
             .collect()
     }
 
@@ -662,8 +708,7 @@ mod tests {
     fn coalesce_takes_what_is_queued_up_to_the_event_bound() {
         let (tx, mut rx) = mpsc::channel(8);
         for r in [3..5, 5..8, 8..10, 10..11] {
-            let (b, at) = batch(r);
-            assert!(tx.try_send(Inbound::Batch(b, at)).is_ok());
+            assert!(tx.try_send(Inbound::Batch(batch(r))).is_ok());
         }
         // 2 + 2 + 3 = 7 events reach the bound of 6: the last two batches stay queued.
         let (got, end) = coalesce(batch(1..3), &mut rx, 6);
@@ -681,12 +726,10 @@ mod tests {
     #[test]
     fn coalesce_keeps_the_batches_before_the_end_of_the_stream() {
         let (tx, mut rx) = mpsc::channel(8);
-        let (b, at) = batch(2..4);
-        assert!(tx.try_send(Inbound::Batch(b, at)).is_ok());
+        assert!(tx.try_send(Inbound::Batch(batch(2..4))).is_ok());
         let refused = Status::invalid_argument("malformed");
         assert!(tx.try_send(Inbound::End(Err(refused))).is_ok());
-        let (b, at) = batch(9..10);
-        assert!(tx.try_send(Inbound::Batch(b, at)).is_ok());
+        assert!(tx.try_send(Inbound::Batch(batch(9..10))).is_ok());
         let (got, end) = coalesce(batch(1..2), &mut rx, 100);
         // The good batches are applied (and acked) before the stream ends with the error;
         // nothing after the end is taken.
@@ -695,6 +738,24 @@ mod tests {
         let (got, end) = coalesce(batch(5..6), &mut rx, 100);
         assert_eq!(seqs(&got), vec![5, 9]);
         assert!(end.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_read_ahead_waits_for_its_byte_budget() {
+        let budget = Arc::new(Semaphore::new(10));
+        let held = take_budget(&budget, 8).await;
+        assert!(held.is_some());
+        // 5 more bytes do not fit while 8 of 10 are held by a batch not yet applied.
+        let wait = tokio::time::timeout(Duration::from_millis(50), take_budget(&budget, 5));
+        assert!(wait.await.is_err());
+        let next = tokio::spawn({
+            let budget = Arc::clone(&budget);
+            async move { take_budget(&budget, 5).await.is_some() }
+        });
+        drop(held);
+        let got = tokio::time::timeout(Duration::from_secs(5), next).await;
+        assert!(matches!(got, Ok(Ok(true))));
+        assert_eq!(budget.available_permits(), 10);
     }
 
     #[test]
