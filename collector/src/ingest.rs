@@ -22,8 +22,8 @@
 //!   the latest one and evaluates its monitors besides its own.
 //! - **Bounds**: message size (tonic decode limit), read-ahead (4 batches per stream and
 //!   [`READ_AHEAD_BYTES`] of encoded batches for all streams together), events per batch
-//!   (INVALID_ARGUMENT), per-agent rate (token bucket; RESOURCE_EXHAUSTED when an agent ignores the hint),
-//!   concurrent streams (UNAVAILABLE). A malformed message ends that stream alone.
+//!   (INVALID_ARGUMENT), per-agent rate (token bucket; RESOURCE_EXHAUSTED when an agent
+//!   ignores the hint), concurrent streams (UNAVAILABLE). A malformed message ends that stream alone.
 
 use std::collections::HashMap;
 use std::pin::Pin;
