@@ -68,7 +68,12 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        self.cv.notify_all();
+        // cmdb patch: one job wakes one waiting thread (was `notify_all`, which woke all
+        // 7 idle I/O threads per job; 6 of them found the queue empty and slept again,
+        // and the thread that sent, often the one applying a write batch, was preempted by
+        // them). A thread busy when a job arrives takes it from the queue once done
+        // (`perform_work` drains with `try_recv` and `recv_timeout` checks before waiting).
+        self.cv.notify_one();
 
         len
     }

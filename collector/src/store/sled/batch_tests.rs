@@ -186,3 +186,39 @@ fn get_many_sees_whole_batches_while_batches_are_applied() {
             .all(|v| v.as_ref().unwrap()[..4] == rounds.to_be_bytes())
     );
 }
+
+/// The vendored sled's I/O pool wakes one thread per job (`vendor/sled/PATCHED.md`,
+/// `Queue::send`): a job queued while no thread waits, or while the woken one is still
+/// waking, must still run, or a flush waiting for its iobuf's write never returns. Many
+/// writers that each flush after every write queue jobs faster than the pool drains them;
+/// all of them must finish, and everything flushed must be there after a reopen.
+#[test]
+fn concurrent_flushes_all_complete() {
+    const WRITERS: u32 = 8;
+    const WRITES: u32 = 150;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::Config::new().path(dir.path()).open().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        for w in 0..WRITERS {
+            let db = db.clone();
+            let done = done_tx.clone();
+            std::thread::spawn(move || {
+                for n in 0..WRITES {
+                    let key = format!("w{w}/{n:05}");
+                    db.insert(key.as_bytes(), vec![w as u8; 300]).unwrap();
+                    db.flush().unwrap();
+                }
+                done.send(w).unwrap();
+            });
+        }
+        for _ in 0..WRITERS {
+            // A lost wakeup leaves a flush waiting forever: fail instead of hanging CI.
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("a writer's flush never completed");
+        }
+    }
+    let db = reopen(dir.path());
+    assert_eq!(db.len(), (WRITERS * WRITES) as usize);
+}
