@@ -438,6 +438,7 @@ struct Received {
     at: Instant,
     budget: Option<OwnedSemaphorePermit>,
 }
+
 /// How a stream ended: closed by the agent (`Ok`), or why it is refused.
 type StreamEnd = Result<(), Status>;
 
