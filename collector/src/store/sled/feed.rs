@@ -35,6 +35,7 @@ use super::history;
 use super::keys;
 use super::locate::Locator;
 use super::txn::{backend, read_ci};
+use super::vlog::VersionLog;
 use crate::store::{CiVersion, FeedEntry, FeedHead, FeedPos, StoreError};
 
 /// Who a CI is; fixed when it is created (its id is a digest of host, class and key).
@@ -104,47 +105,56 @@ impl Generations {
 /// `last_commit`, at most `limit`.
 pub(super) fn read(
     tree: &sled::Tree,
+    log: &VersionLog,
     identities: &Identities,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
 ) -> Result<Vec<FeedEntry>, StoreError> {
     let mut out: Vec<FeedEntry> = Vec::new();
-    walk(tree, identities, last_commit, after, limit, |at, who| {
-        let v = decode_version_payload(at.page, at.payload)?;
-        // A CI changed twice by one commit has adjacent entries: the previous version
-        // is then usually the entry just returned.
-        let old_attrs = match out.last() {
-            Some(e)
-                if v.prev == at.commit
-                    && e.pos.commit == at.commit
-                    && at.version.checked_sub(1) == Some(e.pos.version)
-                    && e.pos.ci_id == at.id =>
-            {
-                e.version.attrs.clone()
-            }
-            _ => history::attrs_before(tree, at.id, at.version, v.prev)?,
-        };
-        out.push(FeedEntry {
-            pos: at.pos(),
-            host_id: who.host.clone(),
-            class: who.class.clone(),
-            key: who.key.clone(),
-            version: CiVersion {
-                ci_id: at.id.to_owned(),
-                version: at.version,
-                change: v.change,
-                state: v.state,
-                attrs: v.attrs,
-                old_attrs,
-                observed_at: v.observed_at,
-                agent_id: v.agent_id,
-                seq: v.seq,
-                change_id: v.change_id,
-            },
-        });
-        Ok(out.len() < limit)
-    })?;
+    walk(
+        tree,
+        log,
+        identities,
+        last_commit,
+        after,
+        limit,
+        |at, who| {
+            let v = decode_version_payload(at.page, at.payload)?;
+            // A CI changed twice by one commit has adjacent entries: the previous version
+            // is then usually the entry just returned.
+            let old_attrs = match out.last() {
+                Some(e)
+                    if v.prev == at.commit
+                        && e.pos.commit == at.commit
+                        && at.version.checked_sub(1) == Some(e.pos.version)
+                        && e.pos.ci_id == at.id =>
+                {
+                    e.version.attrs.clone()
+                }
+                _ => history::attrs_before(tree, log, at.id, at.version, v.prev)?,
+            };
+            out.push(FeedEntry {
+                pos: at.pos(),
+                host_id: who.host.clone(),
+                class: who.class.clone(),
+                key: who.key.clone(),
+                version: CiVersion {
+                    ci_id: at.id.to_owned(),
+                    version: at.version,
+                    change: v.change,
+                    state: v.state,
+                    attrs: v.attrs,
+                    old_attrs,
+                    observed_at: v.observed_at,
+                    agent_id: v.agent_id,
+                    seq: v.seq,
+                    change_id: v.change_id,
+                },
+            });
+            Ok(out.len() < limit)
+        },
+    )?;
     Ok(out)
 }
 
@@ -152,21 +162,30 @@ pub(super) fn read(
 /// no previous-version lookups, only each CI's identity.
 pub(super) fn read_heads(
     tree: &sled::Tree,
+    log: &VersionLog,
     identities: &Identities,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
 ) -> Result<Vec<FeedHead>, StoreError> {
     let mut out: Vec<FeedHead> = Vec::new();
-    walk(tree, identities, last_commit, after, limit, |at, who| {
-        out.push(FeedHead {
-            pos: at.pos(),
-            host_id: who.host.clone(),
-            class: who.class.clone(),
-            key: who.key.clone(),
-        });
-        Ok(out.len() < limit)
-    })?;
+    walk(
+        tree,
+        log,
+        identities,
+        last_commit,
+        after,
+        limit,
+        |at, who| {
+            out.push(FeedHead {
+                pos: at.pos(),
+                host_id: who.host.clone(),
+                class: who.class.clone(),
+                key: who.key.clone(),
+            });
+            Ok(out.len() < limit)
+        },
+    )?;
     Ok(out)
 }
 
@@ -194,6 +213,7 @@ impl At<'_> {
 /// feed order, with its CI's identity, until it returns `false`.
 fn walk(
     tree: &sled::Tree,
+    log: &VersionLog,
     identities: &Identities,
     last_commit: u64,
     after: Option<&FeedPos>,
@@ -207,7 +227,7 @@ fn walk(
     // commits created.
     let mut locator: Option<Locator<'_>> = None;
     for kv in tree.range(start_key(tree, after)?..) {
-        let (k, page) = kv.map_err(backend)?;
+        let (k, value) = kv.map_err(backend)?;
         if !k.starts_with(keys::VERSION) {
             break;
         }
@@ -215,6 +235,7 @@ fn walk(
         if commit > last_commit {
             break;
         }
+        let page = log.page(&k, &value)?;
         for entry in PageEntries::new(&k, &page)? {
             let (id, version, payload) = entry?;
             if after

@@ -14,11 +14,13 @@ use cmdb_proto::model::Attrs;
 use super::codec::{PageEntries, StoredVersion, decode_version_payload};
 use super::keys;
 use super::txn::backend;
+use super::vlog::VersionLog;
 use crate::store::{CiRecord, CiVersion, StoreError};
 
 /// Version `version` of CI `id`, looked up in the pages of `commit`.
 pub(super) fn find_version(
     tree: &sled::Tree,
+    log: &VersionLog,
     commit: u64,
     id: &str,
     version: u64,
@@ -29,7 +31,8 @@ pub(super) fn find_version(
     let Some(kv) = tree.range(lo..=hi).next_back() else {
         return Ok(None);
     };
-    let (k, page) = kv.map_err(backend)?;
+    let (k, value) = kv.map_err(backend)?;
+    let page = log.page(&k, &value)?;
     for entry in PageEntries::new(&k, &page)? {
         let (eid, ev, payload) = entry?;
         match (eid, ev).cmp(&(id, version)) {
@@ -45,6 +48,7 @@ pub(super) fn find_version(
 /// of commit `prev`: that version's attributes (none for version 1). One page lookup.
 pub(super) fn attrs_before(
     tree: &sled::Tree,
+    log: &VersionLog,
     id: &str,
     version: u64,
     prev: u64,
@@ -52,7 +56,7 @@ pub(super) fn attrs_before(
     if version <= 1 {
         return Ok(Attrs::new());
     }
-    match find_version(tree, prev, id, version - 1)? {
+    match find_version(tree, log, prev, id, version - 1)? {
         Some(v) => Ok(v.attrs),
         None => Err(StoreError::Corrupt {
             key: id.to_owned(),
@@ -80,6 +84,7 @@ fn missing(rec: &CiRecord, version: u64, commit: u64) -> StoreError {
 /// first, each with the attributes it replaced.
 pub(super) fn versions(
     tree: &sled::Tree,
+    log: &VersionLog,
     rec: &CiRecord,
     head: u64,
     max: usize,
@@ -89,7 +94,7 @@ pub(super) fn versions(
     let mut chain: Vec<(u64, StoredVersion)> = Vec::new();
     let (mut version, mut commit) = (rec.version, head);
     while version >= 1 && chain.len() <= max {
-        let v = find_version(tree, commit, &rec.id, version)?
+        let v = find_version(tree, log, commit, &rec.id, version)?
             .ok_or_else(|| missing(rec, version, commit))?;
         commit = v.prev;
         chain.push((version, v));
@@ -123,13 +128,25 @@ pub(super) fn versions(
 /// description of where it breaks.
 pub(super) fn check_chain(
     tree: &sled::Tree,
+    log: &VersionLog,
     rec: &CiRecord,
     head: u64,
 ) -> Result<Result<u64, String>, StoreError> {
     let (mut version, mut commit) = (rec.version, head);
     let mut found = 0;
     while version >= 1 {
-        let Some(v) = find_version(tree, commit, &rec.id, version)? else {
+        let found_version = match find_version(tree, log, commit, &rec.id, version) {
+            Ok(v) => v,
+            // A damaged page breaks this chain; the scan goes on with the next CI.
+            Err(StoreError::Corrupt { key, reason }) => {
+                return Ok(Err(format!(
+                    "CI {} version {version}: {key}: {reason}",
+                    rec.id
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(v) = found_version else {
             return Ok(Err(format!(
                 "CI {} is at version {} but version {version} is missing (page {commit})",
                 rec.id, rec.version

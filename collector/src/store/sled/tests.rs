@@ -1445,7 +1445,14 @@ fn versions_carry_the_attributes_they_replaced() {
     let id = ci_id(&host, "package", "p");
     let (h, c) = store.location(&id).unwrap().unwrap();
     let ci = txn::read_ci(&store.tree, &h, &c, &id).unwrap().unwrap();
-    let newest = history::versions(&store.tree, &ci.record().unwrap(), ci.row.head, 2).unwrap();
+    let newest = history::versions(
+        &store.tree,
+        &store.vlog,
+        &ci.record().unwrap(),
+        ci.row.head,
+        2,
+    )
+    .unwrap();
     assert_eq!(newest, all[4..].to_vec());
 }
 
@@ -2394,21 +2401,21 @@ proptest! {
         let last = store.commits.load(Ordering::Acquire);
         // From the tree with no identity known (cold), then with every one known (warm).
         let cold = feed::Identities::default();
-        prop_assert_eq!(&feed::read(&store.tree, &cold, last, None, MAX_FEED).unwrap(), &full);
+        prop_assert_eq!(&feed::read(&store.tree, &store.vlog, &cold, last, None, MAX_FEED).unwrap(), &full);
         let ids = &store.identities;
         let heads = |entries: Vec<FeedEntry>| -> Vec<FeedHead> {
             entries.into_iter().map(FeedHead::from).collect()
         };
         prop_assert_eq!(
-            feed::read_heads(&store.tree, ids, last, None, MAX_FEED).unwrap(),
+            feed::read_heads(&store.tree, &store.vlog, ids, last, None, MAX_FEED).unwrap(),
             heads(full.clone())
         );
         for e in full.iter().step_by(7) {
-            let from_tree = feed::read(&store.tree, ids, last, Some(&e.pos), 50).unwrap();
+            let from_tree = feed::read(&store.tree, &store.vlog, ids, last, Some(&e.pos), 50).unwrap();
             prop_assert_eq!(&from_tree, &store.feed(Some(&e.pos), 50).unwrap());
             // Heads: the same positions and identities, from the tail and from the tree.
             prop_assert_eq!(
-                feed::read_heads(&store.tree, ids, last, Some(&e.pos), 50).unwrap(),
+                feed::read_heads(&store.tree, &store.vlog, ids, last, Some(&e.pos), 50).unwrap(),
                 heads(from_tree.clone())
             );
             prop_assert_eq!(store.feed_heads(Some(&e.pos), 50).unwrap(), heads(from_tree));
@@ -2689,4 +2696,112 @@ fn heartbeats_are_read_at_once_survive_other_writes_and_reach_disk_by_flush() {
     );
     let a = store.agent("a").unwrap().unwrap();
     assert_eq!((a.last_seen, a.outbox_events), (Some(t(30)), 3));
+}
+
+/// The history of every CI (all versions, oldest first) and the whole feed.
+fn all_history(store: &SledStore) -> (Vec<Vec<CiVersion>>, Vec<FeedEntry>) {
+    let mut cis = store.cis(&CiFilter::default()).unwrap();
+    cis.sort_by(|a, b| a.id.cmp(&b.id));
+    let history = cis
+        .iter()
+        .map(|c| store.ci_versions(&c.id).unwrap())
+        .collect();
+    (history, store.feed(None, MAX_FEED).unwrap())
+}
+
+/// Damage in the version log: never wrong data and never a panic. `verify` names it, and
+/// the history reads that need the damaged page fail with `Corrupt`.
+#[test]
+fn damaged_version_log_is_reported_by_verify_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledStore::open(dir.path(), CACHE).unwrap();
+        store
+            .identify("a", "ia", &identity("U"), SystemTime::now())
+            .unwrap();
+        for seq in 1..20u64 {
+            let changes = package_changes(20, v1::ChangeKind::Changed, seq);
+            store.apply("a", &[delta(seq, changes)]).unwrap();
+        }
+        assert!(store.verify().unwrap().is_consistent());
+    }
+    let file = dir.path().join("versions").join("00000000.vlog");
+    let mut bytes = std::fs::read(&file).unwrap();
+    assert!(
+        bytes.len() > 20 * 19 * 20,
+        "the versions are in the log: {}",
+        bytes.len()
+    );
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(&file, &bytes).unwrap();
+    let store = reopen(dir.path()).unwrap();
+    let report = store.verify().unwrap();
+    assert!(!report.is_consistent());
+    assert!(
+        report.problems.iter().any(|p| p.contains("checksum")),
+        "{:?}",
+        report.problems
+    );
+    let mut corrupt = 0;
+    for c in store.cis(&CiFilter::default()).unwrap() {
+        match store.ci_versions(&c.id) {
+            Ok(versions) => assert_eq!(versions.len() as u64, c.version),
+            Err(StoreError::Corrupt { .. }) => corrupt += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(corrupt > 0, "some history needs the damaged page");
+    // Truncated to nothing: every history read fails the same way, none panics.
+    std::fs::write(&file, b"").unwrap();
+    assert!(!store.verify().unwrap().is_consistent());
+}
+
+/// A format-2 store (version pages inline in the tree) opens as it is: the same history
+/// and feed, its marker becomes format 3, and new commits go to the version log.
+#[test]
+fn a_store_with_inline_pages_opens_and_reads_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = SledStore::open(dir.path(), CACHE).unwrap();
+        store
+            .identify("a", "ia", &identity("U"), SystemTime::now())
+            .unwrap();
+        for seq in 1..6u64 {
+            let changes = package_changes(300, v1::ChangeKind::Changed, seq);
+            store.apply("a", &[delta(seq, changes)]).unwrap();
+        }
+        let before = all_history(&store);
+        // What format 2 wrote: the pages themselves under the same keys.
+        for kv in store.tree.scan_prefix(keys::VERSION) {
+            let (k, value) = kv.unwrap();
+            let page = store.vlog.page(&k, &value).unwrap().to_vec();
+            assert_ne!(
+                page,
+                value.to_vec(),
+                "format 3 keeps references in the tree"
+            );
+            store.tree.insert(k, page).unwrap();
+        }
+        store
+            .tree
+            .insert(keys::META_FORMAT, FORMAT_INLINE_PAGES)
+            .unwrap();
+        store.flush().unwrap();
+        before
+    };
+    std::fs::remove_dir_all(dir.path().join("versions")).unwrap();
+    let store = reopen(dir.path()).unwrap();
+    assert_eq!(
+        store.tree.get(keys::META_FORMAT).unwrap().as_deref(),
+        Some(FORMAT)
+    );
+    assert!(store.verify().unwrap().is_consistent());
+    assert_eq!(all_history(&store), before);
+    let changes = package_changes(300, v1::ChangeKind::Changed, 6);
+    store.apply("a", &[delta(6, changes)]).unwrap();
+    assert!(store.verify().unwrap().is_consistent());
+    let (history, feed) = all_history(&store);
+    assert_eq!(feed.len(), before.1.len() + 300);
+    assert!(history.iter().all(|h| h.len() == 6 || h.len() == 1));
 }

@@ -21,6 +21,7 @@ use super::feed_tail::{OldAttrs, TailEntry};
 use super::keys;
 use super::liveness::Liveness;
 use super::pipeline::Finished;
+use super::vlog::{Mark, VersionLog};
 use crate::store::{AgentRecord, ChangeKind, CiId, CiRecord, CiState, StoreError};
 
 /// Version pages close at about this many bytes: small enough that a sled leaf of them
@@ -446,7 +447,8 @@ impl<'a> Txn<'a> {
     /// Everything this transaction writes, as one batch stamped with its commit number
     /// (see `seal`; version pages are keyed by it), for [`Built::apply`]. `None` when it
     /// writes nothing (no number used).
-    pub(super) fn build(self) -> Result<Option<Built>, StoreError> {
+    /// Its version pages are appended to `log` (not yet synced) and the batch refers to them.
+    pub(super) fn build(self, log: &VersionLog) -> Result<Option<Built>, StoreError> {
         let mut batch = sled::Batch::default();
         let mut n = 0;
         let mut hosts = BTreeSet::new();
@@ -479,7 +481,7 @@ impl<'a> Txn<'a> {
         }
         for page in pages.finish() {
             let key = keys::version_page(self.number, page.first_id.as_bytes(), page.first_version);
-            batch.insert(key, page.bytes);
+            batch.insert(key, &log.append(&page.bytes)?[..]);
             n += 1;
         }
         if n == 0 {
@@ -489,6 +491,7 @@ impl<'a> Txn<'a> {
         Ok(Some(Built {
             number: self.number,
             batch,
+            log_mark: log.mark(),
             hosts,
             agents: self.agents.into_keys().collect(),
             classes: self.new_classes,
@@ -502,6 +505,8 @@ pub(super) struct Built {
     /// Its commit number.
     pub(super) number: u64,
     batch: sled::Batch,
+    /// The end of its version pages in the version log.
+    log_mark: Mark,
     /// The hosts whose CI records it writes.
     pub(super) hosts: BTreeSet<String>,
     /// The agents whose records it writes.
@@ -513,9 +518,14 @@ pub(super) struct Built {
 }
 
 impl Built {
-    /// Applies the batch (atomic on disk and for readers); returns the versions for the
-    /// feed's tail.
-    pub(super) fn apply(self, tree: &sled::Tree) -> Result<Vec<TailEntry>, StoreError> {
+    /// Applies the batch (atomic on disk and for readers) once the version pages it refers
+    /// to are on disk; returns the versions for the feed's tail.
+    pub(super) fn apply(
+        self,
+        tree: &sled::Tree,
+        log: &VersionLog,
+    ) -> Result<Vec<TailEntry>, StoreError> {
+        log.sync_through(self.log_mark)?;
         tree.apply_batch(self.batch).map_err(backend)?;
         Ok(self.versions)
     }

@@ -14,6 +14,7 @@ use super::codec::{self, PageEntries};
 use super::history;
 use super::keys;
 use super::txn::{backend, decode};
+use super::vlog::VersionLog;
 use crate::store::{
     AgentRecord, CiState, HOST_CLASS, StoreError, check_collection, host_ci_id, valid_record_id,
 };
@@ -48,7 +49,7 @@ impl VerifyReport {
     }
 }
 
-pub(super) fn verify(tree: &sled::Tree) -> Result<VerifyReport, StoreError> {
+pub(super) fn verify(tree: &sled::Tree, log: &VersionLog) -> Result<VerifyReport, StoreError> {
     let mut report = VerifyReport::default();
     let mut reachable = 0u64;
     for kv in tree.scan_prefix(keys::CI) {
@@ -78,13 +79,20 @@ pub(super) fn verify(tree: &sled::Tree) -> Result<VerifyReport, StoreError> {
                 "CI {id} is not in the class index (class {class}, host {host})"
             ));
         }
-        match history::check_chain(tree, &rec, head)? {
+        match history::check_chain(tree, log, &rec, head)? {
             Ok(n) => reachable += n,
             Err(why) => report.problem(why),
         }
     }
     for kv in tree.scan_prefix(keys::VERSION) {
-        let (k, page) = kv.map_err(backend)?;
+        let (k, value) = kv.map_err(backend)?;
+        let page = match log.page(&k, &value) {
+            Ok(page) => page,
+            Err(e) => {
+                report.problem(e.to_string());
+                continue;
+            }
+        };
         let entries = match PageEntries::new(&k, &page) {
             Ok(e) => e,
             Err(e) => {
