@@ -439,6 +439,15 @@ impl SledStore {
         Ok(store)
     }
 
+    /// What feed reads behind the tail read.
+    fn feed_source(&self) -> feed::Source<'_> {
+        feed::Source {
+            tree: &self.tree,
+            log: &self.vlog,
+            identities: &self.identities,
+        }
+    }
+
     /// Scans the whole store for lost or inconsistent records (see the `verify` module).
     /// Slow on a big store: an operator's check, not part of every start.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
@@ -1158,14 +1167,7 @@ impl Store for SledStore {
         let limit = limit.min(MAX_FEED);
         match self.tail.read(last_commit, after, limit) {
             Some(entries) => entries.iter().map(|e| e.decode()).collect(),
-            None => feed::read(
-                &self.tree,
-                &self.vlog,
-                &self.identities,
-                last_commit,
-                after,
-                limit,
-            ),
+            None => feed::read(&self.feed_source(), last_commit, after, limit),
         }
     }
 
@@ -1179,14 +1181,7 @@ impl Store for SledStore {
         let limit = limit.min(MAX_FEED);
         match self.tail.read(last_commit, after, limit) {
             Some(entries) => entries.iter().map(|e| e.head()).collect(),
-            None => feed::read_heads(
-                &self.tree,
-                &self.vlog,
-                &self.identities,
-                last_commit,
-                after,
-                limit,
-            ),
+            None => feed::read_heads(&self.feed_source(), last_commit, after, limit),
         }
     }
 

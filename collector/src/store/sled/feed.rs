@@ -101,91 +101,79 @@ impl Generations {
     }
 }
 
+/// What a feed read behind the tail reads: the tree, the version log its pages are in, and
+/// the identities met by earlier reads.
+pub(super) struct Source<'a> {
+    pub(super) tree: &'a sled::Tree,
+    pub(super) log: &'a VersionLog,
+    pub(super) identities: &'a Identities,
+}
+
 /// The entries after `after` (all from the start when `None`) of commits up to
 /// `last_commit`, at most `limit`.
 pub(super) fn read(
-    tree: &sled::Tree,
-    log: &VersionLog,
-    identities: &Identities,
+    src: &Source<'_>,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
 ) -> Result<Vec<FeedEntry>, StoreError> {
     let mut out: Vec<FeedEntry> = Vec::new();
-    walk(
-        tree,
-        log,
-        identities,
-        last_commit,
-        after,
-        limit,
-        |at, who| {
-            let v = decode_version_payload(at.page, at.payload)?;
-            // A CI changed twice by one commit has adjacent entries: the previous version
-            // is then usually the entry just returned.
-            let old_attrs = match out.last() {
-                Some(e)
-                    if v.prev == at.commit
-                        && e.pos.commit == at.commit
-                        && at.version.checked_sub(1) == Some(e.pos.version)
-                        && e.pos.ci_id == at.id =>
-                {
-                    e.version.attrs.clone()
-                }
-                _ => history::attrs_before(tree, log, at.id, at.version, v.prev)?,
-            };
-            out.push(FeedEntry {
-                pos: at.pos(),
-                host_id: who.host.clone(),
-                class: who.class.clone(),
-                key: who.key.clone(),
-                version: CiVersion {
-                    ci_id: at.id.to_owned(),
-                    version: at.version,
-                    change: v.change,
-                    state: v.state,
-                    attrs: v.attrs,
-                    old_attrs,
-                    observed_at: v.observed_at,
-                    agent_id: v.agent_id,
-                    seq: v.seq,
-                    change_id: v.change_id,
-                },
-            });
-            Ok(out.len() < limit)
-        },
-    )?;
+    walk(src, last_commit, after, limit, |at, who| {
+        let v = decode_version_payload(at.page, at.payload)?;
+        // A CI changed twice by one commit has adjacent entries: the previous version
+        // is then usually the entry just returned.
+        let old_attrs = match out.last() {
+            Some(e)
+                if v.prev == at.commit
+                    && e.pos.commit == at.commit
+                    && at.version.checked_sub(1) == Some(e.pos.version)
+                    && e.pos.ci_id == at.id =>
+            {
+                e.version.attrs.clone()
+            }
+            _ => history::attrs_before(src.tree, src.log, at.id, at.version, v.prev)?,
+        };
+        out.push(FeedEntry {
+            pos: at.pos(),
+            host_id: who.host.clone(),
+            class: who.class.clone(),
+            key: who.key.clone(),
+            version: CiVersion {
+                ci_id: at.id.to_owned(),
+                version: at.version,
+                change: v.change,
+                state: v.state,
+                attrs: v.attrs,
+                old_attrs,
+                observed_at: v.observed_at,
+                agent_id: v.agent_id,
+                seq: v.seq,
+                change_id: v.change_id,
+            },
+        });
+        Ok(out.len() < limit)
+    })?;
     Ok(out)
 }
 
 /// The same positions as [`read`], without the versions' contents: no payload decoding and
 /// no previous-version lookups, only each CI's identity.
 pub(super) fn read_heads(
-    tree: &sled::Tree,
-    log: &VersionLog,
-    identities: &Identities,
+    src: &Source<'_>,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
 ) -> Result<Vec<FeedHead>, StoreError> {
     let mut out: Vec<FeedHead> = Vec::new();
-    walk(
-        tree,
-        log,
-        identities,
-        last_commit,
-        after,
-        limit,
-        |at, who| {
-            out.push(FeedHead {
-                pos: at.pos(),
-                host_id: who.host.clone(),
-                class: who.class.clone(),
-                key: who.key.clone(),
-            });
-            Ok(out.len() < limit)
-        },
-    )?;
+    walk(src, last_commit, after, limit, |at, who| {
+        out.push(FeedHead {
+            pos: at.pos(),
+            host_id: who.host.clone(),
+            class: who.class.clone(),
+            key: who.key.clone(),
+        });
+        Ok(out.len() < limit)
+    })?;
     Ok(out)
 }
 
@@ -212,9 +200,7 @@ impl At<'_> {
 /// Calls `visit` with every version entry after `after` of commits up to `last_commit`, in
 /// feed order, with its CI's identity, until it returns `false`.
 fn walk(
-    tree: &sled::Tree,
-    log: &VersionLog,
-    identities: &Identities,
+    src: &Source<'_>,
     last_commit: u64,
     after: Option<&FeedPos>,
     limit: usize,
@@ -225,6 +211,11 @@ fn walk(
     }
     // Made after `last_commit` was read, when first needed: it knows every class those
     // commits created.
+    let Source {
+        tree,
+        log,
+        identities,
+    } = *src;
     let mut locator: Option<Locator<'_>> = None;
     for kv in tree.range(start_key(tree, after)?..) {
         let (k, value) = kv.map_err(backend)?;

@@ -2400,22 +2400,22 @@ proptest! {
         check_feed(&store, &full)?;
         let last = store.commits.load(Ordering::Acquire);
         // From the tree with no identity known (cold), then with every one known (warm).
-        let cold = feed::Identities::default();
-        prop_assert_eq!(&feed::read(&store.tree, &store.vlog, &cold, last, None, MAX_FEED).unwrap(), &full);
-        let ids = &store.identities;
+        let cold = feed::Source { identities: &feed::Identities::default(), ..store.feed_source() };
+        prop_assert_eq!(&feed::read(&cold, last, None, MAX_FEED).unwrap(), &full);
+        let ids = &store.feed_source();
         let heads = |entries: Vec<FeedEntry>| -> Vec<FeedHead> {
             entries.into_iter().map(FeedHead::from).collect()
         };
         prop_assert_eq!(
-            feed::read_heads(&store.tree, &store.vlog, ids, last, None, MAX_FEED).unwrap(),
+            feed::read_heads(ids, last, None, MAX_FEED).unwrap(),
             heads(full.clone())
         );
         for e in full.iter().step_by(7) {
-            let from_tree = feed::read(&store.tree, &store.vlog, ids, last, Some(&e.pos), 50).unwrap();
+            let from_tree = feed::read(ids, last, Some(&e.pos), 50).unwrap();
             prop_assert_eq!(&from_tree, &store.feed(Some(&e.pos), 50).unwrap());
             // Heads: the same positions and identities, from the tail and from the tree.
             prop_assert_eq!(
-                feed::read_heads(&store.tree, &store.vlog, ids, last, Some(&e.pos), 50).unwrap(),
+                feed::read_heads(ids, last, Some(&e.pos), 50).unwrap(),
                 heads(from_tree.clone())
             );
             prop_assert_eq!(store.feed_heads(Some(&e.pos), 50).unwrap(), heads(from_tree));
@@ -2607,6 +2607,20 @@ fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis(ticks * 10))
 }
 
+/// A store in `dir` with agent "a" and `deltas` deltas of `changes` package changes each.
+fn store_with_changes(dir: &std::path::Path, deltas: u64, changes: usize) -> SledStore {
+    let store = SledStore::open(dir, CACHE).unwrap();
+    store
+        .identify("a", "ia", &identity("U"), SystemTime::now())
+        .unwrap();
+    for seq in 1..=deltas {
+        let changes = package_changes(changes, v1::ChangeKind::Changed, seq);
+        store.apply("a", &[delta(seq, changes)]).unwrap();
+    }
+    assert!(store.verify().unwrap().is_consistent());
+    store
+}
+
 /// Damage anywhere in sled's log: the store refuses to open (tail rolled back: the seal),
 /// or `verify` reports what sled dropped, or everything acknowledged is intact.
 #[test]
@@ -2614,17 +2628,7 @@ fn flipped_bytes_never_go_unnoticed() {
     let mut refused = 0;
     for offset in [0.02f64, 0.1, 0.3, 0.5, 0.7, 0.9, 0.95] {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let store = SledStore::open(dir.path(), CACHE).unwrap();
-            store
-                .identify("a", "ia", &identity("U"), SystemTime::now())
-                .unwrap();
-            for seq in 1..50u64 {
-                let changes = package_changes(20, v1::ChangeKind::Changed, seq);
-                store.apply("a", &[delta(seq, changes)]).unwrap();
-            }
-            assert!(store.verify().unwrap().is_consistent());
-        }
+        drop(store_with_changes(dir.path(), 49, 20));
         let db = dir.path().join("db");
         let mut bytes = std::fs::read(&db).unwrap();
         let at = (bytes.len() as f64 * offset) as usize;
@@ -2714,17 +2718,7 @@ fn all_history(store: &SledStore) -> (Vec<Vec<CiVersion>>, Vec<FeedEntry>) {
 #[test]
 fn damaged_version_log_is_reported_by_verify_and_reads() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let store = SledStore::open(dir.path(), CACHE).unwrap();
-        store
-            .identify("a", "ia", &identity("U"), SystemTime::now())
-            .unwrap();
-        for seq in 1..20u64 {
-            let changes = package_changes(20, v1::ChangeKind::Changed, seq);
-            store.apply("a", &[delta(seq, changes)]).unwrap();
-        }
-        assert!(store.verify().unwrap().is_consistent());
-    }
+    drop(store_with_changes(dir.path(), 19, 20));
     let file = dir.path().join("versions").join("00000000.vlog");
     let mut bytes = std::fs::read(&file).unwrap();
     assert!(
@@ -2763,14 +2757,7 @@ fn damaged_version_log_is_reported_by_verify_and_reads() {
 fn a_store_with_inline_pages_opens_and_reads_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let before = {
-        let store = SledStore::open(dir.path(), CACHE).unwrap();
-        store
-            .identify("a", "ia", &identity("U"), SystemTime::now())
-            .unwrap();
-        for seq in 1..6u64 {
-            let changes = package_changes(300, v1::ChangeKind::Changed, seq);
-            store.apply("a", &[delta(seq, changes)]).unwrap();
-        }
+        let store = store_with_changes(dir.path(), 5, 300);
         let before = all_history(&store);
         // What format 2 wrote: the pages themselves under the same keys.
         for kv in store.tree.scan_prefix(keys::VERSION) {

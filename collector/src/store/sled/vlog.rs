@@ -140,6 +140,22 @@ fn corrupt(key: &[u8], reason: String) -> StoreError {
     }
 }
 
+/// A log file opened (created if need be) for reads and appends, and its length.
+fn open_for_append(path: &Path) -> Result<(Arc<File>, u64), StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io("cannot open", path, e))?;
+    let end = file
+        .metadata()
+        .map_err(|e| io("cannot stat", path, e))?
+        .len();
+    Ok((Arc::new(file), end))
+}
+
 fn file_name(n: u32) -> String {
     format!("{n:08}.vlog")
 }
@@ -167,20 +183,7 @@ impl VersionLog {
                 last = last.max(n);
             }
         }
-        let path = dir.join(file_name(last));
-        let handle = Arc::new(
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(|e| io("cannot open", &path, e))?,
-        );
-        let end = handle
-            .metadata()
-            .map_err(|e| io("cannot stat", &path, e))?
-            .len();
+        let (handle, end) = open_for_append(&dir.join(file_name(last)))?;
         let mark = Mark { file: last, end };
         Ok(VersionLog {
             dir,
@@ -209,21 +212,8 @@ impl VersionLog {
                 .file
                 .checked_add(1)
                 .ok_or_else(|| StoreError::Backend("version log: out of file numbers".into()))?;
-            let path = self.dir.join(file_name(file));
-            let handle = Arc::new(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path)
-                    .map_err(|e| io("cannot create", &path, e))?,
-            );
-            // A file left by a crash after it was created: append after what it holds.
-            let end = handle
-                .metadata()
-                .map_err(|e| io("cannot stat", &path, e))?
-                .len();
+            // A file left by a crash after it was created: appends go after what it holds.
+            let (handle, end) = open_for_append(&self.dir.join(file_name(file)))?;
             self.files
                 .write()
                 .unwrap_or_else(PoisonError::into_inner)
