@@ -24,8 +24,9 @@ use super::pipeline::Finished;
 use super::vlog::{Mark, VersionLog};
 use crate::store::{AgentRecord, ChangeKind, CiId, CiRecord, CiState, StoreError};
 
-/// Version pages close at about this many bytes: small enough that a sled leaf of them
-/// stays far below sled's blob threshold, big enough that a call's versions need few keys.
+/// Version pages close at about this many bytes: small enough that a history lookup reads
+/// little more than the version it wants (one page per version), big enough that a call's
+/// versions need few references in the tree.
 const PAGE_TARGET: usize = 4096;
 
 /// Most distinct CI classes the store accepts (DESIGN.md has 17): resolving a bare CI id
