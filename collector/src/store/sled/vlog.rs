@@ -109,11 +109,44 @@ pub(super) struct Mark {
     end: u64,
 }
 
+/// What the tree holds for a page: where it is and its checksum.
+struct PageRef {
+    file: u32,
+    offset: u64,
+    len: u32,
+    crc: u32,
+}
+
+impl PageRef {
+    fn encode(&self) -> [u8; REF_LEN] {
+        let mut r = [0u8; REF_LEN];
+        r[0] = TAG_REF;
+        r[1..5].copy_from_slice(&self.file.to_be_bytes());
+        r[5..13].copy_from_slice(&self.offset.to_be_bytes());
+        r[13..17].copy_from_slice(&self.len.to_be_bytes());
+        r[17..21].copy_from_slice(&self.crc.to_be_bytes());
+        r
+    }
+
+    /// `None` unless `value` is a reference (its tag and length).
+    fn decode(value: &[u8]) -> Option<PageRef> {
+        let r = <&[u8; REF_LEN]>::try_from(value).ok()?;
+        if r[0] != TAG_REF {
+            return None;
+        }
+        Some(PageRef {
+            file: u32::from_be_bytes(r[1..5].try_into().ok()?),
+            offset: u64::from_be_bytes(r[5..13].try_into().ok()?),
+            len: u32::from_be_bytes(r[13..17].try_into().ok()?),
+            crc: u32::from_be_bytes(r[17..21].try_into().ok()?),
+        })
+    }
+}
+
 /// Where the next page goes.
 struct Tail {
-    file: u32,
+    at: Mark,
     handle: Arc<File>,
-    end: u64,
     /// Files appended to since the last sync (the current one and any it replaced).
     unsynced: Vec<Arc<File>>,
 }
@@ -189,9 +222,8 @@ impl VersionLog {
             dir,
             max,
             tail: Mutex::new(Tail {
-                file: last,
+                at: mark,
                 handle: Arc::clone(&handle),
-                end,
                 unsynced: Vec::new(),
             }),
             synced: Mutex::new(mark),
@@ -207,11 +239,11 @@ impl VersionLog {
             .filter(|&l| l <= PAGE_MAX)
             .ok_or_else(|| StoreError::Backend(format!("version page of {} bytes", page.len())))?;
         let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-        if tail.end > 0 && tail.end + u64::from(len) > self.max {
-            let file = tail
-                .file
-                .checked_add(1)
-                .ok_or_else(|| StoreError::Backend("version log: out of file numbers".into()))?;
+        if tail.at.end > 0 && tail.at.end + u64::from(len) > self.max {
+            let file =
+                tail.at.file.checked_add(1).ok_or_else(|| {
+                    StoreError::Backend("version log: out of file numbers".into())
+                })?;
             // A file left by a crash after it was created: appends go after what it holds.
             let (handle, end) = open_for_append(&self.dir.join(file_name(file)))?;
             self.files
@@ -220,21 +252,20 @@ impl VersionLog {
                 .insert(file, Arc::clone(&handle));
             let old = std::mem::replace(&mut tail.handle, handle);
             tail.unsynced.push(old);
-            tail.file = file;
-            tail.end = end;
+            tail.at = Mark { file, end };
         }
-        let offset = tail.end;
+        let Mark { file, end: offset } = tail.at;
         tail.handle
             .write_all_at(page, offset)
-            .map_err(|e| io("cannot write", &self.dir.join(file_name(tail.file)), e))?;
-        tail.end += u64::from(len);
-        let mut r = [0u8; REF_LEN];
-        r[0] = TAG_REF;
-        r[1..5].copy_from_slice(&tail.file.to_be_bytes());
-        r[5..13].copy_from_slice(&offset.to_be_bytes());
-        r[13..17].copy_from_slice(&len.to_be_bytes());
-        r[17..21].copy_from_slice(&crc32fast::hash(page).to_be_bytes());
-        Ok(r)
+            .map_err(|e| io("cannot write", &self.dir.join(file_name(file)), e))?;
+        tail.at.end += u64::from(len);
+        Ok(PageRef {
+            file,
+            offset,
+            len,
+            crc: crc32fast::hash(page),
+        }
+        .encode())
     }
 
     /// Bytes in the log's files.
@@ -252,11 +283,7 @@ impl VersionLog {
 
     /// Everything appended so far ends here.
     pub(super) fn mark(&self) -> Mark {
-        let tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
-        Mark {
-            file: tail.file,
-            end: tail.end,
-        }
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner).at
     }
 
     /// Returns once everything appended before `mark` is on disk (one `fdatasync` per file
@@ -270,13 +297,7 @@ impl VersionLog {
             let mut tail = self.tail.lock().unwrap_or_else(PoisonError::into_inner);
             let mut files = std::mem::take(&mut tail.unsynced);
             files.push(Arc::clone(&tail.handle));
-            (
-                files,
-                Mark {
-                    file: tail.file,
-                    end: tail.end,
-                },
-            )
+            (files, tail.at)
         };
         for f in files {
             f.sync_data().map_err(|e| io("cannot sync", &self.dir, e))?;
@@ -295,17 +316,18 @@ impl VersionLog {
         if value.first() != Some(&TAG_REF) {
             return Ok(PageBytes::Inline(value));
         }
-        let Ok(r) = <&[u8; REF_LEN]>::try_from(value) else {
+        let Some(PageRef {
+            file,
+            offset,
+            len,
+            crc,
+        }) = PageRef::decode(value)
+        else {
             return Err(corrupt(
                 key,
                 format!("version page reference of {} bytes", value.len()),
             ));
         };
-        let be4 = |a: usize| u32::from_be_bytes([r[a], r[a + 1], r[a + 2], r[a + 3]]);
-        let (file, len, crc) = (be4(1), be4(13), be4(17));
-        let mut off = [0u8; 8];
-        off.copy_from_slice(&r[5..13]);
-        let offset = u64::from_be_bytes(off);
         if len > PAGE_MAX {
             return Err(corrupt(
                 key,
