@@ -1,7 +1,10 @@
 //! Fleet simulator: N concurrent agent streams with realistic synthetic inventories against
 //! the real collector, and — in the same run — against a decode-and-drop server speaking the
 //! same protocol over the same mTLS, which gives the upper bound. Prints CI changes/s (or
-//! events/s), ack latency p50/p99, collector peak RSS, and the collector/drop ratio.
+//! events/s), ack latency p50/p99, collector peak RSS, and the collector/drop ratio; and,
+//! from /proc/<pid>/stat over the measured window, the CPU each server and this simulator
+//! used (cores, and µs per change or batch: the simulator shares the machine's cores with
+//! the server it drives), plus the collector's CPU per version while it judges the backlog.
 //!
 //! Scenarios:
 //! - `changes`: each agent sends a snapshot of ~800 packages, then deltas of `--changes`
@@ -561,14 +564,21 @@ fn scrape(port: u16, name: &str) -> Option<f64> {
 }
 
 /// After the traffic stopped: how far the judgment engine was behind (CI versions written
-/// but not yet judged), and how long it took to judge them all (at most `limit`).
-fn judgment_backlog(port: u16, limit: Duration) -> Option<(f64, f64, Duration)> {
+/// but not yet judged), how long it took to judge them all (at most `limit`), and the CPU
+/// seconds the collector (process `pid`) used meanwhile.
+fn judgment_backlog(
+    port: u16,
+    pid: u32,
+    limit: Duration,
+) -> Option<(f64, f64, Duration, Option<f64>)> {
+    let cpu_from = cpu_seconds(pid);
     let written = scrape(port, "cmdb_ci_versions_total")?;
     let judged = scrape(port, "cmdb_judged_versions_total")?;
     let t = Instant::now();
     while t.elapsed() < limit {
         if scrape(port, "cmdb_judged_versions_total")? >= written {
-            return Some((written, written - judged, t.elapsed()));
+            let cpu = cpu_seconds(pid).zip(cpu_from).map(|(b, a)| b - a);
+            return Some((written, written - judged, t.elapsed(), cpu));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -598,6 +608,36 @@ struct Figures {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// CPU time of the server and of this simulator over the measured window.
+    cpu: Option<WindowCpu>,
+    /// What `per_second` counts over the measured window.
+    count: u64,
+}
+
+/// CPU seconds (user + system, every thread) a process used over the measured window.
+#[derive(Clone, Copy)]
+struct WindowCpu {
+    server: f64,
+    simulator: f64,
+}
+
+/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`: 100 on every Linux ABI).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system, all threads, exited ones included) of process `pid` so far.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// Both processes' CPU seconds now.
+fn cpu_pair(server: u32) -> Option<(f64, f64)> {
+    Some((cpu_seconds(server)?, cpu_seconds(std::process::id())?))
 }
 
 /// What one `drive` simulates besides the agents.
@@ -611,7 +651,8 @@ struct Load {
     bunched: bool,
 }
 
-async fn drive(url: &str, ca: &str, agents: Vec<SimAgent>, load: Load) -> Figures {
+/// Simulates `agents` against the server at `url` (process `server`, for its CPU time).
+async fn drive(url: &str, ca: &str, agents: Vec<SimAgent>, load: Load, server: u32) -> Figures {
     let Load {
         scenario,
         seconds,
@@ -646,11 +687,26 @@ async fn drive(url: &str, ca: &str, agents: Vec<SimAgent>, load: Load) -> Figure
             Arc::clone(&run),
         )));
     }
+    // CPU over the measured window only (not enrollment, snapshots or warm-up).
+    let window = tokio::spawn({
+        let (from, until) = (run.measure_from, run.until);
+        async move {
+            tokio::time::sleep_until(from.into()).await;
+            let start = cpu_pair(server)?;
+            tokio::time::sleep_until(until.into()).await;
+            let end = cpu_pair(server)?;
+            Some(WindowCpu {
+                server: end.0 - start.0,
+                simulator: end.1 - start.1,
+            })
+        }
+    });
     for h in handles {
         if !matches!(h.await, Ok(Ok(()))) {
             run.totals.errors.fetch_add(1, Ordering::Relaxed);
         }
     }
+    let cpu = window.await.ok().flatten();
     let mut lat = run.latencies.lock().await.clone();
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| {
@@ -669,7 +725,30 @@ async fn drive(url: &str, ca: &str, agents: Vec<SimAgent>, load: Load) -> Figure
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         errors: run.totals.errors.load(Ordering::Relaxed),
+        cpu,
+        count,
     }
+}
+
+/// "server 1.31 cores (19.4 µs per change), simulator 0.55 cores (8.1 µs)".
+fn cpu_line(f: &Figures, seconds: u64, unit: &str) -> String {
+    let Some(cpu) = f.cpu else {
+        return "CPU not read (no /proc)".to_owned();
+    };
+    let per = |s: f64| {
+        if f.count == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}", s * 1e6 / f.count as f64)
+        }
+    };
+    format!(
+        "{:.2} cores ({} µs per {unit}), simulator {:.2} cores ({} µs)",
+        cpu.server / seconds as f64,
+        per(cpu.server),
+        cpu.simulator / seconds as f64,
+        per(cpu.simulator)
+    )
 }
 
 async fn run_bench(
@@ -760,10 +839,11 @@ async fn run_bench(
         })
         .collect();
     let started = Instant::now();
-    let ours = drive(&url, &ca, agents, load).await;
+    let ours = drive(&url, &ca, agents, load, collector.0.id()).await;
     let traffic = started.elapsed();
     let backlog = if scenario == Scenario::Changes {
-        tokio::task::spawn_blocking(move || judgment_backlog(http, Duration::from_secs(300)))
+        let pid = collector.0.id();
+        tokio::task::spawn_blocking(move || judgment_backlog(http, pid, Duration::from_secs(300)))
             .await
             .ok()
             .flatten()
@@ -773,10 +853,10 @@ async fn run_bench(
     let rss = peak_rss_mib(collector.0.id());
     drop(collector);
 
-    let unit = if scenario == Scenario::Changes {
-        "CI changes/s"
+    let (unit, cpu_unit) = if scenario == Scenario::Changes {
+        ("CI changes/s", "change")
     } else {
-        "metrics batches/s"
+        ("metrics batches/s", "batch")
     };
     println!(
         "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up{}{}{}",
@@ -796,7 +876,11 @@ async fn run_bench(
         "| cmdb-collector (sled, durable acks) | {:.0} | {:.2} | {:.2} | {rss:.0} (after enrollment {rss_after_enroll:.0}) | {} |",
         ours.per_second, ours.p50_ms, ours.p99_ms, ours.errors
     );
-    if let Some((written, behind, drained)) = backlog {
+    println!(
+        "CPU over the measured window: cmdb-collector {}",
+        cpu_line(&ours, seconds, cpu_unit)
+    );
+    if let Some((written, behind, drained, cpu)) = backlog {
         let all = traffic + drained;
         println!(
             "judgment: {behind:.0} of {written:.0} CI versions still to judge when the traffic \
@@ -806,6 +890,13 @@ async fn run_bench(
             written / all.as_secs_f64(),
             all.as_secs_f64()
         );
+        if let Some(cpu) = cpu.filter(|_| behind > 0.0) {
+            println!(
+                "judgment catch-up: collector {:.2} cores, {:.1} µs of collector CPU per version judged",
+                cpu / drained.as_secs_f64().max(1e-3),
+                cpu * 1e6 / behind
+            );
+        }
     } else if scenario == Scenario::Changes {
         println!("judgment: backlog not drained within 300 s (or /metrics unreadable)");
     }
@@ -830,11 +921,15 @@ async fn run_bench(
             })
             .collect();
         let url = format!("https://127.0.0.1:{port}");
-        let upper = drive(&url, &ca, agents, load).await;
+        let upper = drive(&url, &ca, agents, load, dropper.0.id()).await;
         let drss = peak_rss_mib(dropper.0.id());
         println!(
             "| decode-and-drop (upper bound) | {:.0} | {:.2} | {:.2} | {drss:.0} | {} |",
             upper.per_second, upper.p50_ms, upper.p99_ms, upper.errors
+        );
+        println!(
+            "CPU over the measured window: decode-and-drop {}",
+            cpu_line(&upper, seconds, cpu_unit)
         );
         if upper.per_second > 0.0 {
             println!(
