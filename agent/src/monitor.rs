@@ -11,7 +11,8 @@
 //! **A round** ([`Checker::evaluate`]): one check per kind present, each on its own thread
 //! and under its own timeout, sharing one read per kind: one `systemctl show` for every unit
 //! (through [`crate::command::run`]), one pass over /proc/<pid>/{exe,comm} for every process
-//! monitor, one read of /proc/net/tcp and tcp6 for every port, all under the [`HostRoot`]. A
+//! monitor, one read of the TCP listeners for every port (a sock_diag dump of listeners on
+//! the live host, else /proc/net/tcp and tcp6), all under the [`HostRoot`]. A
 //! check that overruns its timeout leaves its monitors `unknown` ("check did not finish …")
 //! and is not started again while its thread still runs, so a wedged manager or procfs costs
 //! one thread, not one per round.

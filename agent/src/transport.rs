@@ -185,6 +185,9 @@ fn heartbeat_message(link: &Link) -> AgentMessage {
 
 /// Acknowledged events since the last `malloc_trim` after which the transport trims again.
 const TRIM_AFTER_ACKED_EVENTS: u64 = 100;
+/// Acknowledged outbox bytes since the last `malloc_trim` after which the transport trims
+/// again: one snapshot (a single event) is enough.
+const TRIM_AFTER_ACKED_BYTES: u64 = 64 * 1024;
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
@@ -260,6 +263,7 @@ async fn session(
     // leaves freed memory behind that glibc would keep resident.
     blocking(cmdb_malloc::release_free_memory).await?;
     let mut last_trim = watermark;
+    let mut acked_bytes = 0u64;
 
     let (acked_tx, acked_rx) = watch::channel(watermark);
     let (pace_tx, pace_rx) = watch::channel(pace);
@@ -300,8 +304,15 @@ async fn session(
             Some(collector_message::Kind::Ack(a)) => {
                 let outbox = link.outbox.clone();
                 let up_to = a.up_to_seq;
-                match blocking(move || outbox.ack(up_to)).await {
-                    Ok(Ok(())) => {}
+                let acked = blocking(move || {
+                    let before = outbox.stats().bytes;
+                    outbox
+                        .ack(up_to)
+                        .map(|()| before.saturating_sub(outbox.stats().bytes))
+                })
+                .await;
+                match acked {
+                    Ok(Ok(bytes)) => acked_bytes = acked_bytes.saturating_add(bytes),
                     Ok(Err(e)) => break Err(TransportError::Outbox(e.to_string())),
                     Err(e) => break Err(e),
                 }
@@ -309,8 +320,11 @@ async fn session(
                 let _ = pace_tx.send(Pace::of(&a));
                 // A large acknowledged batch (a snapshot, a drained backlog) freed its
                 // encoded events and outbox pages: hand that memory back to the OS.
-                if up_to.saturating_sub(last_trim) >= TRIM_AFTER_ACKED_EVENTS {
+                if up_to.saturating_sub(last_trim) >= TRIM_AFTER_ACKED_EVENTS
+                    || acked_bytes >= TRIM_AFTER_ACKED_BYTES
+                {
                     last_trim = up_to;
+                    acked_bytes = 0;
                     match blocking(cmdb_malloc::release_free_memory).await {
                         Ok(_) => {}
                         Err(e) => break Err(e),

@@ -172,6 +172,16 @@ impl Outcome {
         });
     }
 
+    /// Something worth telling that lost nothing (a fallback that worked): recorded with
+    /// the status left as it is.
+    pub fn note(&mut self, message: impl Into<String>) {
+        if self.messages.len() < MAX_MESSAGES {
+            self.messages.push(message.into());
+        } else {
+            self.dropped_messages += 1;
+        }
+    }
+
     /// A malformed or unreadable entry was skipped; the rest is kept (status `partial`).
     pub fn warn(&mut self, message: impl Into<String>) {
         self.fail(CollectorState::Partial, message);
@@ -188,11 +198,7 @@ impl Outcome {
         if severity(state) > severity(self.state) {
             self.state = state;
         }
-        if self.messages.len() < MAX_MESSAGES {
-            self.messages.push(message.into());
-        } else {
-            self.dropped_messages += 1;
-        }
+        self.note(message);
     }
 
     pub fn state(&self) -> CollectorState {
@@ -561,5 +567,15 @@ mod tests {
         o.permission_denied("no access");
         assert_eq!(o.state(), CollectorState::PermissionDenied);
         assert!(o.message().unwrap().contains("and 16 more"));
+    }
+
+    #[test]
+    fn a_note_is_told_without_changing_the_state() {
+        let mut o = Outcome::new();
+        o.note("netlink refused; /proc/net/tcp read instead");
+        assert_eq!(o.state(), CollectorState::Ok);
+        assert!(o.message().unwrap().contains("/proc/net/tcp read instead"));
+        o.warn("line 3: bad");
+        assert_eq!(o.state(), CollectorState::Partial);
     }
 }

@@ -1,6 +1,9 @@
 //! The `sockets` collector: listening ports and established TCP connections, from the
-//! kernel's socket tables /proc/net/{tcp,tcp6,udp,udp6} (this host's network namespace),
-//! with each socket's owning process from the /proc/<pid>/fd links.
+//! kernel's socket tables (this host's network namespace), with each socket's owning
+//! process from the /proc/<pid>/fd links. On the live host the tables come from a
+//! `NETLINK_SOCK_DIAG` dump per table (`diag`: a fraction of the kernel's work for
+//! /proc/net/tcp); under another host root, or when that dump fails (said in the
+//! collector's messages), from /proc/net/{tcp,tcp6,udp,udp6}. Both give the same entries.
 //!
 //! `listening_port`: TCP sockets in LISTEN and UDP sockets that are bound and unconnected,
 //! keyed `<proto>:<address>:<port>` (IPv6 in brackets, IPv4-mapped IPv6 kept as IPv6 text:
@@ -23,6 +26,7 @@
 //! sockets no process holds (kernel sockets) keep a null owner silently. It never guesses an
 //! owner from a port number.
 
+pub mod diag;
 mod owners;
 pub mod proc_net;
 
@@ -127,20 +131,39 @@ fn collect(root: &HostRoot) -> Outcome {
     let mut any_table = false;
     let mut dropped_sockets = 0usize;
     for (path, protocol, family) in TABLES {
-        let keep = |entry| {
-            let s = Socket {
-                protocol,
-                family,
-                entry,
+        if root.is_live() {
+            let (kept, dropped) = (sockets.len(), dropped_sockets);
+            // Only the states kept above: the kernel skips the rest.
+            let states = match protocol {
+                Protocol::Tcp => diag::state_bit(STATE_LISTEN) | diag::state_bit(STATE_ESTABLISHED),
+                Protocol::Udp => diag::state_bit(STATE_CLOSE),
             };
-            if !(s.is_listening() || s.is_established_tcp()) {
-                return;
+            let mut keep = |entry| {
+                keep_socket(&mut sockets, &mut dropped_sockets, protocol, family, entry);
+            };
+            match diag::dump_table(protocol, family, states, &mut keep) {
+                Ok(skipped) => {
+                    if skipped > 0 {
+                        out.warn(format!(
+                            "sock_diag {} {}: {skipped} malformed answer(s) skipped",
+                            protocol.as_str(),
+                            family.as_str()
+                        ));
+                    }
+                    any_table = true;
+                    continue;
+                }
+                Err(e) => {
+                    // What the failed dump gave is dropped: the file is read whole, and
+                    // nothing is lost if it reads (the status stays as the file makes it).
+                    sockets.truncate(kept);
+                    dropped_sockets = dropped;
+                    out.note(format!("{e}; {path} read instead"));
+                }
             }
-            if sockets.len() < MAX_SOCKETS {
-                sockets.push(s);
-            } else {
-                dropped_sockets += 1;
-            }
+        }
+        let keep = |entry| {
+            keep_socket(&mut sockets, &mut dropped_sockets, protocol, family, entry);
         };
         let read = read_table(root, path, family, keep, |b| {
             out.warn(format!("{path} {b}"));
@@ -182,7 +205,32 @@ fn collect(root: &HostRoot) -> Outcome {
     out
 }
 
-/// TCP listeners on some ports, from /proc/net/tcp and tcp6 (the `tcp_port` monitors).
+/// Keeps a listening or established socket of a table, up to [`MAX_SOCKETS`] (the rest
+/// are counted in `dropped`).
+fn keep_socket(
+    sockets: &mut Vec<Socket>,
+    dropped: &mut usize,
+    protocol: Protocol,
+    family: Family,
+    entry: SocketEntry,
+) {
+    let s = Socket {
+        protocol,
+        family,
+        entry,
+    };
+    if !(s.is_listening() || s.is_established_tcp()) {
+        return;
+    }
+    if sockets.len() < MAX_SOCKETS {
+        sockets.push(s);
+    } else {
+        *dropped += 1;
+    }
+}
+
+/// TCP listeners on some ports, from the tables as the collector reads them (the `tcp_port`
+/// monitors).
 #[derive(Debug, Default)]
 pub struct TcpListeners {
     /// Port → the local addresses listening on it (wanted ports only).
@@ -203,11 +251,19 @@ pub fn tcp_listeners(root: &HostRoot, ports: &BTreeSet<u16>) -> TcpListeners {
             continue;
         }
         let by_port = &mut out.by_port;
-        let keep = |e: SocketEntry| {
+        let mut keep = |e: SocketEntry| {
             if e.state == STATE_LISTEN && ports.contains(&e.local_port) {
                 by_port.entry(e.local_port).or_default().insert(e.local);
             }
         };
+        // Listeners only: the kernel does not walk its established sockets at all. What a
+        // failed dump gave is kept (a set: the file's entries add nothing twice).
+        if root.is_live()
+            && diag::dump_table(protocol, family, diag::state_bit(STATE_LISTEN), &mut keep).is_ok()
+        {
+            out.any_table = true;
+            continue;
+        }
         match read_table(root, path, family, keep, |_| {}) {
             Ok(()) => out.any_table = true,
             Err(e) if e.is_not_found() => {}
@@ -500,6 +556,54 @@ fn connection_items(sockets: &[Socket], owner_of: &impl Fn(&Socket) -> Owner, ou
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// On the live host the collector reads the tables through sock_diag; read through
+    /// procfs instead (the same host under another root path), this test's sockets give the
+    /// same CIs: a TCP listener, both ends of a connection to it, an unconnected UDP socket.
+    #[test]
+    fn the_live_host_gives_the_same_cis_from_netlink_and_from_procfs() {
+        use std::net::{TcpListener, TcpStream, UdpSocket};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let uport = udp.local_addr().unwrap().port();
+
+        let ours = |o: Outcome| -> Vec<(String, String, String)> {
+            let mut v: Vec<_> = o
+                .items
+                .into_iter()
+                .filter(|i| {
+                    i.key.ends_with(&format!(":{port}")) || i.key.ends_with(&format!(":{uport}"))
+                })
+                .map(|i| (i.class.clone(), i.key.clone(), format!("{:?}", i.attrs)))
+                .collect();
+            v.sort();
+            v
+        };
+        let live = HostRoot::new("/");
+        assert!(live.is_live());
+        let procfs = HostRoot::new("/proc/self/root");
+        assert!(!procfs.is_live());
+        let via_netlink = ours(collect(&live));
+        let via_procfs = ours(collect(&procfs));
+        let keys: Vec<(&str, &str)> = via_netlink
+            .iter()
+            .map(|(c, k, _)| (c.as_str(), k.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("connection", format!("tcp:127.0.0.1:{port}").as_str()),
+                ("connection", format!("tcp:127.0.0.1:in:{port}").as_str()),
+                ("listening_port", format!("tcp:127.0.0.1:{port}").as_str()),
+                ("listening_port", format!("udp:127.0.0.1:{uport}").as_str()),
+            ]
+        );
+        assert_eq!(via_netlink, via_procfs);
+        drop((client, server, udp));
+    }
 
     #[test]
     fn overlong_lines_are_skipped_without_losing_the_next() {

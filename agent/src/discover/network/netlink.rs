@@ -5,6 +5,9 @@
 //! counted. The socket has a receive timeout and the whole dump a deadline, so a kernel that
 //! never answers cannot hang the collector.
 //!
+//! The dump itself ([`dump`]: socket, request, framing, errors, deadline) is shared with the
+//! socket tables' `NETLINK_SOCK_DIAG` dump (`discover/sockets/diag.rs`).
+//!
 //! Only for the live host: a netlink socket talks to the agent's own network namespace.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,22 +17,24 @@ use rustix::io::Errno;
 use rustix::net::netlink::SocketAddrNetlink;
 use rustix::net::sockopt::{Timeout, set_socket_timeout};
 use rustix::net::{
-    AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, bind, recv, sendto, socket_with,
+    AddressFamily, Protocol, RecvFlags, SendFlags, SocketFlags, SocketType, bind, recv, sendto,
+    socket_with,
 };
 
-const NLMSG_HDRLEN: usize = 16;
+pub const NLMSG_HDRLEN: usize = 16;
 const IFADDRMSG_LEN: usize = 8;
 const RTA_HDRLEN: usize = 4;
 
+const NLMSG_NOOP: u16 = 1;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_OVERRUN: u16 = 4;
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_GETADDR: u16 = 22;
 
-const NLM_F_REQUEST: u16 = 0x01;
+pub const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP_INTR: u16 = 0x10;
-const NLM_F_DUMP: u16 = 0x300;
+pub const NLM_F_DUMP: u16 = 0x300;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -42,7 +47,8 @@ pub const AF_INET6: u8 = 10;
 
 /// Receive buffer: the kernel sends dump batches of at most 32 KiB.
 const RECV_BUFFER: usize = 64 * 1024;
-/// A dump bigger than this is refused (a host with ~10^5 addresses is not plausible).
+/// A dump bigger than this is refused (a host with ~10^5 addresses is not plausible; a
+/// socket table of 65 536 sockets, the most the sockets collector keeps, is ~7 MiB).
 const MAX_DUMP_BYTES: usize = 16 * 1024 * 1024;
 
 /// One address, as the kernel reports it.
@@ -75,7 +81,7 @@ pub enum NetlinkError {
     #[error("netlink dump did not finish within {0:?}")]
     Timeout(Duration),
     /// The kernel answered with an error.
-    #[error("kernel refused the address dump (errno {0})")]
+    #[error("kernel refused the dump (errno {0})")]
     Kernel(i32),
     /// A frame was inconsistent with the bytes received.
     #[error("malformed netlink message: {0}")]
@@ -83,8 +89,8 @@ pub enum NetlinkError {
     /// The dump exceeded [`MAX_DUMP_BYTES`].
     #[error("netlink dump larger than {0} bytes")]
     TooLarge(usize),
-    /// An address changed while the kernel was dumping (NLM_F_DUMP_INTR).
-    #[error("the address dump was interrupted by a concurrent change")]
+    /// What was dumped changed while the kernel was dumping (NLM_F_DUMP_INTR).
+    #[error("the dump was interrupted by a concurrent change")]
     Interrupted,
 }
 
@@ -98,18 +104,48 @@ pub enum Progress {
 /// Dumps every address of every interface. Retries once if a concurrent change
 /// interrupted the dump. `deadline` bounds each attempt.
 pub fn dump_addresses(deadline: Duration) -> Result<(Vec<AddrRecord>, usize), NetlinkError> {
-    match dump_once(deadline) {
-        Err(NetlinkError::Interrupted) => dump_once(deadline),
+    match addresses_once(deadline) {
+        Err(NetlinkError::Interrupted) => addresses_once(deadline),
         other => other,
     }
 }
 
-fn dump_once(deadline: Duration) -> Result<(Vec<AddrRecord>, usize), NetlinkError> {
+fn addresses_once(deadline: Duration) -> Result<(Vec<AddrRecord>, usize), NetlinkError> {
+    let mut records = Vec::new();
+    let mut skipped = 0;
+    dump(None, &request, deadline, &mut |kind, payload| {
+        take_address(kind, payload, &mut records, &mut skipped);
+    })?;
+    Ok((records, skipped))
+}
+
+/// An answer of the address dump: an address into `out`, a malformed one counted.
+fn take_address(kind: u16, payload: &[u8], out: &mut Vec<AddrRecord>, skipped: &mut usize) {
+    if kind == RTM_NEWADDR {
+        match parse_ifaddr(payload) {
+            Ok(Some(r)) => out.push(r),
+            Ok(None) => {}
+            Err(_) => *skipped += 1,
+        }
+    }
+}
+
+/// One dump over a new netlink socket of `protocol` (`None`: `NETLINK_ROUTE`): sends
+/// `request(seq)`, hands each answer message to `on_message(type, payload)`, returns at
+/// NLMSG_DONE. A dump that a concurrent change interrupted is
+/// [`NetlinkError::Interrupted`]: the caller starts again with fresh results. `deadline`
+/// bounds the whole dump.
+pub fn dump(
+    protocol: Option<Protocol>,
+    request: &dyn Fn(u32) -> Vec<u8>,
+    deadline: Duration,
+    on_message: &mut dyn FnMut(u16, &[u8]),
+) -> Result<(), NetlinkError> {
     let fd = socket_with(
         AddressFamily::NETLINK,
         SocketType::RAW,
         SocketFlags::CLOEXEC,
-        None, // NETLINK_ROUTE
+        protocol,
     )
     .map_err(NetlinkError::Socket)?;
     set_socket_timeout(&fd, Timeout::Recv, Some(Duration::from_millis(250)))
@@ -126,8 +162,6 @@ fn dump_once(deadline: Duration) -> Result<(Vec<AddrRecord>, usize), NetlinkErro
 
     let start = Instant::now();
     let mut buf = vec![0_u8; RECV_BUFFER];
-    let mut records = Vec::new();
-    let mut skipped = 0;
     let mut total = 0_usize;
     loop {
         if start.elapsed() > deadline {
@@ -150,8 +184,8 @@ fn dump_once(deadline: Duration) -> Result<(Vec<AddrRecord>, usize), NetlinkErro
         let Some(datagram) = buf.get(..n) else {
             return Err(NetlinkError::Malformed("datagram length"));
         };
-        if parse_datagram(datagram, seq, &mut records, &mut skipped)? == Progress::Done {
-            return Ok((records, skipped));
+        if parse_messages(datagram, seq, on_message)? == Progress::Done {
+            return Ok(());
         }
     }
 }
@@ -170,26 +204,42 @@ pub fn request(seq: u32) -> Vec<u8> {
     m
 }
 
-const fn align4(n: usize) -> usize {
+pub const fn align4(n: usize) -> usize {
     (n + 3) & !3
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
-/// Parses one received datagram (one or more netlink messages). Address messages are
-/// appended to `out`; malformed address messages are counted in `skipped`. Messages with
-/// another sequence number are not ours and are ignored.
+/// Parses one received datagram (one or more netlink messages) of an address dump, as
+/// [`dump_addresses`] does. Address messages are appended to `out`; malformed address
+/// messages are counted in `skipped`. Messages with another sequence number are not ours
+/// and are ignored.
+#[cfg(test)]
 pub fn parse_datagram(
     buf: &[u8],
     seq: u32,
     out: &mut Vec<AddrRecord>,
     skipped: &mut usize,
+) -> Result<Progress, NetlinkError> {
+    parse_messages(buf, seq, &mut |kind, payload| {
+        take_address(kind, payload, out, skipped);
+    })
+}
+
+/// Parses one received datagram (one or more netlink messages): the control messages
+/// (done, error, overrun, an interrupted dump) here, every other message of sequence
+/// number `seq` handed to `on_message(type, payload)`. Messages with another sequence
+/// number are not ours and are ignored.
+pub fn parse_messages(
+    buf: &[u8],
+    seq: u32,
+    on_message: &mut dyn FnMut(u16, &[u8]),
 ) -> Result<Progress, NetlinkError> {
     let mut at = 0;
     while buf.len().saturating_sub(at) >= NLMSG_HDRLEN {
@@ -228,13 +278,8 @@ pub fn parse_datagram(
                 }
             }
             NLMSG_OVERRUN => return Err(malformed("overrun")),
-            RTM_NEWADDR => match parse_ifaddr(payload) {
-                Ok(Some(r)) => out.push(r),
-                Ok(None) => {}
-                Err(_) => *skipped += 1,
-            },
-            // NLMSG_NOOP and anything a dump of addresses never carries.
-            _ => {}
+            NLMSG_NOOP => {}
+            _ => on_message(kind, payload),
         }
     }
     // Bytes after the last whole message that are not alignment padding: the kernel never
@@ -311,7 +356,7 @@ pub fn parse_ifaddr(payload: &[u8]) -> Result<Option<AddrRecord>, BadAddr> {
     }))
 }
 
-fn ip_from(family: u8, data: &[u8]) -> Option<IpAddr> {
+pub fn ip_from(family: u8, data: &[u8]) -> Option<IpAddr> {
     match family {
         AF_INET => {
             let b: [u8; 4] = data.try_into().ok()?;
