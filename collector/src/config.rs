@@ -243,6 +243,21 @@ pub struct Limits {
     /// Concurrent agent streams. Default 20000.
     #[serde(default = "default_max_streams")]
     pub max_streams: usize,
+    /// Streams whose events are being applied to the store at once; the others' batches
+    /// wait, read ahead, and are applied together when their turn comes (heartbeats do not
+    /// wait). 0: twice the CPU cores. Default 0.
+    #[serde(default)]
+    pub concurrent_applies: usize,
+}
+
+impl Limits {
+    /// `concurrent_applies`, with 0 resolved to twice the CPU cores.
+    pub fn apply_slots(&self) -> usize {
+        match self.concurrent_applies {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()) * 2,
+            n => n,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -252,6 +267,7 @@ impl Default for Limits {
             max_batch_events: default_max_batch_events(),
             per_agent_events_per_second: default_rate(),
             max_streams: default_max_streams(),
+            concurrent_applies: 0,
         }
     }
 }
@@ -696,6 +712,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("limits.max_batch_events"), "{e}");
+    }
+
+    #[test]
+    fn concurrent_applies_default_to_twice_the_cores() {
+        let p = Path::new("c.toml");
+        let cfg = CollectorConfig::parse("data_dir = \"/x\"\n", p).unwrap();
+        assert_eq!(cfg.limits.concurrent_applies, 0);
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert_eq!(cfg.limits.apply_slots(), 2 * cores);
+        let cfg =
+            CollectorConfig::parse("data_dir = \"/x\"\n[limits]\nconcurrent_applies = 3\n", p)
+                .unwrap();
+        assert_eq!(cfg.limits.apply_slots(), 3);
     }
 
     #[test]

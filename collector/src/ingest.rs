@@ -90,6 +90,8 @@ struct Inner {
     read_ahead: Arc<Semaphore>,
     /// agent id → the notify that ends its current stream (superseded by a newer one).
     live: Mutex<HashMap<String, (u64, Arc<Notify>)>>,
+    /// Turns to apply sequenced events (`[limits] concurrent_applies`).
+    apply_slots: Arc<Semaphore>,
     next_generation: std::sync::atomic::AtomicU64,
 }
 
@@ -114,11 +116,12 @@ impl Ingest {
                 pki,
                 tokens,
                 telemetry,
-                limits,
                 streams,
                 read_ahead: Arc::new(Semaphore::new(READ_AHEAD_BYTES)),
                 live: Mutex::new(HashMap::new()),
                 next_generation: std::sync::atomic::AtomicU64::new(1),
+                apply_slots: Arc::new(Semaphore::new(limits.apply_slots())),
+                limits,
             }),
             agent_config,
         }
@@ -533,6 +536,15 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Whether a batch holds events other than heartbeats (they are applied to the store; a
+/// heartbeat only updates the agent's liveness in memory).
+fn sequenced(r: &Received) -> bool {
+    r.batch
+        .events
+        .iter()
+        .any(|e| !matches!(e.kind, Some(event::Kind::Heartbeat(_))))
+}
+
 /// The batches to apply together: the first, then those already read behind it
 /// (`try_recv`: never waits), until they hold `max_events` events; and the stream's end if
 /// the reader reached it. One `Store::apply` and one Ack cover them all: the store's
@@ -543,19 +555,30 @@ fn coalesce(
     rx: &mut mpsc::Receiver<Inbound>,
     max_events: usize,
 ) -> (Vec<Received>, Option<StreamEnd>) {
-    let mut events = first.batch.events.len();
     let mut batches = vec![first];
+    let end = coalesce_into(&mut batches, rx, max_events);
+    (batches, end)
+}
+
+/// Adds what is queued in `rx` to `batches` while they hold fewer than `max_events` events;
+/// the stream's end, if it came.
+fn coalesce_into(
+    batches: &mut Vec<Received>,
+    rx: &mut mpsc::Receiver<Inbound>,
+    max_events: usize,
+) -> Option<StreamEnd> {
+    let mut events: usize = batches.iter().map(|r| r.batch.events.len()).sum();
     while events < max_events {
         match rx.try_recv() {
             Ok(Inbound::Batch(r)) => {
                 events += r.batch.events.len();
                 batches.push(r);
             }
-            Ok(Inbound::End(end)) => return (batches, Some(end)),
+            Ok(Inbound::End(end)) => return Some(end),
             Err(_) => break,
         }
     }
-    (batches, None)
+    None
 }
 
 async fn serve_stream(
@@ -584,7 +607,22 @@ async fn serve_stream(
             Some(Inbound::End(end)) => break end,
             None => break Ok(()),
         };
-        let (batches, end) = coalesce(first, &mut read_rx, inner.limits.max_batch_events);
+        let max_events = inner.limits.max_batch_events;
+        let (mut batches, mut end) = coalesce(first, &mut read_rx, max_events);
+        // Sequenced events wait for a turn to apply (`[limits] concurrent_applies`); what
+        // the reader queues meanwhile is applied with them. Heartbeats alone do not wait.
+        let _turn = if batches.iter().any(sequenced) {
+            let turn = tokio::select! {
+                t = Arc::clone(&inner.apply_slots).acquire_owned() => t.ok(),
+                () = stop.notified() => break Err(Status::aborted("superseded by a newer stream of this agent")),
+            };
+            if end.is_none() {
+                end = coalesce_into(&mut batches, &mut read_rx, max_events);
+            }
+            turn
+        } else {
+            None
+        };
         let received: Vec<Instant> = batches.iter().map(|r| r.at).collect();
         // The budget is given back once the batches are applied, not when their events move.
         let mut budget = Vec::with_capacity(batches.len());
@@ -722,6 +760,30 @@ mod tests {
         let (got, end) = coalesce(batch(30..31), &mut rx, 6);
         assert_eq!(seqs(&got), vec![30]);
         assert!(end.is_none());
+    }
+
+    #[test]
+    fn heartbeats_alone_are_not_sequenced_and_a_wait_gathers_what_came() {
+        let beats = Received {
+            batch: v1::Batch {
+                events: vec![ev(0, event::Kind::Heartbeat(v1::Heartbeat::default()))],
+            },
+            at: Instant::now(),
+            budget: None,
+        };
+        assert!(!sequenced(&beats));
+        assert!(sequenced(&batch(1..2)));
+        // Batches that arrive while a stream waits for its turn join what it had.
+        let (tx, mut rx) = mpsc::channel(8);
+        let (mut got, end) = coalesce(batch(1..3), &mut rx, 6);
+        assert!(end.is_none());
+        for r in [3..5, 5..8] {
+            assert!(tx.try_send(Inbound::Batch(batch(r))).is_ok());
+        }
+        assert!(coalesce_into(&mut got, &mut rx, 6).is_none());
+        assert_eq!(seqs(&got), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert!(coalesce_into(&mut got, &mut rx, 6).is_none());
+        assert_eq!(got.len(), 3, "at the bound nothing more is taken");
     }
 
     #[test]

@@ -117,6 +117,10 @@ fn packaged_configs_parse_and_agree_with_the_units() {
     let defaults = cmdb_collector::config::CollectorConfig::with_data_dir(collector.data_dir);
     assert_eq!(collector.store.cache_bytes, defaults.store.cache_bytes);
     assert_eq!(collector.limits.max_streams, defaults.limits.max_streams);
+    assert_eq!(
+        collector.limits.concurrent_applies,
+        defaults.limits.concurrent_applies
+    );
     assert_eq!(collector.capacity.horizon, defaults.capacity.horizon);
     assert_eq!(
         collector.capacity.day_retention,

@@ -97,6 +97,10 @@ enum Cmd {
         /// 0 gives judgment and host links the same CPU priority as ingest).
         #[arg(long)]
         worker_nice: Option<i32>,
+        /// The collector's `[limits] concurrent_applies` (default: the collector's
+        /// default, twice the cores).
+        #[arg(long)]
+        concurrent_applies: Option<usize>,
     },
     /// Serve the decode-and-drop AgentService (used by `run`).
     DropServer {
@@ -751,14 +755,26 @@ fn cpu_line(f: &Figures, seconds: u64, unit: &str) -> String {
     )
 }
 
+/// Collector settings a run may change from the collector's defaults.
+#[derive(Clone, Copy, Default)]
+struct Knobs {
+    cache_mib: Option<u64>,
+    worker_nice: Option<i32>,
+    concurrent_applies: Option<usize>,
+}
+
 async fn run_bench(
     load: Load,
     n: usize,
     collector_bin: PathBuf,
     skip_drop: bool,
-    cache_mib: Option<u64>,
-    worker_nice: Option<i32>,
+    knobs: Knobs,
 ) -> anyhow::Result<()> {
+    let Knobs {
+        cache_mib,
+        worker_nice,
+        concurrent_applies,
+    } = knobs;
     let Load {
         scenario,
         seconds,
@@ -781,9 +797,10 @@ async fn run_bench(
     std::fs::write(
         work.join("collector.toml"),
         format!(
-            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n[limits]\nper_agent_events_per_second = 1000000\nmax_streams = {}\n{}{}",
+            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:{grpc}\"\nhttp_listen = \"127.0.0.1:{http}\"\n[limits]\nper_agent_events_per_second = 1000000\nmax_streams = {}\n{}{}{}",
             data.display().to_string(),
             n + 100,
+            concurrent_applies.map_or(String::new(), |c| format!("concurrent_applies = {c}\n")),
             cache_mib.map_or(String::new(), |m| format!(
                 "[store]\ncache_bytes = {}\n",
                 m * 1024 * 1024
@@ -859,7 +876,7 @@ async fn run_bench(
         ("metrics batches/s", "batch")
     };
     println!(
-        "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up{}{}{}",
+        "scenario {:?}: {n} agents, {seconds} s measured after {} s of warm-up{}{}{}{}",
         if scenario == Scenario::Changes {
             "changes"
         } else {
@@ -869,6 +886,7 @@ async fn run_bench(
         if load.bunched { ", bunched" } else { "" },
         cache_mib.map_or(String::new(), |m| format!(", sled cache {m} MiB")),
         worker_nice.map_or(String::new(), |n| format!(", worker_nice {n}")),
+        concurrent_applies.map_or(String::new(), |c| format!(", concurrent_applies {c}")),
     );
     println!("| server | {unit} | ack p50 ms | ack p99 ms | peak RSS MiB | failed streams |");
     println!("|---|---:|---:|---:|---:|---:|");
@@ -962,6 +980,7 @@ fn main() -> anyhow::Result<()> {
             bunched,
             cache_mib,
             worker_nice,
+            concurrent_applies,
         } => {
             let bin = match collector_bin {
                 Some(b) => b,
@@ -987,8 +1006,11 @@ fn main() -> anyhow::Result<()> {
                 agents,
                 bin,
                 skip_drop,
-                cache_mib,
-                worker_nice,
+                Knobs {
+                    cache_mib,
+                    worker_nice,
+                    concurrent_applies,
+                },
             ))
         }
     }
