@@ -611,7 +611,9 @@ async fn serve_stream(
         let (mut batches, mut end) = coalesce(first, &mut read_rx, max_events);
         // Sequenced events wait for a turn to apply (`[limits] concurrent_applies`); what
         // the reader queues meanwhile is applied with them. Heartbeats alone do not wait.
-        let _turn = if batches.iter().any(sequenced) {
+        // The turn is given back once the apply is done, before the Ack is queued: an agent
+        // slow to read its Acks holds no turn.
+        let turn = if batches.iter().any(sequenced) {
             let turn = tokio::select! {
                 t = Arc::clone(&inner.apply_slots).acquire_owned() => t.ok(),
                 () = stop.notified() => break Err(Status::aborted("superseded by a newer stream of this agent")),
@@ -653,6 +655,7 @@ async fn serve_stream(
                 .map(|o| (Some(o), heartbeats.len()))
         })
         .await;
+        drop(turn);
         drop(budget);
         let outcome = match applied {
             Ok(Ok((outcome, beats))) => {
