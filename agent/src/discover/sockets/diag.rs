@@ -5,10 +5,10 @@
 //!
 //! Why not only /proc/net/tcp: the kernel prints that file a page at a time, and every
 //! read(2) after the first restarts its walk of the TCP hash table from the beginning when
-//! it cannot resume, including the read that finds the end. The table has a bucket for
-//! every 4 KiB or so of memory (262 144 on this 24 GiB machine), however few sockets there
-//! are, so each minute's refresh walked it several times: about 30 % of the idle agent's
-//! CPU (docs/BENCHMARKS.md, "Resident agent footprint"). A netlink dump walks it once per
+//! it cannot resume, including the read that finds the end. The table is sized from the
+//! machine's memory at boot (262 144 buckets on a 24 GiB machine), however few sockets
+//! there are, so each minute's refresh walked it several times: about 30 % of the idle
+//! agent's CPU (docs/BENCHMARKS.md, "Resident agent footprint"). A netlink dump walks it once per
 //! family and resumes where it stopped; asking for LISTEN alone (the `tcp_port` monitors)
 //! skips the established table altogether.
 //!
