@@ -32,9 +32,9 @@ const NLMSG_OVERRUN: u16 = 4;
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_GETADDR: u16 = 22;
 
-pub const NLM_F_REQUEST: u16 = 0x01;
+const NLM_F_REQUEST: u16 = 0x01;
 const NLM_F_DUMP_INTR: u16 = 0x10;
-pub const NLM_F_DUMP: u16 = 0x300;
+const NLM_F_DUMP: u16 = 0x300;
 
 const IFA_ADDRESS: u16 = 1;
 const IFA_LOCAL: u16 = 2;
@@ -192,15 +192,22 @@ pub fn dump(
 
 /// The RTM_GETADDR dump request for all address families.
 pub fn request(seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + IFADDRMSG_LEN;
+    let mut m = dump_request(RTM_GETADDR, seq, IFADDRMSG_LEN);
+    // struct ifaddrmsg, all zero: AF_UNSPEC, every interface.
+    m.extend_from_slice(&[0_u8; IFADDRMSG_LEN]);
+    m
+}
+
+/// The header of a dump request of type `kind` whose payload of `payload_len` bytes the
+/// caller appends.
+pub fn dump_request(kind: u16, seq: u32, payload_len: usize) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + payload_len;
     let mut m = Vec::with_capacity(len);
     m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&RTM_GETADDR.to_ne_bytes());
+    m.extend_from_slice(&kind.to_ne_bytes());
     m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
     m.extend_from_slice(&seq.to_ne_bytes());
     m.extend_from_slice(&0_u32.to_ne_bytes());
-    // struct ifaddrmsg, all zero: AF_UNSPEC, every interface.
-    m.extend_from_slice(&[0_u8; IFADDRMSG_LEN]);
     m
 }
 

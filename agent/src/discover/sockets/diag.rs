@@ -25,7 +25,7 @@ use rustix::net::netlink;
 use super::Protocol;
 use super::proc_net::{Family, SocketEntry};
 use crate::discover::network::netlink::{
-    AF_INET, AF_INET6, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, NetlinkError, dump, ip_from, u32_at,
+    AF_INET, AF_INET6, NLMSG_HDRLEN, NetlinkError, dump, dump_request, ip_from, u32_at,
 };
 
 /// `SOCK_DIAG_BY_FAMILY`: the request, and the type of every answer.
@@ -61,17 +61,11 @@ fn protocol_code(protocol: Protocol) -> u8 {
 /// The dump request: every socket of `protocol` and `family` in one of `states` (a mask of
 /// [`state_bit`]s), any address, no extensions.
 pub fn request(seq: u32, protocol: Protocol, family: Family, states: u32) -> Vec<u8> {
-    let len = NLMSG_HDRLEN + REQ_LEN;
-    let mut m = Vec::with_capacity(len);
-    m.extend_from_slice(&(len as u32).to_ne_bytes());
-    m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    m.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
-    m.extend_from_slice(&seq.to_ne_bytes());
-    m.extend_from_slice(&0_u32.to_ne_bytes());
+    let mut m = dump_request(SOCK_DIAG_BY_FAMILY, seq, REQ_LEN);
     // struct inet_diag_req_v2: family, protocol, ext, pad, states, then a zero sockid.
     m.extend_from_slice(&[family_code(family), protocol_code(protocol), 0, 0]);
     m.extend_from_slice(&states.to_ne_bytes());
-    m.resize(len, 0);
+    m.resize(NLMSG_HDRLEN + REQ_LEN, 0);
     m
 }
 
