@@ -78,6 +78,13 @@ pub fn process_cpu() -> Duration {
     ticks_duration(cpu_ticks("/proc/self/stat"))
 }
 
+/// CPU time (user + system, every thread, exited ones included) of process `pid` so far,
+/// from /proc/<pid>/stat (10 ms resolution); `None` when it cannot be read (no such process).
+pub fn pid_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(ticks_duration(stat_ticks(&stat)))
+}
+
 /// CPU time (user + system) of the calling thread so far, from /proc/thread-self/stat (10 ms
 /// resolution; 0 where unreadable). On a shared machine this is the honest "one core"
 /// figure: wall time also counts the time other processes had the core.
@@ -438,6 +445,12 @@ mod tests {
     fn ms_is_milliseconds() {
         assert_eq!(ms(Duration::from_micros(1500)), 1.5);
         assert_eq!(ms(Duration::ZERO), 0.0);
+    }
+
+    #[test]
+    fn pid_cpu_reads_a_live_process_and_not_a_missing_one() {
+        assert!(pid_cpu(std::process::id()).is_some());
+        assert!(pid_cpu(u32::MAX).is_none());
     }
 
     #[test]

@@ -625,18 +625,9 @@ struct WindowCpu {
     simulator: f64,
 }
 
-/// Clock ticks per second in `/proc/<pid>/stat` (`USER_HZ`: 100 on every Linux ABI).
-const USER_HZ: f64 = 100.0;
-
 /// CPU seconds (user + system, all threads, exited ones included) of process `pid` so far.
 fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
-    let rest = stat.rsplit_once(')')?.1;
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: f64 = fields.next()?.parse().ok()?;
-    let stime: f64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) / USER_HZ)
+    cmdb_bench::pid_cpu(pid).map(|d| d.as_secs_f64())
 }
 
 /// Both processes' CPU seconds now.
