@@ -69,61 +69,70 @@ pub struct DeltaResult {
 }
 
 type ItemKey = (String, String);
+/// An item's (class, key), borrowed.
+type ItemRef<'a> = (&'a str, &'a str);
 
 // === diff ===
 
 /// Diffs `current` against `base` (see the module doc for which classes are diffed).
-pub fn diff(base: &Inventory, current: &Inventory) -> DeltaResult {
+///
+/// Both are taken by value: the comparison borrows them, and `next_base` is built by moving
+/// their items, so a refresh copies only what changed (the agent runs this every 60 s on
+/// an inventory of thousands of items; copying it all was most of its allocations).
+pub fn diff(base: Inventory, current: Inventory) -> DeltaResult {
     let diffed = diffed_classes(&current.collectors);
     let is_diffed = |class: &str| diffed.contains(class);
 
-    let base_items = item_map(&base.items);
-    let mut next_items: BTreeMap<ItemKey, Attrs> = base_items
-        .iter()
-        .filter(|((class, _), _)| !is_diffed(class))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let current_items: BTreeMap<ItemKey, Attrs> = item_map(&current.items)
-        .into_iter()
-        .filter(|((class, _), _)| is_diffed(class))
-        .collect();
+    let (changes, relations_added, relations_removed, next_relations) = {
+        // Borrowed views; duplicates collapse, the last wins.
+        let base_items: BTreeMap<ItemRef<'_>, &Attrs> = item_refs(base.items.iter());
+        let current_items: BTreeMap<ItemRef<'_>, &Attrs> =
+            item_refs(current.items.iter().filter(|i| is_diffed(&i.class)));
 
-    let mut changes = Vec::new();
-    for (k, old) in base_items.iter().filter(|((c, _), _)| is_diffed(c)) {
-        match current_items.get(k) {
-            None => changes.push(change(v1::ChangeKind::Removed, k, Some(old), None)),
-            Some(new) if !same_attrs(old, new) => {
-                changes.push(change(v1::ChangeKind::Changed, k, Some(old), Some(new)));
+        let mut changes = Vec::new();
+        for (k, old) in base_items.iter().filter(|((c, _), _)| is_diffed(c)) {
+            match current_items.get(k) {
+                None => changes.push(change(v1::ChangeKind::Removed, *k, Some(old), None)),
+                Some(new) if !same_attrs(old, new) => {
+                    changes.push(change(v1::ChangeKind::Changed, *k, Some(old), Some(new)));
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
         }
-    }
-    for (k, new) in &current_items {
-        if !base_items.contains_key(k) {
-            changes.push(change(v1::ChangeKind::Added, k, None, Some(new)));
+        for (k, new) in &current_items {
+            if !base_items.contains_key(k) {
+                changes.push(change(v1::ChangeKind::Added, *k, None, Some(new)));
+            }
         }
-    }
-    changes.sort_by(|a, b| (&a.class, &a.key).cmp(&(&b.class, &b.key)));
-    next_items.extend(current_items);
+        changes.sort_by(|a, b| (&a.class, &a.key).cmp(&(&b.class, &b.key)));
 
-    let both_diffed =
-        |r: &Relation| is_diffed(relation_class(&r.from)) && is_diffed(relation_class(&r.to));
-    let base_relations: BTreeSet<Relation> = base.relations.iter().cloned().collect();
-    let mut next_relations: BTreeSet<Relation> = base_relations
-        .iter()
-        .filter(|r| !both_diffed(r))
-        .cloned()
-        .collect();
-    next_relations.extend(current.relations.iter().filter(|r| both_diffed(r)).cloned());
-    next_relations.retain(|r| resolvable(r, &next_items, &is_diffed));
-    let relations_added: Vec<v1::Relation> = next_relations
-        .difference(&base_relations)
-        .map(v1::Relation::from)
-        .collect();
-    let relations_removed: Vec<v1::Relation> = base_relations
-        .difference(&next_relations)
-        .map(v1::Relation::from)
-        .collect();
+        let next_keys: BTreeSet<ItemRef<'_>> = base_items
+            .keys()
+            .filter(|(class, _)| !is_diffed(class))
+            .chain(current_items.keys())
+            .copied()
+            .collect();
+        let both_diffed =
+            |r: &Relation| is_diffed(relation_class(&r.from)) && is_diffed(relation_class(&r.to));
+        let base_relations: BTreeSet<&Relation> = base.relations.iter().collect();
+        let mut next_relations: BTreeSet<&Relation> = base_relations
+            .iter()
+            .filter(|r| !both_diffed(r))
+            .copied()
+            .collect();
+        next_relations.extend(current.relations.iter().filter(|r| both_diffed(r)));
+        next_relations.retain(|r| resolvable(r, &next_keys, &is_diffed));
+        let relations_added: Vec<v1::Relation> = next_relations
+            .difference(&base_relations)
+            .map(|r| v1::Relation::from(*r))
+            .collect();
+        let relations_removed: Vec<v1::Relation> = base_relations
+            .difference(&next_relations)
+            .map(|r| v1::Relation::from(*r))
+            .collect();
+        let next_relations: Vec<Relation> = next_relations.into_iter().cloned().collect();
+        (changes, relations_added, relations_removed, next_relations)
+    };
 
     let collectors_changed = current.collectors.iter().any(|c| {
         base.collectors
@@ -132,18 +141,28 @@ pub fn diff(base: &Inventory, current: &Inventory) -> DeltaResult {
             .find(|b| b.name == c.name)
             .is_none_or(|b| b.status != c.status)
     });
+    let collectors = merge_collectors(&base.collectors, &current.collectors);
 
+    // base's items of the classes not diffed, then current's of those diffed (disjoint
+    // classes), moved; keyed like the views above, so duplicates collapse the same way.
+    let next_items: BTreeMap<(String, String), Attrs> = base
+        .items
+        .into_iter()
+        .filter(|i| !is_diffed(&i.class))
+        .chain(current.items.into_iter().filter(|i| is_diffed(&i.class)))
+        .map(|i| ((i.class, i.key), i.attrs))
+        .collect();
     let mut next_base = Inventory {
-        schema: base.schema.clone(),
+        schema: base.schema,
         collected_at: base.collected_at,
-        agent: base.agent.clone(),
-        host: base.host.clone(),
-        collectors: merge_collectors(&base.collectors, &current.collectors),
+        agent: base.agent,
+        host: base.host,
+        collectors,
         items: next_items
             .into_iter()
             .map(|((class, key), attrs)| Item { class, key, attrs })
             .collect(),
-        relations: next_relations.into_iter().collect(),
+        relations: next_relations,
     };
     next_base.canonicalize();
 
@@ -189,14 +208,14 @@ fn relation_class(end: &str) -> &str {
 /// False when an end lies in a diffed class but names no item of `items`.
 fn resolvable(
     r: &Relation,
-    items: &BTreeMap<ItemKey, Attrs>,
+    items: &BTreeSet<ItemRef<'_>>,
     is_diffed: &impl Fn(&str) -> bool,
 ) -> bool {
     [&r.from, &r.to].into_iter().all(|end| {
         let Some((class, key)) = end.split_once('/') else {
             return true;
         };
-        !is_diffed(class) || items.contains_key(&(class.to_owned(), key.to_owned()))
+        !is_diffed(class) || items.contains(&(class, key))
     })
 }
 
@@ -207,16 +226,23 @@ fn item_map(items: &[Item]) -> BTreeMap<ItemKey, Attrs> {
         .collect()
 }
 
+/// (class, key) → attrs, borrowed; the last of duplicate keys wins.
+fn item_refs<'a>(items: impl Iterator<Item = &'a Item>) -> BTreeMap<ItemRef<'a>, &'a Attrs> {
+    items
+        .map(|i| ((i.class.as_str(), i.key.as_str()), &i.attrs))
+        .collect()
+}
+
 fn change(
     kind: v1::ChangeKind,
-    (class, key): &ItemKey,
+    (class, key): ItemRef<'_>,
     old: Option<&Attrs>,
     new: Option<&Attrs>,
 ) -> v1::ItemChange {
     v1::ItemChange {
         kind: kind as i32,
-        class: class.clone(),
-        key: key.clone(),
+        class: class.to_owned(),
+        key: key.to_owned(),
         old_attrs: old.map(convert::attrs_to_proto).unwrap_or_default(),
         new_attrs: new.map(convert::attrs_to_proto).unwrap_or_default(),
     }

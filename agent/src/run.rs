@@ -181,8 +181,8 @@ impl Agent {
             *base = Some(current);
             *self.last_snapshot.lock().await = Some(Instant::now());
             Some(event::Kind::Snapshot(snap))
-        } else if let Some(b) = base.as_ref() {
-            let result = crate::delta::diff(b, &current);
+        } else if let Some(b) = base.take() {
+            let result = crate::delta::diff(b, current);
             let kind = result.delta.map(event::Kind::Delta);
             self.set_hello_hash(&result.next_base);
             *base = Some(result.next_base);

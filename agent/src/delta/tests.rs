@@ -69,7 +69,7 @@ fn added_changed_removed_carry_old_and_new_attrs() {
         ],
         vec![],
     );
-    let r = diff(&base, &current);
+    let r = diff(base.clone(), current.clone());
     let d = r.delta.clone().unwrap();
     assert_eq!(
         kinds(&d),
@@ -116,7 +116,7 @@ fn a_failed_or_missing_collector_never_removes_anything() {
     ] {
         // dpkg failed and reported nothing; users did not run at all.
         let current = inventory(vec![report("dpkg", status, &["package"])], vec![], vec![]);
-        let r = diff(&base, &current);
+        let r = diff(base.clone(), current.clone());
         let d = r.delta.expect("the collector's state changed");
         assert!(d.changes.is_empty(), "{status}: {d:?}");
         assert_eq!(r.next_base.items, base.items, "{status}");
@@ -143,7 +143,7 @@ fn unsupported_siblings_do_not_block_a_multi_collector_class() {
         vec![],
         vec![],
     );
-    let d = diff(&base, &current).delta.unwrap();
+    let d = diff(base.clone(), current.clone()).delta.unwrap();
     assert_eq!(
         kinds(&d),
         vec![(v1::ChangeKind::Removed as i32, "dpkg:vim:amd64".into())]
@@ -158,7 +158,7 @@ fn unsupported_siblings_do_not_block_a_multi_collector_class() {
         vec![],
         vec![],
     );
-    let r = diff(&base, &current);
+    let r = diff(base.clone(), current.clone());
     assert!(r.delta.unwrap().changes.is_empty());
     assert_eq!(r.next_base.items, base.items);
 }
@@ -178,7 +178,7 @@ fn a_partial_run_keeps_the_other_classes_and_their_relations() {
     );
     // Only the service collector ran: the ssh unit is gone, sshd (not rediscovered) is kept.
     let current = inventory(vec![report("service", OK, &["service"])], vec![], vec![]);
-    let r = diff(&base, &current);
+    let r = diff(base.clone(), current.clone());
     let d = r.delta.unwrap();
     assert_eq!(
         kinds(&d),
@@ -204,7 +204,7 @@ fn relations_are_diffed_only_between_diffed_classes() {
         vec![Item::new("a", "1")],
         vec![],
     );
-    let r = diff(&base, &current);
+    let r = diff(base.clone(), current.clone());
     assert!(r.delta.is_none());
     assert_eq!(r.next_base.relations, base.relations);
 
@@ -214,7 +214,7 @@ fn relations_are_diffed_only_between_diffed_classes() {
         vec![Item::new("a", "1"), Item::new("b", "1")],
         vec![],
     );
-    let d = diff(&base, &current).delta.unwrap();
+    let d = diff(base.clone(), current.clone()).delta.unwrap();
     assert!(d.changes.is_empty());
     assert_eq!(
         d.relations_removed,
@@ -231,7 +231,7 @@ fn nothing_changed_is_none_even_when_durations_differ() {
     );
     let mut again = inv.clone();
     again.collectors[0].duration_ms = 999;
-    let r = diff(&inv, &again);
+    let r = diff(inv.clone(), again.clone());
     assert!(r.delta.is_none());
     assert_eq!(r.next_base.collectors[0].duration_ms, 999);
     assert_eq!(r.next_base.content_hash(), inv.content_hash());
@@ -402,12 +402,7 @@ fn change_between(before: &Option<Attrs>, after: &Option<Attrs>) -> Option<v1::I
         (Some(_), None) => v1::ChangeKind::Removed,
         (Some(_), Some(_)) => v1::ChangeKind::Changed,
     };
-    Some(change(
-        kind,
-        &("a".into(), "1".into()),
-        before.as_ref(),
-        after.as_ref(),
-    ))
+    Some(change(kind, ("a", "1"), before.as_ref(), after.as_ref()))
 }
 
 proptest! {
@@ -415,7 +410,7 @@ proptest! {
 
     #[test]
     fn apply_of_diff_is_next_base(base in arb_inventory(), current in arb_inventory()) {
-        let r = diff(&base, &current);
+        let r = diff(base.clone(), current.clone());
         let diffed = diffed_classes(&current.collectors);
         let canon_base = canonical(&base);
         match &r.delta {
@@ -447,7 +442,7 @@ proptest! {
         // Diffing the result against itself, as the same collectors report it, finds nothing.
         let mut again = r.next_base.clone();
         again.collectors = current.collectors.clone();
-        prop_assert!(diff(&r.next_base, &again).delta.is_none());
+        prop_assert!(diff(r.next_base.clone(), again.clone()).delta.is_none());
     }
 
     #[test]
@@ -511,7 +506,7 @@ fn a_monitor_round_diffs_only_monitors_and_a_failed_one_removes_none() {
         vec![monitor("ssh", "down")],
         vec![],
     );
-    let r = diff(&base, &round);
+    let r = diff(base.clone(), round.clone());
     let d = r.delta.unwrap();
     assert_eq!(
         kinds(&d),
@@ -527,7 +522,7 @@ fn a_monitor_round_diffs_only_monitors_and_a_failed_one_removes_none() {
         vec![],
         vec![],
     );
-    let r = diff(&base, &failed);
+    let r = diff(base.clone(), failed.clone());
     assert!(r.delta.unwrap().changes.is_empty());
     assert_eq!(r.next_base.items, base.items);
 }

@@ -399,7 +399,7 @@ impl Harness {
                             }
                         }
                     }
-                    let r = delta::diff(&base, &inventory(&self.truth));
+                    let r = delta::diff(base, inventory(&self.truth));
                     if let Some(d) = r.delta {
                         self.append(v1::Event {
                             seq: 0,
