@@ -182,6 +182,33 @@ pub fn diff(base: Inventory, current: Inventory) -> DeltaResult {
     DeltaResult { delta, next_base }
 }
 
+/// What a refresh of `class` alone starts from: `base`'s header, its items of `class` and
+/// its relations with both ends in `class`, and no collector reports (the caller adds the
+/// one that re-evaluated the class). Diffing a refresh built on it gives what a refresh
+/// built on a full copy of `base` gives, since only the refreshed class is diffed
+/// (property-tested), without copying the rest of the inventory.
+pub fn class_part(base: &Inventory, class: &str) -> Inventory {
+    Inventory {
+        schema: base.schema.clone(),
+        collected_at: base.collected_at,
+        agent: base.agent.clone(),
+        host: base.host.clone(),
+        collectors: Vec::new(),
+        items: base
+            .items
+            .iter()
+            .filter(|i| i.class == class)
+            .cloned()
+            .collect(),
+        relations: base
+            .relations
+            .iter()
+            .filter(|r| relation_class(&r.from) == class && relation_class(&r.to) == class)
+            .cloned()
+            .collect(),
+    }
+}
+
 /// Classes `collectors` is authoritative for (module doc: ok or unsupported, at least one ok).
 fn diffed_classes(collectors: &[CollectorReport]) -> BTreeSet<String> {
     // class -> (some claimant ok, every claimant ok or unsupported)

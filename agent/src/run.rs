@@ -237,7 +237,14 @@ impl Agent {
 
     /// Re-hashes the changed files and queues the resulting delta.
     async fn files_changed(&self, paths: Vec<String>) {
-        let Some(mut current) = self.base.lock().await.clone() else {
+        // Only the file class is re-evaluated: the refresh starts from the base's files.
+        let Some(mut current) = self
+            .base
+            .lock()
+            .await
+            .as_ref()
+            .map(|b| crate::delta::class_part(b, class::FILE))
+        else {
             return;
         };
         let root = self.ctx.root.clone();
@@ -264,8 +271,7 @@ impl Agent {
                 }
             }
         }
-        // Only the file class is re-evaluated: the other collectors' entries are dropped
-        // so that their classes are kept from the base untouched.
+        // The only report: the classes of every other collector are kept from the base.
         current.collectors = vec![CollectorReport {
             name: "files".into(),
             status: CollectorState::Ok,

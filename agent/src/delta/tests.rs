@@ -446,6 +446,28 @@ proptest! {
     }
 
     #[test]
+    fn a_refresh_built_on_class_part_diffs_like_one_built_on_the_whole_base(
+        base in arb_inventory(),
+        class in prop::sample::select(CLASSES),
+        fresh in items(),
+        status in prop::sample::select(&[CollectorState::Ok, CollectorState::Partial][..]),
+    ) {
+        // As a watched-file refresh does: the re-described keys are replaced, the other
+        // items of the class stay.
+        let fresh: Vec<Item> = fresh.into_iter().filter(|i| i.class == class).collect();
+        let refresh = |mut current: Inventory| {
+            current.items.retain(|i| !(i.class == class && fresh.iter().any(|f| f.key == i.key)));
+            current.items.extend(fresh.iter().cloned());
+            current.collectors = vec![report("refresh", status, &[class])];
+            current.canonicalize();
+            current
+        };
+        let whole = diff(base.clone(), refresh(base.clone()));
+        let part = diff(base.clone(), refresh(class_part(&base, class)));
+        prop_assert_eq!(whole, part);
+    }
+
+    #[test]
     fn merge_changes_is_both_changes_in_sequence(
         s0 in prop::option::of(attrs()),
         s1 in prop::option::of(attrs()),
