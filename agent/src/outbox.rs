@@ -16,7 +16,7 @@
 //!    flusher (`flush_every_ms` is off).
 //! 3. **Bounded**: the accounted size of the pending events, each event's encoded size plus
 //!    64 bytes of bookkeeping, never exceeds `max_bytes` (default 64 MiB); an event larger
-//!    than that is refused. sled's cache is `cache_bytes` (default 8 MiB).
+//!    than that is refused. sled's cache is `cache_bytes` (default 256 KiB).
 //! 4. **Inventory changes are never silently dropped**: each one is pending, acknowledged,
 //!    merged into a later pending change, superseded by a later pending snapshot, or covered
 //!    by a Gap event plus `snapshot_required` (the caller then queues a full snapshot).
@@ -136,7 +136,7 @@ use txn::{PlanError, Trees, Txn};
 /// Default bound on the outbox's accounted size.
 pub const DEFAULT_MAX_BYTES: u64 = 64 << 20;
 /// Default sled page cache.
-pub const DEFAULT_CACHE_BYTES: u64 = 1 << 20;
+pub const DEFAULT_CACHE_BYTES: u64 = 256 << 10;
 /// The smallest `max_bytes` accepted (a few events must fit).
 pub const MIN_MAX_BYTES: u64 = 4 << 10;
 

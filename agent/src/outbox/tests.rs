@@ -813,3 +813,44 @@ fn dropped_metrics_are_reported_by_a_gap_without_touching_inventory() {
     );
     assert!(outbox.stats().bytes <= 8 * 1024);
 }
+
+/// Draining a cold backlog with sled's cache at `cache_bytes`: the time to read and ack all
+/// of it, 500 events per read, as the transport does after an outage. A measurement, not a
+/// check (`cargo test --release -p cmdb-agent --lib drain_cost -- --ignored --nocapture`);
+/// docs/BENCHMARKS.md has the figures behind the default `[outbox] cache_bytes`.
+#[test]
+#[ignore = "measurement"]
+fn drain_cost() {
+    const EVENTS: u64 = 20_000;
+    for round in 0..3 {
+        for cache_bytes in [1u64 << 20, 256 << 10] {
+            let dir = tempfile::tempdir().unwrap();
+            let cfg = OutboxConfig {
+                dir: dir.path().join("ob"),
+                max_bytes: 1 << 30,
+                cache_bytes,
+            };
+            {
+                let outbox = open_retrying(cfg.clone()).outbox;
+                for _ in 0..EVENTS {
+                    outbox.append(metrics(2048)).unwrap();
+                }
+            }
+            let outbox = open_retrying(cfg).outbox;
+            let started = std::time::Instant::now();
+            let mut read = 0u64;
+            loop {
+                let batch = outbox.read_after(outbox.acked_seq(), 500, 1 << 20).unwrap();
+                let Some(last) = batch.last() else { break };
+                read += batch.len() as u64;
+                outbox.ack(last.seq).unwrap();
+            }
+            assert_eq!(read, EVENTS);
+            println!(
+                "round {round}: cache {} KiB: {EVENTS} events drained in {:.0} ms",
+                cache_bytes >> 10,
+                started.elapsed().as_secs_f64() * 1e3
+            );
+        }
+    }
+}
