@@ -19,6 +19,8 @@ pub mod metrics;
 pub mod monitor;
 pub mod outbox;
 pub mod output;
+#[cfg(test)]
+mod rss_probe;
 pub mod run;
 pub mod state;
 pub mod tls;

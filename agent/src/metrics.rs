@@ -596,17 +596,9 @@ mod tests {
     #[test]
     #[ignore = "measurement"]
     fn sample_rss() {
-        fn status(field: &str) -> u64 {
-            let text = fs::read_to_string("/proc/self/status").unwrap();
-            text.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        }
         let mut sampler = Sampler::new(HostRoot::default());
         let mut window = Window::new(SystemTime::now(), Duration::from_secs(60));
-        let mut first = 0;
+        let mut growth = crate::rss_probe::Growth::default();
         for i in 1..=20_000u64 {
             window.push(&sampler.sample(SystemTime::now()));
             if i % 4 == 0 {
@@ -615,18 +607,10 @@ mod tests {
                 window = Window::new(SystemTime::now(), Duration::from_secs(60));
             }
             if i % 2_000 == 0 {
-                cmdb_malloc::release_free_memory();
-                let anon = status("RssAnon:");
-                println!(
-                    "{i} samples: VmRSS {} KiB, RssAnon {anon} KiB",
-                    status("VmRSS:")
-                );
-                if first == 0 {
-                    first = anon;
-                }
+                growth.checkpoint(i, "samples");
             }
         }
-        let grown = status("RssAnon:").saturating_sub(first);
+        let grown = growth.grown_kib();
         assert!(
             grown < 128,
             "anonymous memory grew {grown} KiB over 18 000 samples"

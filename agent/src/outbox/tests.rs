@@ -863,33 +863,17 @@ fn drain_cost() {
 #[test]
 #[ignore = "measurement"]
 fn cycle_rss() {
-    fn status(field: &str) -> u64 {
-        let text = fs::read_to_string("/proc/self/status").unwrap();
-        text.lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_retrying(OutboxConfig::new(dir.path().join("ob"))).outbox;
-    let mut first = 0;
+    let mut growth = crate::rss_probe::Growth::default();
     for i in 1..=40_000u64 {
         let seq = outbox.append(metrics(1500)).unwrap();
         outbox.ack(seq).unwrap();
         if i % 4_000 == 0 {
-            cmdb_malloc::release_free_memory();
-            let anon = status("RssAnon:");
-            println!(
-                "{i} cycles: VmRSS {} KiB, RssAnon {anon} KiB",
-                status("VmRSS:")
-            );
-            if first == 0 {
-                first = anon;
-            }
+            growth.checkpoint(i, "cycles");
         }
     }
-    let grown = status("RssAnon:").saturating_sub(first);
+    let grown = growth.grown_kib();
     assert!(
         grown < 1024,
         "anonymous memory grew {grown} KiB over 36 000 cycles"
