@@ -204,8 +204,13 @@ fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 
 /// `VmRSS:  1234 kB` of /proc/<pid>/status, in bytes.
 fn parse_status_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let mut parts = line["VmRSS:".len()..].split_ascii_whitespace();
+    status_field_bytes(status, "VmRSS:")
+}
+
+/// A `<field>  1234 kB` line of /proc/<pid>/status (`field` with its colon), in bytes.
+pub(crate) fn status_field_bytes(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let mut parts = line[field.len()..].split_ascii_whitespace();
     let kb: u64 = parts.next()?.parse().ok()?;
     match parts.next() {
         Some("kB") => kb.checked_mul(1024),

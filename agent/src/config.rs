@@ -167,8 +167,8 @@ pub struct OutboxSettings {
 impl Default for OutboxSettings {
     fn default() -> Self {
         OutboxSettings {
-            max_bytes: 64 * MIB,
-            cache_bytes: 256 * 1024,
+            max_bytes: crate::outbox::DEFAULT_MAX_BYTES,
+            cache_bytes: crate::outbox::DEFAULT_CACHE_BYTES,
         }
     }
 }

@@ -2,17 +2,11 @@
 //! handing freed pages back (`malloc_trim`), to bound how much a repeated operation leaves
 //! resident (the ignored `*_rss` measurements).
 
-/// A `/proc/self/status` field in KiB (0 when unreadable).
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+/// (VmRSS, RssAnon) of this process in KiB (0 when unreadable).
+fn rss_kib() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = |field| crate::budget::status_field_bytes(&status, field).map_or(0, |b| b / 1024);
+    (kib("VmRSS:"), kib("RssAnon:"))
 }
 
 /// Anonymous RSS since the first checkpoint.
@@ -25,17 +19,14 @@ impl Growth {
     /// Trims, prints VmRSS and RssAnon after `done` iterations, and keeps the first reading.
     pub(crate) fn checkpoint(&mut self, done: u64, what: &str) {
         cmdb_malloc::release_free_memory();
-        let anon = status_kib("RssAnon:");
-        println!(
-            "{done} {what}: VmRSS {} KiB, RssAnon {anon} KiB",
-            status_kib("VmRSS:")
-        );
+        let (rss, anon) = rss_kib();
+        println!("{done} {what}: VmRSS {rss} KiB, RssAnon {anon} KiB");
         self.first.get_or_insert(anon);
     }
 
     /// KiB of anonymous memory gained since the first checkpoint (after a trim).
     pub(crate) fn grown_kib(&self) -> u64 {
         cmdb_malloc::release_free_memory();
-        status_kib("RssAnon:").saturating_sub(self.first.unwrap_or(0))
+        rss_kib().1.saturating_sub(self.first.unwrap_or(0))
     }
 }
