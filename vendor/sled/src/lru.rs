@@ -25,6 +25,9 @@ const N_SHARDS: usize = 2;
 #[cfg(not(any(test, feature = "lock_free_delays")))]
 const N_SHARDS: usize = 256;
 
+/// cmdb: the least capacity of one shard; smaller caches get fewer shards.
+const MIN_SHARD_CAPACITY: u64 = 1024 * 1024;
+
 struct AccessBlock {
     len: AtomicUsize,
     block: [AtomicU64; MAX_QUEUE_ITEMS],
@@ -220,10 +223,23 @@ impl Lru {
             "Please configure the cache \
              capacity to be at least 256 bytes"
         );
-        let shard_capacity = cache_capacity / N_SHARDS as u64;
+        // cmdb: as many shards as the capacity gives each at least
+        // `MIN_SHARD_CAPACITY`, up to `N_SHARDS`. A shard only applies its
+        // queued accesses (and so only evicts) once `MAX_QUEUE_ITEMS` accesses
+        // to it have queued up, and a page always goes to shard `pid % shards`:
+        // with 256 shards, a small cache on a quiet database (the agent's
+        // outbox: 256 KiB, a few page accesses a minute) almost never fills a
+        // shard's queue, so pages that are written once and not touched again
+        // are never evicted, and the cache grows without bound. See
+        // vendor/sled/PATCHED.md.
+        let n_shards = usize::try_from(
+            (cache_capacity / MIN_SHARD_CAPACITY).clamp(1, N_SHARDS as u64),
+        )
+        .unwrap();
+        let shard_capacity = cache_capacity / n_shards as u64;
 
-        let mut shards = Vec::with_capacity(N_SHARDS);
-        shards.resize_with(N_SHARDS, || {
+        let mut shards = Vec::with_capacity(n_shards);
+        shards.resize_with(n_shards, || {
             (AccessQueue::default(), FastLock::new(Shard::new(shard_capacity)))
         });
 
