@@ -52,7 +52,8 @@
 //! # On-disk layout
 //!
 //! One sled database in `dir` (sled configured explicitly: `cache_capacity` from the
-//! config, `flush_every_ms(None)`, `Mode::LowSpace`), three trees:
+//! config, `flush_every_ms(None)`, `Mode::LowSpace`, 256 KiB segments for a new store and
+//! the size recorded in sled's `conf` for an existing one), three trees:
 //!
 //! | tree | key | value |
 //! |---|---|---|
@@ -122,7 +123,8 @@ mod model_check;
 #[cfg(test)]
 mod tests;
 
-use std::io;
+use std::fs;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -787,12 +789,45 @@ struct Loaded {
     bytes: u64,
 }
 
+/// sled's log segment size for a new outbox (sled's default is 512 KiB). sled writes its
+/// log through a buffer of one segment whose pages become resident one by one as flushes
+/// fill it, and which is freed when the segment rolls: this is the amplitude of that
+/// sawtooth in the agent's RSS (docs/BENCHMARKS.md, "Resident agent footprint"). A node
+/// larger than about a quarter of a segment is written to its own blob file instead, as
+/// full snapshots already were.
+const SEGMENT_BYTES: usize = 256 * 1024;
+
+/// The segment size to open the store in `dir` with: the one it was created with, which
+/// sled records in its `conf` file and insists on (a store of an older agent has sled's
+/// default), else [`SEGMENT_BYTES`].
+fn segment_size(dir: &Path) -> usize {
+    // The file is text lines followed by a binary CRC-32.
+    let mut raw = Vec::new();
+    let read = fs::File::open(dir.join("conf")).and_then(|f| f.take(4096).read_to_end(&mut raw));
+    read.ok()
+        .and_then(|_| persisted_segment_size(&String::from_utf8_lossy(&raw)))
+        .unwrap_or(SEGMENT_BYTES)
+}
+
+/// `segment_size: N` from the text of sled's `conf` file, if N is a size sled accepts (a
+/// power of two from 256 bytes to 16 MiB); `None` otherwise. With `None` the store is
+/// opened with [`SEGMENT_BYTES`], and sled refuses a store made with another size, which
+/// then counts as damaged like any other unreadable store.
+fn persisted_segment_size(conf: &str) -> Option<usize> {
+    let value = conf
+        .lines()
+        .find_map(|line| line.strip_prefix("segment_size:"))?;
+    let size: usize = value.trim().parse().ok()?;
+    (size.is_power_of_two() && (256..=1 << 24).contains(&size)).then_some(size)
+}
+
 fn open_trees(cfg: &OutboxConfig) -> Result<Trees, OpenFailure> {
     if cfg.dir.exists() && !cfg.dir.is_dir() {
         return Err(OpenFailure::Corrupt("not a directory".into()));
     }
     let config = sled::Config::new()
         .path(&cfg.dir)
+        .segment_size(segment_size(&cfg.dir))
         .cache_capacity(cfg.cache_bytes)
         .flush_every_ms(None)
         .mode(sled::Mode::LowSpace);

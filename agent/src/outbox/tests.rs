@@ -115,6 +115,15 @@ pub(super) fn config(dir: &Path, max_bytes: u64) -> OutboxConfig {
     }
 }
 
+/// The outbox's sled database opened directly (to damage it), as the outbox opens it.
+fn raw_db(dir: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(dir)
+        .segment_size(super::segment_size(dir))
+        .open()
+        .unwrap()
+}
+
 fn open(dir: &Path, max_bytes: u64) -> Outbox {
     let opened = open_retrying(config(dir, max_bytes));
     assert_eq!(opened.moved_aside, None);
@@ -645,7 +654,7 @@ fn an_undecodable_meta_record_is_corruption() {
     let dir = tmp.path().join("outbox");
     let last = filled(&dir);
     {
-        let db = sled::Config::new().path(&dir).open().unwrap();
+        let db = raw_db(&dir);
         db.open_tree("meta")
             .unwrap()
             .insert(record::META_KEY, &b"garbage"[..])
@@ -661,7 +670,7 @@ fn an_undecodable_meta_record_is_corruption() {
     let last2 = filled(&dir2);
     fs::remove_file(seqfile::path_for(&dir2).unwrap()).unwrap();
     {
-        let db = sled::Config::new().path(&dir2).open().unwrap();
+        let db = raw_db(&dir2);
         db.open_tree("meta")
             .unwrap()
             .insert(record::META_KEY, &b"garbage"[..])
@@ -681,7 +690,7 @@ fn an_undecodable_event_is_skipped_counted_and_reported() {
     let dir = tmp.path().join("outbox");
     filled(&dir);
     {
-        let db = sled::Config::new().path(&dir).open().unwrap();
+        let db = raw_db(&dir);
         db.open_tree("events")
             .unwrap()
             .insert(record::seq_key(20), &[0xff, 0xff, 0xff][..])
@@ -903,4 +912,83 @@ fn backlog_rss() {
         grown < 2 * 1024,
         "anonymous memory grew {grown} KiB while 7 000 events (~14 MiB) queued up"
     );
+}
+
+// === sled's segment size ===
+
+#[test]
+fn a_new_outbox_uses_small_segments_and_an_older_one_keeps_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let conf_size = |dir: &Path| {
+        super::persisted_segment_size(&String::from_utf8_lossy(
+            &fs::read(dir.join("conf")).unwrap(),
+        ))
+    };
+
+    let fresh = tmp.path().join("fresh");
+    drop(open(&fresh, DEFAULT_MAX_BYTES));
+    assert_eq!(conf_size(&fresh), Some(super::SEGMENT_BYTES));
+
+    // An outbox an older agent made with sled's default segment size (512 KiB), holding
+    // an event: it opens as it is, nothing moved aside, and keeps its segment size.
+    let older = tmp.path().join("older");
+    drop(open(&older, DEFAULT_MAX_BYTES));
+    fs::remove_dir_all(&older).unwrap();
+    drop(
+        sled::Config::new()
+            .path(&older)
+            .segment_size(512 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .unwrap(),
+    );
+    let seq = {
+        let outbox = open(&older, DEFAULT_MAX_BYTES);
+        outbox.append(metrics(100)).unwrap()
+    };
+    let outbox = open(&older, DEFAULT_MAX_BYTES);
+    assert_eq!(
+        all(&outbox).iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![seq]
+    );
+    assert_eq!(conf_size(&older), Some(512 * 1024));
+}
+
+#[test]
+fn the_segment_size_is_read_from_sleds_conf_text() {
+    assert_eq!(
+        super::persisted_segment_size(
+            "segment_size: 524288\nuse_compression: false\nversion: 0.34\n"
+        ),
+        Some(524_288)
+    );
+    assert_eq!(
+        super::persisted_segment_size("segment_size: 262144"),
+        Some(262_144)
+    );
+    for bad in [
+        "",
+        "use_compression: false\n",
+        "segment_size: 300000\n",
+        "segment_size: 128\n",
+        "segment_size: 33554432\n",
+        "segment_size: -1\n",
+        "segment_size: 99999999999999999999999\n",
+        "segment_size:\n",
+    ] {
+        assert_eq!(super::persisted_segment_size(bad), None, "{bad:?}");
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn reading_the_segment_size_never_panics_and_finds_what_sled_writes(
+        text in proptest::prelude::any::<String>(),
+        shift in 8u32..=24,
+    ) {
+        let _ = super::persisted_segment_size(&text);
+        let size = 1usize << shift;
+        let written = format!("segment_size: {size}\nuse_compression: false\nversion: 0.34\n");
+        proptest::prop_assert_eq!(super::persisted_segment_size(&written), Some(size));
+    }
 }
