@@ -230,7 +230,7 @@ impl Lru {
         // with 256 shards, a small cache on a quiet database (the agent's
         // outbox: 256 KiB, a few page accesses a minute) almost never fills a
         // shard's queue, so pages that are written once and not touched again
-        // are never evicted, and the cache grows without bound. See
+        // are rarely evicted, and the cache holds many times its capacity. See
         // vendor/sled/PATCHED.md.
         let n_shards = usize::try_from(
             (cache_capacity / MIN_SHARD_CAPACITY).clamp(1, N_SHARDS as u64),
