@@ -598,19 +598,14 @@ mod tests {
     fn sample_rss() {
         let mut sampler = Sampler::new(HostRoot::default());
         let mut window = Window::new(SystemTime::now(), Duration::from_secs(60));
-        let mut growth = crate::rss_probe::Growth::default();
-        for i in 1..=20_000u64 {
+        let grown = crate::rss_probe::grown_over(20_000, 2_000, "samples", |i| {
             window.push(&sampler.sample(SystemTime::now()));
             if i % 4 == 0 {
                 let summary = window.summarise();
                 assert!(!summary.summaries.is_empty());
                 window = Window::new(SystemTime::now(), Duration::from_secs(60));
             }
-            if i % 2_000 == 0 {
-                growth.checkpoint(i, "samples");
-            }
-        }
-        let grown = growth.grown_kib();
+        });
         assert!(
             grown < 128,
             "anonymous memory grew {grown} KiB over 18 000 samples"

@@ -9,15 +9,33 @@ fn rss_kib() -> (u64, u64) {
     (kib("VmRSS:"), kib("RssAnon:"))
 }
 
+/// Runs `step(i)` for `i` in `1..=iterations`, with a checkpoint after every `every`
+/// iterations; returns the KiB of anonymous memory gained since the first checkpoint.
+pub(crate) fn grown_over(
+    iterations: u64,
+    every: u64,
+    what: &str,
+    mut step: impl FnMut(u64),
+) -> u64 {
+    let mut growth = Growth::default();
+    for i in 1..=iterations {
+        step(i);
+        if i % every == 0 {
+            growth.checkpoint(i, what);
+        }
+    }
+    growth.grown_kib()
+}
+
 /// Anonymous RSS since the first checkpoint.
 #[derive(Default)]
-pub(crate) struct Growth {
+struct Growth {
     first: Option<u64>,
 }
 
 impl Growth {
     /// Trims, prints VmRSS and RssAnon after `done` iterations, and keeps the first reading.
-    pub(crate) fn checkpoint(&mut self, done: u64, what: &str) {
+    fn checkpoint(&mut self, done: u64, what: &str) {
         cmdb_malloc::release_free_memory();
         let (rss, anon) = rss_kib();
         println!("{done} {what}: VmRSS {rss} KiB, RssAnon {anon} KiB");
@@ -25,7 +43,7 @@ impl Growth {
     }
 
     /// KiB of anonymous memory gained since the first checkpoint (after a trim).
-    pub(crate) fn grown_kib(&self) -> u64 {
+    fn grown_kib(&self) -> u64 {
         cmdb_malloc::release_free_memory();
         rss_kib().1.saturating_sub(self.first.unwrap_or(0))
     }

@@ -874,15 +874,10 @@ fn drain_cost() {
 fn cycle_rss() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_retrying(OutboxConfig::new(dir.path().join("ob"))).outbox;
-    let mut growth = crate::rss_probe::Growth::default();
-    for i in 1..=40_000u64 {
+    let grown = crate::rss_probe::grown_over(40_000, 4_000, "cycles", |_| {
         let seq = outbox.append(metrics(1500)).unwrap();
         outbox.ack(seq).unwrap();
-        if i % 4_000 == 0 {
-            growth.checkpoint(i, "cycles");
-        }
-    }
-    let grown = growth.grown_kib();
+    });
     assert!(
         grown < 1024,
         "anonymous memory grew {grown} KiB over 36 000 cycles"
@@ -900,14 +895,9 @@ fn cycle_rss() {
 fn backlog_rss() {
     let dir = tempfile::tempdir().unwrap();
     let outbox = open_retrying(OutboxConfig::new(dir.path().join("ob"))).outbox;
-    let mut growth = crate::rss_probe::Growth::default();
-    for i in 1..=8_000u64 {
+    let grown = crate::rss_probe::grown_over(8_000, 1_000, "events pending", |_| {
         outbox.append(metrics(2048)).unwrap();
-        if i % 1_000 == 0 {
-            growth.checkpoint(i, "events pending");
-        }
-    }
-    let grown = growth.grown_kib();
+    });
     assert!(
         grown < 2 * 1024,
         "anonymous memory grew {grown} KiB while 7 000 events (~14 MiB) queued up"
